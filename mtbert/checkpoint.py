@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .bert import BertConfig, BertModel
+from .io import finite, fsync_dir
 from .model import ModelConfig, MultitaskBert
 from .tokenizer import DEFAULT_MAX_LENGTH, Tokenizer
 
@@ -154,7 +155,8 @@ def load_base(name: str, max_length: int = DEFAULT_MAX_LENGTH) -> tuple[BertMode
 
 def save_checkpoint(model: MultitaskBert, tokenizer: Tokenizer, folder: str | Path, *,
                     base: str | None = None, metrics: dict | None = None,
-                    include_encoder: bool = True, extra: dict | None = None) -> Path:
+                    include_encoder: bool = True, extra: dict | None = None,
+                    write_extra=None) -> Path:
     """Write a checkpoint folder atomically: built beside the target, then renamed over it."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +175,8 @@ def save_checkpoint(model: MultitaskBert, tokenizer: Tokenizer, folder: str | Pa
         save_file(heads, str(tmp / "heads.safetensors"))
         _write_json(tmp / "mtbert.json", meta)
         _write_json(tmp / "metrics.json", metrics or {})
+        if write_extra is not None:  # e.g. the trainer's resume state, inside the same atomic swap
+            write_extra(tmp)
         for f in tmp.iterdir():
             _fsync(f)
         _replace_dir(tmp, folder)
@@ -235,7 +239,7 @@ def _read_json(path: Path, default):
 
 
 def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(finite(obj), indent=2, sort_keys=True) + "\n")
 
 
 def _fsync(path: Path) -> None:
@@ -254,10 +258,6 @@ def _replace_dir(tmp: Path, folder: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
         os.replace(folder, old)
     os.replace(tmp, folder)
-    dfd = os.open(folder.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(folder.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,147 @@
+"""Encoder speed: our BertModel against transformers.BertModel, same MiniLM weights, same batches.
+
+    python benchmarks/encoder.py                 # full run, rewrites the "## Encoder" section of docs/benchmarks.md
+    python benchmarks/encoder.py --quick         # smoke run, a few seconds of timing
+    python benchmarks/encoder.py --device cuda   # adds bf16 autocast rows
+
+Batches are real SST sentences (singles) and Quora question pairs, tokenised by our tokenizer with
+dynamic padding (to the longest item of each batch), exactly what the trainer feeds the encoder.
+Both models run with the same thread count; their repetitions alternate (see common.interleaved).
+The reference runs with its default attention (SDPA), its fastest CPU path.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the reference loads from the local folder only
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from mtbert.checkpoint import load_base, resolve_base  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads, for both models")
+    p.add_argument("--reps", type=int, default=15, help="timed repetitions per model (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed repetitions per model first")
+    p.add_argument("--batches", type=int, default=4, help="distinct batches per repetition")
+    p.add_argument("--infer-batch", type=int, default=32)
+    p.add_argument("--train-batch", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=128, help="tokenizer truncation")
+    p.add_argument("--quick", action="store_true", help="smoke run: reps 3, warmup 1, batches 1")
+    p.add_argument("--out", default=str(common.DOC), help="markdown file whose '## Encoder' section is rewritten")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.reps, a.warmup, a.batches = min(a.reps, 3), min(a.warmup, 1), min(a.batches, 1)
+    return a
+
+
+def make_batches(tok, kind: str, batch_size: int, n_batches: int, device: str) -> list[dict]:
+    n = batch_size * n_batches
+    if kind == "sst":
+        texts, pairs = common.sst_sentences(n), None
+    else:
+        qp = common.quora_pairs(n)
+        texts, pairs = [a for a, _ in qp], [b for _, b in qp]
+    out = []
+    for i in range(0, n, batch_size):
+        enc = tok.encode(texts[i:i + batch_size], None if pairs is None else pairs[i:i + batch_size])
+        out.append({k: v.to(device) for k, v in enc.items()})
+    return out
+
+
+def shape(batches: list[dict]) -> str:
+    B = batches[0]["input_ids"].size(0)
+    T = sum(b["input_ids"].size(1) for b in batches) / len(batches)
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    total = sum(b["attention_mask"].numel() for b in batches)
+    return f"{B} x {T:.0f} ({100 * (1 - real / total):.0f}% pad)"
+
+
+def infer_fn(model, batches, pooled, amp):
+    def run():
+        with torch.inference_mode(), amp():
+            for b in batches:
+                pooled(model(b["input_ids"], b["attention_mask"], b["token_type_ids"]))
+    return run
+
+
+def train_fn(model, batches, pooled, amp):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def run():
+        for b in batches:
+            with amp():
+                loss = pooled(model(b["input_ids"], b["attention_mask"], b["token_type_ids"])).float().square().mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    return run
+
+
+def main(argv=None) -> list[list[str]]:
+    a = parse_args(argv)
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    import transformers
+
+    ours, tok = load_base("minilm-l6", max_length=a.max_length)
+    ref = transformers.BertModel.from_pretrained(str(resolve_base("minilm-l6")))
+    ours.to(a.device)
+    ref.to(a.device)
+    pooled_ours = lambda o: o.pooler_output  # noqa: E731
+    pooled_ref = lambda o: o.pooler_output  # noqa: E731
+
+    amps = {"fp32": contextlib.nullcontext}
+    if a.device.startswith("cuda"):
+        amps["bf16 autocast"] = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+
+    header = ["case", "precision", "batch (B x mean T)", "ours ms/batch", "reference ms/batch", "ratio ref/ours"]
+    rows = []
+    for mode in ("inference", "train step"):
+        bs = a.infer_batch if mode == "inference" else a.train_batch
+        for data in ("sst", "quora"):
+            batches = make_batches(tok, data, bs, a.batches, a.device)
+            for prec, amp in amps.items():
+                if mode == "inference":
+                    fns = {"ours": infer_fn(ours.eval(), batches, pooled_ours, amp),
+                           "ref": infer_fn(ref.eval(), batches, pooled_ref, amp)}
+                else:  # fresh copies: the optimiser steps must not touch the inference models
+                    fns = {"ours": train_fn(copy.deepcopy(ours).train(), batches, pooled_ours, amp),
+                           "ref": train_fn(copy.deepcopy(ref).train(), batches, pooled_ref, amp)}
+                t = common.interleaved(fns, a.reps, a.warmup, a.device)
+                mo, mr = (common.median(t[k]) / len(batches) for k in ("ours", "ref"))
+                label = f"{mode}, {'SST singles' if data == 'sst' else 'Quora pairs'}"
+                rows.append([label, prec, shape(batches), f"{1e3 * mo:.1f}", f"{1e3 * mr:.1f}", f"{mr / mo:.2f}x"])
+                print(" | ".join(rows[-1]), flush=True)
+
+    table = common.markdown_table(header, rows)
+    cmd = "python benchmarks/encoder.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    body = (f"Our `mtbert.bert.BertModel` against `transformers.BertModel` ({transformers.__version__}, "
+            f"default SDPA attention), both on the packaged all-MiniLM-L6-v2 weights; real SST and Quora "
+            f"batches tokenised by our tokenizer with dynamic padding. Inference under "
+            f"`torch.inference_mode`; a train step is forward, a loss on the pooled output, backward and "
+            f"an AdamW step (dropout on). Median of {a.reps} interleaved repetitions of {a.batches} "
+            f"batches each, after {a.warmup} warm-up; ratio > 1 means ours is faster.\n\n"
+            f"{table}\n\n"
+            f"- command: `{cmd.strip()}`\n"
+            f"- machine: {common.machine(a.device)}\n"
+            f"- date: {common.today()}\n")
+    print()
+    print(table)
+    common.write_section(a.out, "Encoder", body)
+    print(f"\nwrote the '## Encoder' section of {a.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""`python -m mtbert …`: argument parsing only; the work is done by the modules it calls."""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+TASK_CHOICES = ("sst", "para", "sts")
+
+
+def _add_train(sub) -> None:
+    from .config import CHOICES, TrainConfig
+    p = sub.add_parser("train", help="fine-tune the multitask model, writing a run folder",
+                       description="Train one BERT on SST, Quora and STS at once. Settings come from the "
+                                   "defaults (the seed report's), then --config FILE (YAML/JSON), then flags.")
+    p.add_argument("--config", help="YAML or JSON file of settings")
+    p.add_argument("--run-dir", help="run folder to write (default: runs/<timestamp>-<name>); "
+                                     "if it holds a config.json and no --config is given, that config is used")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last/ state")
+    p.add_argument("--no-progress", action="store_true", help="no terminal progress bar")
+    g = p.add_argument_group("settings (override the config file)")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if not callable(getattr(f, "default_factory", None)) else f.default_factory()
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if f.name in CHOICES:
+            g.add_argument(flag, dest=f.name, choices=CHOICES[f.name], default=None, help=f"default: {default}")
+        elif "bool" in kind:
+            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"default: {default}")
+        elif f.name == "tasks":
+            g.add_argument(flag, dest="tasks", default=None, help="comma-separated subset of sst,para,sts "
+                                                                  "(default: all three)")
+        else:
+            conv = int if kind.startswith("int") else float if kind.startswith("float") else str
+            g.add_argument(flag, dest=f.name, type=_optional(conv), default=None,
+                           help=f"default: {default}" + (" ('none' for no limit)" if "None" in kind else ""))
+    p.set_defaults(func=_cmd_train, _fields=[f.name for f in fields(TrainConfig)])
+
+
+def _optional(conv):
+    def parse(text: str):
+        return None if text.lower() in ("none", "null") else conv(text)
+    parse.__name__ = conv.__name__
+    return parse
+
+
+def _cmd_train(args) -> int:
+    import json
+
+    from .config import TrainConfig, read_config_file
+    from .train import Trainer, TrainingError, new_run_dir
+    flags = {k: getattr(args, k) for k in args._fields if getattr(args, k) is not None}
+    try:
+        if args.resume:
+            run_dir = Path(args.resume)
+            cfg_path = run_dir / "config.json"
+            if not cfg_path.is_file():
+                print(f"error: {run_dir} is not a run folder (no config.json)", file=sys.stderr)
+                return 2
+            base = read_config_file(cfg_path)
+            if flags:  # only budgets may change on resume; everything else must match the saved state
+                allowed = {"epochs", "max_steps", "time_budget_s", "eval_every", "device"}
+                bad = sorted(set(flags) - allowed)
+                if bad:
+                    print(f"error: --resume can only change {', '.join(sorted(allowed))}; not {', '.join(bad)}",
+                          file=sys.stderr)
+                    return 2
+            cfg = TrainConfig.from_dict({**base, **flags})
+            if flags:
+                (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            trainer = Trainer(cfg, run_dir, resume=True, progress=not args.no_progress)
+        else:
+            settings = {}
+            if args.config:
+                settings = read_config_file(args.config)
+            elif args.run_dir and (Path(args.run_dir) / "config.json").is_file():
+                settings = read_config_file(Path(args.run_dir) / "config.json")
+            cfg = TrainConfig.from_dict({**settings, **flags})
+            run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(cfg.name)
+            print(f"run folder: {run_dir}", flush=True)
+            trainer = Trainer(cfg, run_dir, progress=not args.no_progress)
+        state = trainer.run()
+    except (ValueError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0 if state in ("finished", "stopped") else 1
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="print the seed-style results table of a checkpoint",
+                       description="Evaluate a checkpoint on a split of CS224N-format files.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder, Hub repo id, or minilm-l6 (untrained heads)")
+    p.add_argument("--split", default="dev", choices=("train", "dev"), help="default: dev")
+    p.add_argument("--data-dir", help="folder of CS224N files (default: the shipped sample)")
+    p.add_argument("--quora-train", help="Quora train file to use when --split train")
+    p.add_argument("--tasks", default="sst,para,sts", help="comma-separated (default: all three)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N examples per task")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _load_any(name: str):
+    from .checkpoint import MINILM, load_base, load_checkpoint
+    from .model import ModelConfig, MultitaskBert
+    if name == MINILM:
+        encoder, tok = load_base(name)
+        return MultitaskBert(encoder, ModelConfig()).eval(), tok
+    model, tok, _ = load_checkpoint(name)
+    return model, tok
+
+
+def _cmd_evaluate(args) -> int:
+    from .checkpoint import CheckpointError
+    from .data import SAMPLE_DIR, DataError, load_split
+    from .evaluate import evaluate, seed_table
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    bad = [t for t in tasks if t not in TASK_CHOICES]
+    if bad:
+        print(f"error: --tasks {','.join(bad)} not allowed; choose from {', '.join(TASK_CHOICES)}", file=sys.stderr)
+        return 2
+    try:
+        model, tok = _load_any(args.checkpoint)
+        overrides = {"para": args.quora_train} if args.quora_train else None
+        loaded = load_split(args.data_dir or SAMPLE_DIR, args.split, tasks, overrides=overrides)
+    except (CheckpointError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    data = {}
+    for t, (examples, report) in loaded.items():
+        print(f"[data] {report.summary()}", file=sys.stderr)
+        data[t] = examples[:args.limit] if args.limit else examples
+    m = evaluate(model, tok, data, args.batch_size)
+    print(seed_table({args.split.capitalize(): m}))
+    if "sts_spearman" in m:
+        print(f"\nSTS Spearman: {m['sts_spearman']:.3f}")
+    return 0
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="write id,prediction CSV for a CS224N file",
+                       description="Predict one task for every usable row of a CS224N file (labelled or not). "
+                                   "Output: CSV with header id,prediction — class 0-4 (sst), 0/1 (para), "
+                                   "float 0-5 (sts) — in input order.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--task", required=True, choices=TASK_CHOICES)
+    p.add_argument("--input", required=True, help="CS224N-format TSV file")
+    p.add_argument("--output", required=True, help="CSV to write")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args) -> int:
+    from .checkpoint import CheckpointError
+    from .data import DataError, read_task_file
+    from .evaluate import predict_examples, write_predictions
+    try:
+        examples, report = read_task_file(args.task, args.input)
+        print(f"[data] {report.summary()}", file=sys.stderr)
+        model, tok = _load_any(args.checkpoint)
+    except (CheckpointError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    preds = predict_examples(model, tok, args.task, examples, args.batch_size)
+    write_predictions(args.output, [e.id for e in examples], preds)
+    print(f"wrote {len(preds)} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mtbert", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_predict(sub)
+    data = sub.add_parser("data", help="data commands (fetch)", description="Data commands.")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    from . import fetch
+    fetch.add_cli(data_sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,141 @@
+"""Training settings as plain data: the seed's defaults, validation that names the setting, presets."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .model import CHOICES as MODEL_CHOICES
+from .model import TASKS
+
+CHOICES = {
+    "mode": ("finetune", "frozen"),
+    "schedule": ("parallel", "round-robin"),
+    "gradient_method": ("sum", "pcgrad"),
+    "optimizer": ("adam", "adamw"),
+    "lr_decay": ("none", "linear", "cosine"),
+    "device": ("auto", "cpu", "cuda"),
+    **MODEL_CHOICES,
+}
+
+
+@dataclass
+class TrainConfig:
+    name: str = "run"
+    base_model: str = "minilm-l6"  # minilm-l6 | a folder | a Hub repo id (bert-base-uncased)
+    mode: str = "finetune"
+    tasks: list = field(default_factory=lambda: list(TASKS))
+    schedule: str = "parallel"
+    gradient_method: str = "sum"
+    # model
+    pooling: str = "cls"
+    pair_encoding: str = "separate"
+    para_features: str = "concat"
+    sts_loss: str = "cosine_mse"
+    dropout: float = 0.1
+    max_length: int = 128
+    # optimisation (the seed: Adam, lr 1e-5, batch 8, 10 epochs)
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-5
+    head_lr: float | None = None  # None: same as lr
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_decay: str = "none"
+    grad_clip: float | None = 1.0
+    bucket: bool = False  # length bucketing: batches of similar lengths, less padding
+    # budget
+    max_steps: int | None = None
+    time_budget_s: float | None = None
+    train_subset: int | None = None  # examples per task, for quick runs
+    # evaluation
+    eval_every: int | None = None  # steps; dev evaluation also runs at every epoch end
+    eval_subset: int | None = None  # dev examples per task (None: all)
+    train_eval_subset: int | None = 1000  # train examples per task for the final Train row
+    eval_batch_size: int = 64
+    # data
+    data_dir: str | None = None  # None: the shipped sample (data/sample)
+    quora_train: str | None = None  # override the Quora train file (e.g. the quora-full stand-in)
+    # machine
+    device: str = "auto"
+    bf16: bool = True  # autocast on CUDA only
+    seed: int = 11711
+
+    def __post_init__(self):
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"setting {name}={getattr(self, name)!r} is not allowed; "
+                                 f"allowed values: {', '.join(allowed)}")
+        if isinstance(self.tasks, str):
+            self.tasks = [t.strip() for t in self.tasks.split(",") if t.strip()]
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad or not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"setting tasks={self.tasks!r} is not allowed; choose a non-empty subset of "
+                             f"{', '.join(TASKS)}")
+        self.tasks = [t for t in TASKS if t in self.tasks]  # canonical order
+        positive = {"epochs": 1, "batch_size": 1, "max_length": 8, "eval_batch_size": 1}
+        for name, lo in positive.items():
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < lo:
+                raise ValueError(f"setting {name}={getattr(self, name)!r} is not allowed; "
+                                 f"allowed values: integers >= {lo}")
+        if self.max_length > 512:
+            raise ValueError(f"setting max_length={self.max_length} is not allowed; allowed values: 8..512")
+        for name in ("max_steps", "train_subset", "eval_every", "eval_subset", "train_eval_subset"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"setting {name}={v!r} is not allowed; allowed values: none or an integer >= 1")
+        for name in ("lr", "head_lr", "time_budget_s"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and v > 0):
+                raise ValueError(f"setting {name}={v!r} is not allowed; allowed values: a number > 0"
+                                 + (" or none" if name != "lr" else ""))
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"setting dropout={self.dropout} is not allowed; allowed values: 0 <= dropout < 1")
+        if self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ValueError("settings weight_decay and warmup_steps must be >= 0")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"setting grad_clip={self.grad_clip} is not allowed; allowed values: a number > 0 or none")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known settings: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":
+        return cls.from_dict({**read_config_file(path), **overrides})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"config file {path}: cannot be read ({e.strerror})") from e
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+            d = yaml.safe_load(text)
+        else:
+            d = json.loads(text)
+    except Exception as e:
+        raise ValueError(f"config file {path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} ({e})") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"config file {path}: expected a mapping of settings, got {type(d).__name__}")
+    return d
+
+
+PRESETS = {
+    # finishes in a few minutes on 2 CPU cores: the shipped sample, short sequences, few steps
+    "quick CPU demo": {"name": "quick-demo", "epochs": 1, "batch_size": 8, "lr": 5e-5, "max_length": 64,
+                       "max_steps": 40, "train_subset": 320, "eval_subset": 100, "train_eval_subset": 100,
+                       "gradient_method": "pcgrad", "eval_every": 20},
+    "seed (CS224N report)": {"name": "seed", "gradient_method": "pcgrad"},
+}

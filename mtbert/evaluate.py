@@ -1,0 +1,104 @@
+"""Metrics on any split (SST acc, Quora acc, STS Pearson/Spearman, the seed's Average) and prediction files."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import pearsonr, spearmanr
+
+from .data import Example, make_batch
+
+SEED_COLUMNS = (("para_acc", "Paraphrase acc"), ("sst_acc", "SST acc"), ("sts_corr", "STS corr"),
+                ("average", "Average"))
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: (_to_device(v, device) if isinstance(v, dict) else
+                v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+@torch.inference_mode()
+def predict_raw(model, tokenizer, task: str, examples: list[Example], batch_size: int = 64,
+                device: str | torch.device = "cpu", autocast_dtype=None) -> np.ndarray:
+    """Model outputs in input order: sst (N, 5) probabilities; para (N,) probability; sts (N,) 0..5."""
+    # sorting by length cuts padding to a minimum; the permutation is undone at the end
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].text_a) + len(examples[i].text_b or ""))
+    was_training = model.training
+    model.eval()
+    outs = []
+    try:
+        for s in range(0, len(order), batch_size):
+            chunk = [examples[i] for i in order[s:s + batch_size]]
+            batch = _to_device(make_batch(task, chunk, tokenizer, model.cfg.pair_encoding), device)
+            with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
+                                enabled=autocast_dtype is not None):
+                outs.append(model.predict(task, batch).float().cpu())
+    finally:
+        model.train(was_training)
+    if not outs:
+        return np.zeros((0, 5) if task == "sst" else (0,), dtype=np.float32)
+    flat = torch.cat(outs).numpy()
+    result = np.empty_like(flat)
+    result[np.array(order)] = flat
+    return result
+
+
+def to_predictions(task: str, raw: np.ndarray) -> list:
+    """sst: class 0..4; para: 0/1; sts: float 0..5 (the `mtbert predict` output)."""
+    if task == "sst":
+        return raw.argmax(-1).astype(int).tolist()
+    if task == "para":
+        return (raw > 0.5).astype(int).tolist()
+    return [round(float(x), 4) for x in raw]
+
+
+def predict_examples(model, tokenizer, task: str, examples: list[Example], batch_size: int = 64,
+                     device="cpu", autocast_dtype=None) -> list:
+    return to_predictions(task, predict_raw(model, tokenizer, task, examples, batch_size, device, autocast_dtype))
+
+
+def task_metrics(task: str, raw: np.ndarray, examples: list[Example]) -> dict:
+    y = np.array([e.label for e in examples], dtype=np.float64)
+    if task == "sst":
+        return {"sst_acc": float((raw.argmax(-1) == y).mean())}
+    if task == "para":
+        return {"para_acc": float(((raw > 0.5) == (y > 0.5)).mean())}
+    if len(y) < 2 or np.std(raw) == 0 or np.std(y) == 0:
+        return {"sts_corr": float("nan"), "sts_spearman": float("nan")}
+    return {"sts_corr": float(pearsonr(raw, y)[0]), "sts_spearman": float(spearmanr(raw, y)[0])}
+
+
+def evaluate(model, tokenizer, data: dict[str, list[Example]], batch_size: int = 64, device="cpu",
+             autocast_dtype=None) -> dict:
+    """Metrics for every task present in `data`; `average` is the mean of those present (the seed's Average)."""
+    out = {}
+    for task, examples in data.items():
+        if examples:
+            raw = predict_raw(model, tokenizer, task, examples, batch_size, device, autocast_dtype)
+            out.update(task_metrics(task, raw, examples))
+    main = [out[k] for k in ("para_acc", "sst_acc", "sts_corr") if k in out and not math.isnan(out[k])]
+    out["average"] = float(np.mean(main)) if main else float("nan")
+    return out
+
+
+def seed_table(rows: dict[str, dict]) -> str:
+    """The seed report's layout: one row per split (Train, Dev, ...), Paraphrase acc | SST acc | STS corr | Average."""
+    lines = ["|  | " + " | ".join(title for _, title in SEED_COLUMNS) + " |",
+             "|---|" + "---|" * len(SEED_COLUMNS)]
+    for name, m in rows.items():
+        cells = [f"{m[k]:.3f}" if isinstance(m.get(k), (int, float)) and not math.isnan(m[k]) else "–"
+                 for k, _ in SEED_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_predictions(path: str | Path, ids: list[str], preds: list) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "prediction"])
+        w.writerows(zip(ids, preds))

@@ -1,0 +1,471 @@
+"""The multitask training loop: schedules, gradient methods, telemetry, run folders, exact resume.
+
+A run folder (docs/run-folder.md) is the only thing the trainer shares with the outside world:
+config.json, status.json, metrics.jsonl, best/ and last/. The studio starts this as its own
+process and reads that folder.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import lock
+from .checkpoint import load_base, load_checkpoint, save_checkpoint
+from .config import CHOICES, PRESETS, TrainConfig  # noqa: F401  (re-exported for the studio)
+from .data import SAMPLE_DIR, Example, load_split, make_batch
+from .evaluate import evaluate
+from .gradients import make_method
+from .io import JsonlWriter, atomic_write_json
+from .model import TASKS, ModelConfig, MultitaskBert
+
+STATE_TENSORS, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"
+
+
+class TrainingError(Exception):
+    """A run that cannot go on: bad data, a non-finite loss, an unwritable folder."""
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get("MTBERT_RUNS_DIR", "runs"))
+
+
+def new_run_dir(name: str, root: Path | None = None) -> Path:
+    root = root or runs_root()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40] or "run"
+    d, i = root / f"{stamp}-{safe}", 1
+    while d.exists():
+        d, i = root / f"{stamp}-{safe}-{i}", i + 1
+    return d
+
+
+# ---- data streams ---------------------------------------------------------------------------
+
+class TaskStream:
+    """Batches of one task, pass after pass. Its whole state is (pass, position): the order of each
+    pass is a pure function of (seed, task, pass), so a resumed run sees exactly the same batches."""
+
+    def __init__(self, task: str, examples: list[Example], batch_size: int, seed: int, bucket: bool):
+        self.task, self.examples, self.batch_size, self.seed, self.bucket = task, examples, batch_size, seed, bucket
+        self.n_batches = max(1, math.ceil(len(examples) / batch_size))
+        self.pass_idx, self.position = 0, 0
+        self._order = None
+
+    def _batches_of_pass(self, p: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1000 + TASKS.index(self.task) * 100003 + p)
+        idx = torch.randperm(len(self.examples), generator=g).tolist()
+        if self.bucket:  # sort by length within windows of 50 batches, then shuffle the batches
+            w = self.batch_size * 50
+            length = lambda i: len(self.examples[i].text_a) + len(self.examples[i].text_b or "")  # noqa: E731
+            idx = [i for s in range(0, len(idx), w) for i in sorted(idx[s:s + w], key=length)]
+        batches = [idx[s:s + self.batch_size] for s in range(0, len(idx), self.batch_size)]
+        if self.bucket:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        return batches
+
+    def next(self) -> list[Example]:
+        if self.position >= self.n_batches:
+            self.pass_idx, self.position = self.pass_idx + 1, 0
+            self._order = None
+        if self._order is None:
+            self._order = self._batches_of_pass(self.pass_idx)
+        chosen = self._order[self.position]
+        self.position += 1
+        return [self.examples[i] for i in chosen]
+
+    def state(self) -> dict:
+        return {"pass": self.pass_idx, "position": self.position}
+
+    def load_state(self, s: dict) -> None:
+        self.pass_idx, self.position, self._order = s["pass"], s["position"], None
+
+
+def subset(examples: list[Example], n: int | None, seed: int) -> list[Example]:
+    if n is None or n >= len(examples):
+        return examples
+    idx = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()[:n]
+    return [examples[i] for i in sorted(idx)]
+
+
+# ---- the plan: which task(s) each step trains --------------------------------------------------
+
+@dataclass
+class Plan:
+    """parallel: every step one batch of every task; an epoch ends with the shortest loader.
+    round-robin: a whole pass of one task, then the next (the seed's first attempt)."""
+    schedule: str
+    tasks: list
+    n_batches: dict
+
+    @property
+    def steps_per_epoch(self) -> int:
+        if self.schedule == "parallel":
+            return min(self.n_batches[t] for t in self.tasks)
+        return sum(self.n_batches[t] for t in self.tasks)
+
+    def tasks_at(self, step_in_epoch: int) -> list[str]:
+        if self.schedule == "parallel":
+            return self.tasks
+        for t in self.tasks:
+            if step_in_epoch < self.n_batches[t]:
+                return [t]
+            step_in_epoch -= self.n_batches[t]
+        raise IndexError(step_in_epoch)
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        if cfg.lr_decay == "none":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        return 1.0 - progress if cfg.lr_decay == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("setting device=cuda is not allowed here: no CUDA device found; allowed values: auto, cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: (to_device(v, device) if isinstance(v, dict) else
+                v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+            for k, v in batch.items()}
+
+
+# ---- the trainer ----------------------------------------------------------------------------
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+                 log=None):
+        self.cfg, self.run_dir, self.resume, self.progress = cfg, Path(run_dir), resume, progress
+        self.log = log or (lambda msg: print(msg, flush=True))
+        self.stop_requested = False
+        self.status = {"run_id": self.run_dir.name, "state": "queued", "pid": os.getpid(), "error": None,
+                       "epochs": cfg.epochs, "step": 0, "epoch": 0, "best_checkpoint": None,
+                       "best_dev_average": None, "started_at": time.time()}
+
+    # -- status & metrics --
+
+    def set_status(self, **kw) -> None:
+        self.status.update(kw, updated_at=time.time())
+        atomic_write_json(self.run_dir / "status.json", self.status)
+
+    def _record(self, rec: dict) -> None:
+        self.metrics.write(rec)
+
+    # -- setup --
+
+    def _setup(self) -> None:
+        cfg = self.cfg
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.device = pick_device(cfg.device)
+        self.amp = torch.bfloat16 if (cfg.bf16 and self.device.type == "cuda") else None
+        data_dir = cfg.data_dir or str(SAMPLE_DIR)
+        overrides = {"para": cfg.quora_train} if cfg.quora_train and "para" in cfg.tasks else None
+        train = load_split(data_dir, "train", cfg.tasks, overrides=overrides)
+        dev = load_split(data_dir, "dev", cfg.tasks)
+        for split, loaded in (("train", train), ("dev", dev)):
+            for task, (examples, report) in loaded.items():
+                self.log(f"[data] {split} {task}: {report.summary()}")
+                if not examples:
+                    raise TrainingError(f"no usable {task} {split} examples in {report.path}")
+        self.train_data = {t: subset(train[t][0], cfg.train_subset, cfg.seed) for t in cfg.tasks}
+        self.dev_data = {t: subset(dev[t][0], cfg.eval_subset, cfg.seed + 1) for t in cfg.tasks}
+        self.train_eval_data = {t: subset(train[t][0], cfg.train_eval_subset, cfg.seed + 2) for t in cfg.tasks}
+
+        if self.resume:
+            self.model, self.tok, _ = load_checkpoint(self._last_dir())
+        else:
+            encoder, self.tok = load_base(cfg.base_model, cfg.max_length)
+            mcfg = ModelConfig(pooling=cfg.pooling, pair_encoding=cfg.pair_encoding,
+                               para_features=cfg.para_features, sts_loss=cfg.sts_loss, dropout=cfg.dropout)
+            self.model = MultitaskBert(encoder, mcfg)
+        self.model.to(self.device).train()
+        if cfg.mode == "frozen":  # the seed's "pre-trained embeddings" mode: heads only
+            self.model.encoder.requires_grad_(False)
+
+        enc = [p for p in self.model.encoder.parameters() if p.requires_grad]
+        heads = [p for h in self.model.heads().values() for p in h.parameters()]
+        groups = [{"params": heads, "lr": cfg.head_lr or cfg.lr}]
+        if enc:
+            groups.insert(0, {"params": enc, "lr": cfg.lr})
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        extra = {"fused": True} if self.device.type == "cuda" else {}
+        self.opt = opt_cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+        self.method = make_method(cfg.gradient_method, enc + heads, seed=cfg.seed, telemetry=True)
+
+        self.streams = {t: TaskStream(t, self.train_data[t], cfg.batch_size, cfg.seed, cfg.bucket)
+                        for t in cfg.tasks}
+        self.plan = Plan(cfg.schedule, cfg.tasks, {t: s.n_batches for t, s in self.streams.items()})
+        self.total_steps = cfg.epochs * self.plan.steps_per_epoch
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, self.total_steps))
+        self.step = self.epoch = self.step_in_epoch = 0
+        self.best_avg, self.elapsed_before, self.last_saved_step = -math.inf, 0.0, None
+        if self.resume:
+            self._load_state()
+
+    def _last_dir(self) -> Path:
+        last = self.run_dir / "last"
+        if not (last / STATE_JSON).is_file() and (self.run_dir / ".last.old" / STATE_JSON).is_file():
+            return self.run_dir / ".last.old"  # a crash between the two renames of a save
+        if not (last / STATE_JSON).is_file():
+            raise TrainingError(f"cannot resume {self.run_dir}: no saved state in {last} "
+                                "(the run stopped before its first save)")
+        return last
+
+    # -- resume state: optimizer, scheduler, RNGs, data position, counters (no pickle) --
+
+    def _write_state(self, folder: Path) -> None:
+        opt = self.opt.state_dict()
+        tensors = {f"opt.{pid}.{k}": v.detach().cpu().contiguous()
+                   for pid, st in opt["state"].items() for k, v in st.items() if isinstance(v, torch.Tensor)}
+        tensors["rng.torch"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        for k, v in self.method.state_dict().items():
+            tensors[f"method.{k}"] = v
+        save_file(tensors, str(folder / STATE_TENSORS))
+        sched = {k: v for k, v in self.sched.state_dict().items() if k != "lr_lambdas"}
+        state = {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                 "best_avg": None if self.best_avg == -math.inf else self.best_avg,
+                 "elapsed": self._elapsed(), "streams": {t: s.state() for t, s in self.streams.items()},
+                 "scheduler": sched, "param_groups": opt["param_groups"], "python_random": repr(random.getstate()),
+                 "config": self.cfg.to_dict()}
+        (folder / STATE_JSON).write_text(json.dumps(state, indent=2))
+
+    def _load_state(self) -> None:
+        folder = self._last_dir()
+        state = json.loads((folder / STATE_JSON).read_text())
+        tensors = load_file(str(folder / STATE_TENSORS))
+        opt_state = {}
+        for key, v in tensors.items():
+            if key.startswith("opt."):
+                _, pid, name = key.split(".", 2)
+                opt_state.setdefault(int(pid), {})[name] = v.to(self.device) if name != "step" else v
+        self.opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+        self.sched.load_state_dict(state["scheduler"])
+        self.method.load_state_dict({k[len("method."):]: v for k, v in tensors.items() if k.startswith("method.")})
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        for t, s in self.streams.items():
+            s.load_state(state["streams"][t])
+        self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+        self.best_avg = state["best_avg"] if state["best_avg"] is not None else -math.inf
+        self.elapsed_before = state["elapsed"]
+        _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        self.log(f"[resume] from {folder} at step {self.step} (epoch {self.epoch})")
+
+    # -- saving --
+
+    def _save(self, name: str, metrics: dict | None = None, with_state: bool = False) -> None:
+        try:
+            save_checkpoint(self.model, self.tok, self.run_dir / name, base=self.cfg.base_model,
+                            metrics=metrics, include_encoder=self.cfg.mode == "finetune",
+                            extra={"run_id": self.run_dir.name, "step": self.step, "train_config": self.cfg.to_dict()},
+                            write_extra=self._write_state if with_state else None)
+            if name == "last":
+                self.last_saved_step = self.step
+        except OSError as e:
+            where = e.filename or (self.run_dir / name)
+            raise TrainingError(f"could not write checkpoint {name}/ at {where}: {e.strerror or e}; "
+                                f"the previous {name}/ is intact") from e
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + (time.time() - self.t_start)
+
+    # -- evaluation --
+
+    def _evaluate(self, split: str, data: dict) -> dict:
+        m = evaluate(self.model, self.tok, data, self.cfg.eval_batch_size, self.device, self.amp)
+        self._record({"type": "eval", "split": split, "step": self.step, "epoch": self.epoch, "time": time.time(), **m})
+        shown = " ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
+        self.log(f"[eval] {split} step {self.step}: {shown}")
+        return m
+
+    def _dev_eval(self) -> None:
+        m = self._evaluate("dev", self.dev_data)
+        if m["average"] == m["average"] and m["average"] > self.best_avg:
+            self.best_avg = m["average"]
+            self._save("best", metrics={"dev": m, "step": self.step})
+            self.set_status(best_checkpoint="best", best_dev_average=m["average"])
+            self.log(f"[checkpoint] best/ (dev average {m['average']:.4f})")
+        self.last_dev, self.last_dev_step = m, self.step
+
+    # -- one optimisation step --
+
+    def _train_step(self, tasks: list[str]) -> dict:
+        t0 = time.perf_counter()
+        losses, n_examples = {}, 0
+        for t in tasks:
+            examples = self.streams[t].next()
+            n_examples += len(examples) * (1 if t == "sst" else 2)
+            batch = to_device(make_batch(t, examples, self.tok, self.model.cfg.pair_encoding), self.device)
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                losses[t] = self.model.loss(t, batch).float()
+        for t, v in losses.items():
+            if not torch.isfinite(v):
+                raise TrainingError(f"the {t} loss became {v.item()} at step {self.step + 1} "
+                                    f"(lr {self.sched.get_last_lr()[0]:.2e}); training stopped. "
+                                    "Lower the learning rate or keep grad_clip on; the last good checkpoint is in last/")
+        stats = self.method.backward(losses)
+        if self.cfg.grad_clip:
+            params = [p for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
+            total = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+            stats["grad_norm_total"] = float(total)
+        lr = self.sched.get_last_lr()[0]
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        self.step_in_epoch += 1
+        dt = time.perf_counter() - t0
+        rec = {"type": "step", "step": self.step, "epoch": self.epoch, "time": time.time(),
+               "loss": {t: float(v) for t, v in losses.items()}, "loss_total": float(sum(losses.values())),
+               "lr": lr, "examples_per_s": n_examples / dt, "step_time": dt, **stats}
+        self._record(rec)
+        return rec
+
+    # -- the loop --
+
+    def run(self) -> str:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.resume:
+            atomic_write_json(self.run_dir / "config.json", self.cfg.to_dict())
+        lock_path = self.run_dir.parent / ".lock"
+        try:
+            lock.acquire(lock_path, self.run_dir.name)
+        except lock.LockHeld as e:
+            self.set_status(state="failed", error=str(e))
+            raise TrainingError(str(e)) from e
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.t_start = time.time()
+        self.metrics = None
+        try:
+            self.set_status(state="running", error=None, started_at=time.time())
+            self._setup()
+            self.metrics = JsonlWriter(self.run_dir / "metrics.jsonl")
+            self.set_status(total_steps=self.total_steps, step=self.step, epoch=self.epoch)
+            state = self._loop()
+            self.set_status(state=state, eta_s=0.0)
+            self.log(f"[done] {state} at step {self.step}; run folder {self.run_dir}")
+            return state
+        except BaseException as e:
+            msg = str(e) if isinstance(e, (TrainingError, ValueError)) else \
+                f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
+            self.set_status(state="failed", error=msg)
+            raise
+        finally:
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            if self.metrics:
+                self.metrics.close()
+            lock.release(lock_path)
+
+    def _on_signal(self, signum, frame):
+        if self.stop_requested:  # a second Ctrl-C: the user means it
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        self.log(f"[stop] signal {signum}: finishing the step in flight, then saving")
+
+    def _loop(self) -> str:
+        cfg = self.cfg
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True, mininterval=0.5)
+        ema, last_status = None, 0.0
+        try:
+            while self.epoch < cfg.epochs:
+                while self.step_in_epoch < self.plan.steps_per_epoch:
+                    if self.stop_requested:
+                        self._save("last", with_state=True)
+                        return "stopped"
+                    if self.step >= self.total_steps or (cfg.time_budget_s and self._elapsed() >= cfg.time_budget_s):
+                        return self._finish("budget reached")
+                    rec = self._train_step(self.plan.tasks_at(self.step_in_epoch))
+                    ema = rec["step_time"] if ema is None else 0.9 * ema + 0.1 * rec["step_time"]
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix({t: f"{v:.3f}" for t, v in rec["loss"].items()}, refresh=False)
+                    if cfg.eval_every and self.step % cfg.eval_every == 0:
+                        self._dev_eval()
+                    if time.time() - last_status > 1.0:
+                        remaining = self.total_steps - self.step
+                        eta = remaining * ema
+                        if cfg.time_budget_s:
+                            eta = min(eta, max(0.0, cfg.time_budget_s - self._elapsed()))
+                        self.set_status(step=self.step, epoch=self.epoch, eta_s=eta,
+                                        examples_per_s=rec["examples_per_s"])
+                        last_status = time.time()
+                self.epoch += 1
+                self.step_in_epoch = 0
+                self.set_status(step=self.step, epoch=self.epoch)
+                if not (cfg.eval_every and self.step % cfg.eval_every == 0):
+                    self._dev_eval()
+                self._save("last", with_state=True)
+            return self._finish("all epochs done")
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _finish(self, why: str) -> str:
+        self.log(f"[finish] {why}")
+        if getattr(self, "last_dev_step", None) != self.step:
+            self._dev_eval()
+        if self.last_saved_step != self.step:
+            self._save("last", with_state=True)
+        # the seed's table describes the best checkpoint: Train and Dev rows from the same weights
+        best = self.run_dir / "best"
+        if (best / "mtbert.json").is_file():
+            self.model, self.tok, meta = load_checkpoint(best, device=str(self.device))
+            dev = meta["metrics"].get("dev", {})
+        else:
+            dev = self.last_dev
+        train = self._evaluate("train", self.train_eval_data)
+        results = {"train": train, "dev": dev}
+        if (best / "mtbert.json").is_file():
+            atomic_write_json(best / "metrics.json", {**results, "step": meta["metrics"].get("step")})
+        self.set_status(results=results)
+        return "finished"
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records written after the saved state (a kill between a step and its save) and torn lines."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("step", 0) <= step:
+            keep.append(line)
+    from .io import atomic_write_bytes
+    atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
+
+
+def train(cfg: TrainConfig, run_dir: str | Path | None = None, **kw) -> Path:
+    run_dir = Path(run_dir) if run_dir else new_run_dir(cfg.name)
+    Trainer(cfg, run_dir, **kw).run()
+    return run_dir
