@@ -68,6 +68,31 @@ class BertOutput(NamedTuple):
     attentions: tuple[torch.Tensor, ...] | None  # num_layers x (B, nh, T, T), only if asked
 
 
+KNOBS = dict(unpad=True, mask="bool", dropout="custom", train_attn="sdpa", gather="flat")
+
+
+def dropout(x, p: float, training: bool):
+    if not training or p == 0.0:
+        return x
+    if KNOBS["dropout"] == "native":
+        return F.dropout(x, p, True)
+    keep = torch.empty_like(x).bernoulli_(1.0 - p).div_(1.0 - p)
+    return x * keep
+
+
+class Unpadding(NamedTuple):
+    idx: torch.Tensor  # (N,) flat index b * T + t of each real token
+    B: int
+    T: int
+
+    def pad(self, x):  # (N, C) -> (B, T, C), zeros at padding
+        out = x.new_zeros(self.B * self.T, x.size(-1)).index_copy(0, self.idx, x)  # (B*T, C)
+        return out.view(self.B, self.T, -1)
+
+    def unpad(self, x):  # (B, T, ...) -> (N, C)
+        return x.reshape(self.B * self.T, -1).index_select(0, self.idx)
+
+
 class BertEmbeddings(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
@@ -75,14 +100,12 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.p = cfg.hidden_dropout_prob
 
-    def forward(self, input_ids, token_type_ids):
-        T = input_ids.size(1)
-        x = self.word_embeddings(input_ids)  # (B, T, H)
-        x = x + self.position_embeddings.weight[:T]  # (T, H) broadcasts over the batch
+    def forward(self, input_ids, token_type_ids, position_ids):
+        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
         x = x + self.token_type_embeddings(token_type_ids)
-        return self.dropout(self.LayerNorm(x))
+        return dropout(self.LayerNorm(x), self.p, self.training)
 
 
 class BertSelfAttention(nn.Module):
@@ -95,21 +118,26 @@ class BertSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)  # rows: [query; key; value]
         self.dropout_p = cfg.attention_probs_dropout_prob
 
-    def forward(self, x, mask, output_attentions=False):
-        B, T, H = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_size).unbind(2)  # 3 x (B, T, nh, hs)
+    def forward(self, x, mask, u, output_attentions=False):
+        qkv = self.qkv(x)
+        if u is not None:
+            qkv = u.pad(qkv)
+        B, T, H3 = qkv.shape
+        H = H3 // 3
+        q, k, v = qkv.view(B, T, 3, self.n_head, self.head_size).unbind(2)  # 3 x (B, T, nh, hs)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs)
-        if not output_attentions:
-            p = self.dropout_p if self.training else 0.0
+        p = self.dropout_p if self.training else 0.0
+        probs = None
+        if not output_attentions and (p == 0.0 or KNOBS["train_attn"] == "sdpa"):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-            probs = None
         else:  # the explicit path, to hand the probabilities to bertviz
-            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_size)  # (B, nh, T, T)
+            scores = (q * (1.0 / math.sqrt(self.head_size))) @ k.transpose(-2, -1)  # (B, nh, T, T)
             if mask is not None:
-                scores = scores + mask
+                scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
             probs = scores.softmax(dim=-1)
-            y = F.dropout(probs, self.dropout_p, self.training) @ v  # (B, nh, T, hs)
-        return y.transpose(1, 2).reshape(B, T, H), probs
+            y = dropout(probs, p, self.training) @ v  # (B, nh, T, hs)
+        y = y.transpose(1, 2)
+        return (u.unpad(y) if u is not None else y.reshape(B, T, H)), probs
 
 
 class BertLayer(nn.Module):
@@ -123,14 +151,14 @@ class BertLayer(nn.Module):
         self.intermediate = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
         self.output = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
         self.output_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.p = cfg.hidden_dropout_prob
         self.act = ACTIVATIONS[cfg.hidden_act]
 
-    def forward(self, x, mask, output_attentions=False):
-        a, probs = self.attention(x, mask, output_attentions)
-        x = self.attention_norm(x + self.dropout(self.attention_output(a)))
+    def forward(self, x, mask, u, output_attentions=False):
+        a, probs = self.attention(x, mask, u, output_attentions)
+        x = self.attention_norm(x + dropout(self.attention_output(a), self.p, self.training))
         h = self.output(self.act(self.intermediate(x)))  # (B, T, 4H) -> (B, T, H)
-        x = self.output_norm(x + self.dropout(h))
+        x = self.output_norm(x + dropout(h, self.p, self.training))
         return x, probs
 
 
@@ -152,18 +180,28 @@ class BertModel(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None,
                 output_attentions=False) -> BertOutput:
+        B, T = input_ids.shape
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
-        mask = None
+        pos = torch.arange(T, device=input_ids.device).expand(B, T)
+        mask = u = None
         if attention_mask is not None and not bool(attention_mask.all()):
-            # additive mask, built once for all layers: 0 where attended, dtype-min on padding
-            mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min  # (B, 1, 1, T)
+            mask = attention_mask[:, None, None, :].bool()
+            if KNOBS["mask"] == "add":
+                mask = (1.0 - attention_mask[:, None, None, :].to(self.pooler.weight.dtype)) * torch.finfo(self.pooler.weight.dtype).min  # (B, 1, 1, T)
+            if KNOBS["unpad"] and not output_attentions:
+                u = Unpadding(attention_mask.flatten().nonzero().squeeze(1), B, T)
+        if u is not None:
+            x = self.embeddings(*(t.flatten()[u.idx] for t in (input_ids, token_type_ids, pos)))
+        else:
+            x = self.embeddings(input_ids, token_type_ids, pos)  # (B, T, H)
         all_probs = []
         for layer in self.layers:
-            x, probs = layer(x, mask, output_attentions)
+            x, probs = layer(x, mask, u, output_attentions)
             if output_attentions:
                 all_probs.append(probs)
+        if u is not None:
+            x = u.pad(x)
         pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, H), from the [CLS] token
         return BertOutput(x, pooled, tuple(all_probs) if output_attentions else None)
 

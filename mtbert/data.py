@@ -12,9 +12,10 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,7 @@ def load_split(data_dir, split: str, tasks=TASKS, overrides: dict[str, str] | No
 
 def make_batch(task: str, examples: list[Example], tokenizer, pair_encoding: str = "separate") -> dict:
     """Tokenise a list of examples into the model's inputs, labels and ids."""
+    import torch  # here, not at the top: reading files (the CLI, the studio) should not load torch
     _check_choice("task", task, TASKS)
     _check_choice("pair_encoding", pair_encoding, PAIR_ENCODINGS)
     batch: dict = {"ids": [e.id for e in examples]}
@@ -255,6 +257,7 @@ def batch_order(examples: list[Example], batch_size: int, shuffle: bool = False,
                 generator: torch.Generator | None = None, bucket: bool = False) -> list[list[int]]:
     """Indices of each batch. Bucketing sorts by length within chunks of BUCKET_BATCHES batches
     (less padding), then shuffles the batches so lengths do not come in a ramp."""
+    import torch
     if batch_size < 1:
         raise DataError(f"batch_size={batch_size} is not allowed; choose a positive integer")
     n = len(examples)

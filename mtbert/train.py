@@ -244,7 +244,7 @@ class Trainer:
         for k, v in self.method.state_dict().items():
             tensors[f"method.{k}"] = v
         save_file(tensors, str(folder / STATE_TENSORS))
-        sched = {k: v for k, v in self.sched.state_dict().items() if k != "lr_lambdas"}
+        sched = self.sched.state_dict()  # plain numbers; lr_lambdas are None for functions
         state = {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                  "best_avg": None if self.best_avg == -math.inf else self.best_avg,
                  "elapsed": self._elapsed(), "streams": {t: s.state() for t, s in self.streams.items()},
@@ -340,7 +340,8 @@ class Trainer:
         self.step_in_epoch += 1
         dt = time.perf_counter() - t0
         rec = {"type": "step", "step": self.step, "epoch": self.epoch, "time": time.time(),
-               "loss": {t: float(v) for t, v in losses.items()}, "loss_total": float(sum(losses.values())),
+               "loss": {t: float(v.detach()) for t, v in losses.items()},
+               "loss_total": float(sum(v.detach() for v in losses.values())),
                "lr": lr, "examples_per_s": n_examples / dt, "step_time": dt, **stats}
         self._record(rec)
         return rec

@@ -1,0 +1,152 @@
+"""`python -m mtbert data fetch`: download the official CS224N data files and verify each one.
+
+The files come from the public starter repository at a pinned commit, so their checksums are
+known in advance. Each download streams to a temporary file next to its destination and is only
+renamed into place once its checksum matches; a present file that already matches is skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .data import REPO_DIR, SAMPLE_DIR, SPLITS, TASKS, DataError, load_split
+
+COMMIT = "7ac8260577fc12a86c7aaf38918056c30054ef39"
+DEFAULT_BASE_URL = f"https://raw.githubusercontent.com/gpoesia/minbert-default-final-project/{COMMIT}/data"
+DEFAULT_DEST = REPO_DIR / "data" / "cs224n"
+TIMEOUT_S = 60
+CHUNK = 1 << 20
+
+# file -> (kind, digest). sha256 where the file was seen (../shared/data/cs224n/SOURCES.md);
+# the two quora files too large to copy are known only by their git blob ids.
+FILES = {
+    "ids-sst-train.csv": ("sha256", "03b2b625c090f94a6afd59f114cde5282e2053aab0b101e87ed695d8a0c5b1df"),
+    "ids-sst-dev.csv": ("sha256", "a186ce94577635fbe10beaaddd50f16cccf6c30973221cefdf90deed2a584bfe"),
+    "ids-sst-test-student.csv": ("sha256", "bdd5a767faa0c26782117e37767ece154c30d5d04fb8727d09c71e3850a55c7b"),
+    "quora-train.csv": ("git-blob", "a3b5546f6a0e65b60a328a5d294d1038f5bed1da"),
+    "quora-dev.csv": ("sha256", "bfa3cc954a9ba300ae776a980141de65f622a3c1b97e3fd905d63245bc36d5ad"),
+    "quora-test-student.csv": ("git-blob", "f257ef00558555afb50819578a58205732b16354"),
+    "sts-train.csv": ("sha256", "15d12efc2d656fffb1d61ac1f08ec4227f43925fd16f420c037cbd063699c21b"),
+    "sts-dev.csv": ("sha256", "ce3cad6f16062586ac7ba462c28b010a9be10c530fd5074165860d7b7ab4e93d"),
+    "sts-test-student.csv": ("sha256", "dee455745b72e9ca3ff74e7c056bd73e34bad5b8d5641045a2c1e7e131866f47"),
+}
+
+
+class FetchError(Exception):
+    """A download that failed or did not verify; the message names the file or URL."""
+
+
+def file_digest(path, kind: str) -> str:
+    """sha256 of the file, or its git blob id: sha1(b"blob <size>\\0" + content)."""
+    path = Path(path)
+    if kind == "sha256":
+        h = hashlib.sha256()
+    elif kind == "git-blob":
+        h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    else:
+        raise ValueError(f"unknown checksum kind {kind!r}")
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download(url: str, dest_dir: Path, name: str) -> Path:
+    """Stream `url` into a temporary file in `dest_dir` (same file system, so the rename is atomic)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest_dir)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
+            for chunk in iter(lambda: resp.read(CHUNK), b""):
+                out.write(chunk)
+    except urllib.error.HTTPError as e:
+        os.unlink(tmp)
+        raise FetchError(f"{url}: HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError) as e:
+        os.unlink(tmp)
+        raise FetchError(f"{url}: {getattr(e, 'reason', e)}") from None
+    return Path(tmp)
+
+
+def fetch(dest=DEFAULT_DEST, base_url: str = DEFAULT_BASE_URL, files=None, progress=print) -> list[Path]:
+    """Download `files` (default: all nine) into `dest`; return their paths, all verified."""
+    names = list(FILES) if files is None else list(files)
+    for n in names:
+        if n not in FILES:
+            raise FetchError(f"files: {n!r} is not a CS224N data file; choose from {', '.join(FILES)}")
+    dest = Path(dest)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FetchError(f"{dest}: cannot create the destination folder ({e.strerror or e})") from None
+    done = []
+    for name in names:
+        kind, want = FILES[name]
+        target = dest / name
+        if target.is_file():
+            if file_digest(target, kind) == want:
+                progress(f"{name}: already present, {kind} ok")
+                done.append(target)
+                continue
+            progress(f"{name}: present but its {kind} differs; downloading again")
+        url = f"{base_url.rstrip('/')}/{name}"
+        progress(f"{name}: downloading {url}")
+        tmp = _download(url, dest, name)
+        got = file_digest(tmp, kind)
+        if got != want:
+            tmp.unlink()
+            raise FetchError(f"{name}: checksum mismatch, expected {kind} {want} but the download from "
+                             f"{url} has {got}; it was not kept")
+        os.replace(tmp, target)
+        progress(f"{name}: {target.stat().st_size:,} bytes, {kind} ok")
+        done.append(target)
+    return done
+
+
+# ---- command line ---------------------------------------------------------------------------
+
+def _cmd_fetch(args) -> int:
+    try:
+        paths = fetch(args.dest, args.base_url, args.files)
+    except FetchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{len(paths)} file(s) verified in {args.dest}")
+    return 0
+
+
+def _cmd_check(args) -> int:
+    """Read every file of the split and print what was usable; 1 if a file is missing or unreadable."""
+    rc = 0
+    for task in TASKS:
+        try:
+            (_, report), = load_split(args.data_dir, args.split, tasks=(task,)).values()
+            print(report.summary())
+        except DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            rc = 1
+    return rc
+
+
+def add_cli(subparsers) -> None:
+    """Register `fetch` and `check` on the subparsers of the `data` command (see mtbert/cli.py)."""
+    f = subparsers.add_parser("fetch", help="download the official CS224N data files, checksum-verified",
+                              description="Download the official CS224N data files and verify each one.")
+    f.add_argument("--dest", type=Path, default=DEFAULT_DEST, help="folder to write into (default: %(default)s)")
+    f.add_argument("--base-url", default=DEFAULT_BASE_URL,
+                   help="the files are fetched from <base-url>/<file> (default: the starter repo at commit "
+                        f"{COMMIT[:10]})")
+    f.add_argument("--files", nargs="+", choices=list(FILES), metavar="FILE",
+                   help=f"only these files (default: all): {', '.join(FILES)}")
+    f.set_defaults(func=_cmd_fetch)
+
+    c = subparsers.add_parser("check", help="read a split's files and report malformed rows",
+                              description="Read a split's three files and report usable and skipped rows.")
+    c.add_argument("--data-dir", type=Path, default=SAMPLE_DIR, help="default: the shipped sample")
+    c.add_argument("--split", choices=SPLITS, default="train")
+    c.set_defaults(func=_cmd_check)

@@ -1,0 +1,360 @@
+"""The playground's logic, without Streamlit: load a checkpoint, score a sentence or a pair,
+look at attention (bertviz views that work offline, and plain heatmaps), predict a whole file.
+
+Every input goes through `check_text` first: empty or whitespace-only input is an InputError with
+a message for the user; an input longer than the model reads is cut, and the result says so.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_base, load_checkpoint
+from .model import ModelConfig, MultitaskBert
+from .runs import BASE_MODELS, ROOT, safe_checkpoint_path
+
+SST_LABELS = ("very negative", "negative", "neutral", "positive", "very positive")
+MAX_CHARS = 100_000  # beyond this even tokenising is wasted work: the model reads <= 512 tokens
+JS_ENV = "MTBERT_BERTVIZ_JS"
+JS_FILES = ("jquery.min.js", "d3.min.js")
+DEFAULT_JS_DIR = ROOT / "vendor-js"  # where scripts/fetch_js.sh puts them by default
+
+
+class InputError(ValueError):
+    """Input the model cannot take; the message is meant for the user as is."""
+
+
+# ---- models ---------------------------------------------------------------------------------
+
+def load_model(ref: str, device: str = "cpu") -> tuple[MultitaskBert, object, dict]:
+    """(model, tokenizer, meta) for a checkpoint name/path or a plain base model name.
+
+    A plain base model gets freshly initialised heads: meta['untrained_heads'] is True and its
+    task outputs mean nothing (attention and embeddings are the pretrained ones)."""
+    if ref in BASE_MODELS:
+        encoder, tok = load_base(ref)
+        with torch.random.fork_rng():  # the same untrained heads every time, global RNG untouched
+            torch.manual_seed(0)
+            model = MultitaskBert(encoder, ModelConfig())
+        meta = {"base_model": ref, "untrained_heads": True, "metrics": {}, "path": ref}
+        return model.to(device).eval(), tok, meta
+    model, tok, meta = load_checkpoint(safe_checkpoint_path(ref), device=device)
+    meta["untrained_heads"] = False
+    return model, tok, meta
+
+
+def describe_model(meta: dict) -> str:
+    if meta.get("untrained_heads"):
+        return (f"{meta.get('base_model')}: the plain pretrained encoder with UNTRAINED task heads; "
+                "its sentiment, paraphrase and similarity outputs are random, not predictions")
+    dev = (meta.get("metrics") or {}).get("dev") or {}
+    scores = ", ".join(f"{k} {v:.3f}" for k, v in dev.items() if isinstance(v, (int, float)))
+    return f"base {meta.get('base_model')}, {meta.get('model', {}).get('pooling', '?')} pooling" + (
+        f"; dev: {scores}" if scores else "")
+
+
+# ---- input checks ---------------------------------------------------------------------------
+
+def check_text(text, what: str = "sentence") -> str:
+    if text is None or not str(text).strip():
+        raise InputError(f"The {what} is empty: type some text first." if not text else
+                         f"The {what} is only whitespace: type some words.")
+    text = str(text).strip()
+    if len(text) > MAX_CHARS:
+        raise InputError(f"The {what} is {len(text):,} characters long; at most {MAX_CHARS:,} are accepted "
+                         "(the model reads only its first few hundred tokens anyway).")
+    return text
+
+
+_COUNTERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def token_count(tokenizer, a: str, b: str | None = None) -> int:
+    """Tokens of the input before truncation, [CLS]/[SEP] included."""
+    counter = _COUNTERS.get(tokenizer)
+    if counter is None:  # a copy of the tokenizer that never truncates, made once per tokenizer
+        from tokenizers import Tokenizer as HFTokenizer
+        counter = HFTokenizer.from_str(tokenizer._tk.to_str())
+        counter.no_truncation()
+        _COUNTERS[tokenizer] = counter
+    return len(counter.encode(a, b).ids if b is not None else counter.encode(a).ids)
+
+
+def truncation_note(tokenizer, texts: dict[str, str], joint: bool = False) -> str | None:
+    """A visible note when the model will not read all of the input, else None."""
+    limit = tokenizer.max_length
+    if joint and len(texts) == 2:
+        (na, a), (nb, b) = texts.items()
+        n = token_count(tokenizer, a, b)
+        return (f"The pair is {n} tokens; the model reads only {limit}, so the longer sentence "
+                f"was cut.") if n > limit else None
+    long = {name: n for name, t in texts.items() if (n := token_count(tokenizer, t)) > limit}
+    if not long:
+        return None
+    return "; ".join(f"The {name} is {n} tokens" for name, n in long.items()) + (
+        f"; the model reads only the first {limit} tokens, the rest was cut.")
+
+
+# ---- task outputs ---------------------------------------------------------------------------
+
+def sentiment(model, tokenizer, text: str) -> dict:
+    """5-class distribution for one sentence."""
+    from .data import Example, make_batch
+
+    text = check_text(text)
+    batch = make_batch("sst", [Example("0", text, None, None)], tokenizer)
+    probs = model.predict("sst", batch)[0].float().tolist()
+    best = max(range(len(probs)), key=probs.__getitem__)
+    return {"probs": probs, "labels": list(SST_LABELS), "label": best, "label_name": SST_LABELS[best],
+            "note": truncation_note(tokenizer, {"sentence": text})}
+
+
+def pair_scores(model, tokenizer, a: str, b: str) -> dict:
+    """Paraphrase probability and similarity 0..5 for a sentence pair."""
+    from .data import Example, make_batch
+
+    a, b = check_text(a, "first sentence"), check_text(b, "second sentence")
+    batch = make_batch("para", [Example("0", a, b, None)], tokenizer, model.cfg.pair_encoding)
+    para = float(model.predict("para", batch)[0])
+    sts = float(model.predict("sts", batch)[0])
+    return {"paraphrase": para, "similarity": sts,
+            "note": truncation_note(tokenizer, {"first sentence": a, "second sentence": b},
+                                    joint=model.cfg.pair_encoding == "joint")}
+
+
+# ---- attention ------------------------------------------------------------------------------
+
+@dataclass
+class AttentionView:
+    tokens: list[str]
+    attentions: tuple  # num_layers x (1, heads, L, L)
+    sentence_b_start: int | None = None
+    note: str | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.attentions)
+
+    @property
+    def num_heads(self) -> int:
+        return self.attentions[0].size(1)
+
+
+@torch.inference_mode()
+def attention(model, tokenizer, a: str, b: str | None = None) -> AttentionView:
+    """Per-layer attention of the encoder for a sentence, or a pair read jointly as
+    [CLS] a [SEP] b [SEP] (sentence_b_start: the index of b's first token)."""
+    a = check_text(a, "first sentence" if b is not None else "sentence")
+    if b is not None:
+        b = check_text(b, "second sentence")
+    enc = tokenizer._tk.encode(a, b) if b is not None else tokenizer._tk.encode(a)
+    ids = torch.tensor([enc.ids])
+    types = torch.tensor([enc.type_ids])
+    encoder = getattr(model, "encoder", model)
+    out = encoder(ids, torch.ones_like(ids), types, output_attentions=True)
+    b_start = enc.type_ids.index(1) if b is not None and 1 in enc.type_ids else None
+    texts = {"first sentence": a, "second sentence": b} if b is not None else {"sentence": a}
+    return AttentionView(list(enc.tokens), tuple(x.float().cpu() for x in out.attentions), b_start,
+                         truncation_note(tokenizer, texts, joint=b is not None))
+
+
+def attention_heatmap(view: AttentionView, layer: int, head: int):
+    import plotly.graph_objects as go
+
+    if not (0 <= layer < view.num_layers and 0 <= head < view.num_heads):
+        raise InputError(f"layer must be 0..{view.num_layers - 1} and head 0..{view.num_heads - 1}")
+    m = view.attentions[layer][0, head].tolist()
+    idx = list(range(len(view.tokens)))  # positions, not token strings: repeated tokens stay apart
+    fig = go.Figure(go.Heatmap(z=m, x=idx, y=idx, colorscale="Blues", zmin=0, zmax=1,
+                               hovertemplate="query %{y}: %{customdata[0]}<br>key %{x}: %{customdata[1]}"
+                                             "<br>weight %{z:.3f}<extra></extra>",
+                               customdata=[[[view.tokens[i], view.tokens[j]] for j in idx] for i in idx]))
+    ticks = dict(tickmode="array", tickvals=idx, ticktext=view.tokens)
+    fig.update_layout(title=f"Layer {layer}, head {head}: rows attend to columns",
+                      xaxis=dict(title="key (attended to)", tickangle=-60, **ticks),
+                      yaxis=dict(title="query", autorange="reversed", **ticks),
+                      height=max(360, 18 * len(idx) + 160), margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+# ---- bertviz, online or offline ---------------------------------------------------------------
+
+def js_dir() -> Path | None:
+    """The folder with local copies of d3 v5 and jQuery: $MTBERT_BERTVIZ_JS, else vendor-js/ when
+    scripts/fetch_js.sh has filled it; None means bertviz's CDN links (blank without internet)."""
+    env = os.environ.get(JS_ENV)
+    if env:
+        folder = Path(env).expanduser()
+        missing = [f for f in JS_FILES if not (folder / f).is_file()]
+        if missing:
+            raise InputError(f"{JS_ENV}={env}: missing {', '.join(missing)} there "
+                             "(fill it with scripts/fetch_js.sh)")
+        return folder
+    return DEFAULT_JS_DIR if all((DEFAULT_JS_DIR / f).is_file() for f in JS_FILES) else None
+
+
+_REQUIRE_TAG = re.compile(r'<script src="https?://[^"]*require[^"]*"></script>')
+_REQUIRE_CONFIG = re.compile(r"require\.config\(\{.*?\}\);", re.S)
+# bertviz's code asks requirejs for its two libraries; with both inlined, hand them over directly
+_REQUIRE_SHIM = """<script>
+window.requirejs = window.require = function (deps, cb) {
+  var libs = {jquery: window.jQuery, d3: window.d3};
+  cb.apply(null, deps.map(function (d) { return libs[d]; }));
+};
+window.require.config = function () {};
+</script>"""
+
+
+def inline_js(html: str, folder: Path) -> str:
+    """bertviz's page with d3 and jQuery inlined: no request leaves the page."""
+    libs = []
+    for name in JS_FILES:
+        code = (Path(folder) / name).read_text(encoding="utf-8").replace("</script", "<\\/script")
+        libs.append(f"<script>\n{code}\n</script>")
+    html = _REQUIRE_TAG.sub("", html)
+    html = _REQUIRE_CONFIG.sub("", html)
+    return "\n".join(libs) + "\n" + _REQUIRE_SHIM + "\n" + html
+
+
+def _script_safe(tokens: list[str]) -> list[str]:
+    # bertviz embeds tokens in a <script>; a token holding "</" or "<!--" could end it early
+    return [t.replace("<", "\uff1c") if ("</" in t or "<!--" in t) else t for t in tokens]
+
+
+def bertviz_html(view: AttentionView, kind: str = "head", folder: Path | None | str = "auto") -> str:
+    """bertviz head_view or model_view as a standalone HTML page (for st.iframe).
+    folder='auto': local JS from js_dir() when available; None: the CDN links."""
+    from bertviz import head_view, model_view
+
+    views = {"head": head_view, "model": model_view}
+    if kind not in views:
+        raise ValueError(f"kind={kind!r} is not allowed; choose one of {', '.join(views)}")
+    # 3 decimals is finer than the eye can tell apart and cuts the page to a fifth of its size
+    rounded = [a.double().round(decimals=3) for a in view.attentions]
+    html = views[kind](attention=rounded, tokens=_script_safe(view.tokens),
+                       sentence_b_start=view.sentence_b_start, html_action="return").data
+    folder = js_dir() if folder == "auto" else folder
+    body = inline_js(html, Path(folder)) if folder else html
+    return f"<!doctype html><html><head><meta charset='utf-8'></head><body>{body}</body></html>"
+
+
+def bertviz_height(view: AttentionView, kind: str = "head") -> int:
+    """Pixel height bertviz's drawing needs (its own sizing constants), plus the controls."""
+    n = len(view.tokens)
+    if kind == "head":
+        return int(n * 22.5 + 30 + 80)
+    thumb = n * 7 * 12 / view.num_heads + 10
+    return int(max(view.num_layers * thumb + 38, n * 18 + 55) + 80)
+
+
+# ---- batch mode -----------------------------------------------------------------------------
+
+def detect_task(data: bytes) -> str | None:
+    """sst / para / sts from a CS224N header; None when it cannot tell (unlabelled pair files)."""
+    header = data.split(b"\n", 1)[0].decode("utf-8-sig", "replace").strip().split("\t")
+    cols = {h.strip() for h in header}
+    if "sentence" in cols:
+        return "sst"
+    if "is_duplicate" in cols:
+        return "para"
+    if "similarity" in cols:
+        return "sts"
+    return None
+
+
+def read_upload(data: bytes, task: str = "auto") -> tuple[str, list, object]:
+    """(task, examples, report) of an uploaded CS224N file; never unpickles, only parses TSV text."""
+    from .data import TASKS, DataError, read_task_file
+
+    if not data or not data.strip():
+        raise InputError("The uploaded file is empty.")
+    if task == "auto":
+        task = detect_task(data)
+        if task is None:
+            raise InputError("Cannot tell the task from this file's header (sentence1/sentence2 without "
+                             "a label column fits both paraphrase and similarity): choose the task.")
+    elif task not in TASKS:
+        raise InputError(f"task={task!r} is not allowed; choose one of auto, {', '.join(TASKS)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "upload.csv"
+        path.write_bytes(data)
+        try:
+            examples, report = read_task_file(task, path)
+        except DataError as e:
+            raise InputError(str(e).replace(str(path), "the uploaded file")) from None
+    report.path = "uploaded file"
+    if not examples:
+        raise InputError(f"No usable rows for task {task}: {report.summary()}")
+    return task, examples, report
+
+
+def predictions_csv(ids: list[str], preds: list) -> bytes:
+    from .evaluate import write_predictions
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "predictions.csv"
+        write_predictions(path, ids, preds)
+        return path.read_bytes()
+
+
+@dataclass
+class BatchJob:
+    """Predictions for a whole file, computed in a background thread so the page stays live."""
+    task: str
+    examples: list
+    done: int = 0
+    csv: bytes | None = None
+    error: str | None = None
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.csv is not None or self.error is not None
+
+    @property
+    def fraction(self) -> float:
+        return self.done / max(1, len(self.examples))
+
+    def start(self, model, tokenizer, chunk: int = 256) -> "BatchJob":
+        self._thread = threading.Thread(target=self._run, args=(model, tokenizer, chunk), daemon=True)
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self, model, tokenizer, chunk: int) -> None:
+        from .evaluate import predict_examples
+
+        try:
+            preds = []
+            for s in range(0, len(self.examples), chunk):
+                preds += predict_examples(model, tokenizer, self.task, self.examples[s:s + chunk])
+                self.done = min(len(self.examples), s + chunk)
+            self.csv = predictions_csv([e.id for e in self.examples], preds)
+        except Exception as e:  # shown on the page; the thread must not die silently
+            self.error = f"{type(e).__name__}: {e}"
+
+
+# ---- figures ----------------------------------------------------------------------------------
+
+def sentiment_figure(results: dict[str, dict]):
+    """Grouped bars: one group per class, one bar per model (name -> sentiment() result)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, r in results.items():
+        fig.add_bar(x=r["labels"], y=r["probs"], name=name, text=[f"{p:.2f}" for p in r["probs"]],
+                    textposition="outside")
+    fig.update_layout(title="Sentiment distribution", yaxis=dict(range=[0, 1.1], title="probability"),
+                      barmode="group", height=340, margin=dict(l=10, r=10, t=40, b=10),
+                      showlegend=len(results) > 1)
+    return fig

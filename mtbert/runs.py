@@ -1,0 +1,677 @@
+"""The studio's side of the run folder: list and read runs, start/stop/resume/delete the trainer
+process, the checkpoints on offer, and the charts of a run's metrics.
+
+The trainer (`python -m mtbert train`) is its own OS process writing a run folder
+(docs/run-folder.md); everything here reads that folder or signals that process, so the UI never
+blocks and a reload re-attaches to whatever is running. No Streamlit in here: the pages call it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import lock
+from .io import atomic_write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINTS_DIR = ROOT / "checkpoints"
+BASE_MODELS = ("minilm-l6",)
+LIVE_STATES = ("queued", "running")
+SEED_COLUMNS = (("para_acc", "Paraphrase acc"), ("sst_acc", "SST acc"), ("sts_corr", "STS corr"),
+                ("average", "Average"))
+LOG_TAIL_LINES = 15
+
+
+class RunError(Exception):
+    """An action on a run that cannot be done; the message says which run and why."""
+
+
+LockHeld = lock.LockHeld
+
+
+def runs_dir() -> Path:
+    """Where runs live: $MTBERT_RUNS_DIR, else ./runs (the same rule as the trainer)."""
+    return Path(os.environ.get("MTBERT_RUNS_DIR") or "runs").absolute()
+
+
+def lock_path() -> Path:
+    return runs_dir() / ".lock"
+
+
+def _read_json(path: Path, default=None):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return default
+
+
+# ---- reading runs ---------------------------------------------------------------------------
+
+def list_runs() -> list[Path]:
+    """Run folders, newest first (run ids start with a timestamp)."""
+    root = runs_dir()
+    if not root.is_dir():
+        return []
+    runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+            and ((p / "config.json").is_file() or (p / "status.json").is_file())]
+    return sorted(runs, key=lambda p: p.name, reverse=True)
+
+
+def read_config(run_dir) -> dict:
+    return _read_json(Path(run_dir) / "config.json", {}) or {}
+
+
+def log_tail(run_dir, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with open(Path(run_dir) / "train.log", "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def read_status(run_dir) -> dict:
+    """status.json, with one correction the trainer cannot make itself: a queued or running run
+    whose process is gone (killed, crashed before it could write) is reported as failed."""
+    run_dir = Path(run_dir)
+    _reap_children()
+    st = _read_json(run_dir / "status.json", None)
+    if not isinstance(st, dict):
+        st = {"run_id": run_dir.name, "state": "queued" if (run_dir / "config.json").is_file() else "unknown"}
+    st.setdefault("run_id", run_dir.name)
+    pid = st.get("pid")
+    if st.get("state") in LIVE_STATES and not (isinstance(pid, int) and lock.pid_alive(pid)):
+        # a queued run without a pid yet is being started right now, unless that was long ago
+        fresh = st.get("state") == "queued" and pid is None and time.time() - _mtime(run_dir / "status.json") < 30
+        if not fresh:
+            tail = log_tail(run_dir)
+            st = {**st, "state": "failed", "error": st.get("error") or (
+                f"the training process (pid {pid}) ended without reporting why"
+                + (f"; the end of train.log:\n{tail}" if tail else ""))}
+    return st
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def is_live(status: dict) -> bool:
+    return status.get("state") in LIVE_STATES
+
+
+def read_metrics(run_dir, since_offset: int = 0) -> tuple[list[dict], int]:
+    """Records of metrics.jsonl from byte `since_offset` on, and the offset to continue from.
+
+    Only whole lines count: a torn last line (the trainer is mid-write) is left for the next call.
+    A complete line that is not JSON is skipped rather than failing the page."""
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        with open(path, "rb") as f:
+            f.seek(since_offset)
+            data = f.read()
+    except OSError:
+        return [], since_offset
+    end = data.rfind(b"\n") + 1  # 0 when there is no complete line yet
+    records = []
+    for line in data[:end].splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records, since_offset + end
+
+
+@dataclass
+class MetricsTail:
+    """All records of one run so far, read incrementally: each update parses only new lines."""
+    run_dir: Path
+    records: list = field(default_factory=list)
+    offset: int = 0
+    _file: tuple | None = None  # (inode, device) of the file read so far
+
+    def update(self) -> list[dict]:
+        try:
+            st = (Path(self.run_dir) / "metrics.jsonl").stat()
+            file, size = (st.st_ino, st.st_dev), st.st_size
+        except OSError:
+            file, size = None, 0
+        if file != self._file or size < self.offset:
+            # a resume rewrites the file (dropping steps after the saved state): start over
+            self.records, self.offset, self._file = [], 0, file
+        new, self.offset = read_metrics(self.run_dir, self.offset)
+        self.records.extend(new)
+        return new
+
+
+def active_run() -> Path | None:
+    """The run that holds the machine's training lock, or None. A stale lock (dead PID) is no owner."""
+    owner = lock.read_lock(lock_path())
+    if owner is None:
+        return None
+    return runs_dir() / str(owner.get("run_id"))
+
+
+def describe_run(run_dir) -> dict:
+    """One row of the Runs table: id, state, main settings and the final (best) dev metrics."""
+    run_dir = Path(run_dir)
+    cfg, st = read_config(run_dir), read_status(run_dir)
+    dev = next((r for r in results_table(run_dir, st) if r[""] == "Dev"), {})
+    return {"run": run_dir.name, "state": st.get("state"),
+            "step": st.get("step"), "tasks": ",".join(cfg.get("tasks") or []),
+            **{k: cfg.get(k) for k in ("mode", "schedule", "gradient_method", "pooling", "pair_encoding",
+                                       "epochs", "batch_size", "lr", "max_steps", "train_subset")},
+            **{title: dev.get(title) for _, title in SEED_COLUMNS}}
+
+
+# ---- the seed's results table ---------------------------------------------------------------
+
+def results_rows(records: list[dict]) -> list[dict]:
+    """Seed-style rows (Train, Dev, ...): Paraphrase acc, SST acc, STS corr, Average.
+
+    The rows describe the best checkpoint: the dev evaluation with the highest average, and the
+    other splits' evaluation at that step (or their latest one, e.g. a final Train pass)."""
+    evals = [r for r in records if r.get("type") == "eval" and r.get("split")]
+    if not evals:
+        return []
+    dev = [r for r in evals if r["split"] == "dev"]
+    best = max(dev, key=lambda r: _num(r.get("average"), -1.0)) if dev else None
+    chosen = {"dev": best} if best else {}
+    best_step = best.get("step") if best else None
+    for r in evals:
+        s = r["split"]
+        if s == "dev" or (s in chosen and best is not None and chosen[s].get("step") == best_step):
+            continue
+        chosen[s] = r  # the latest one, unless one at the best dev step came earlier
+    order = sorted(chosen, key=_split_key)
+    return [{"": s.capitalize(), **{title: _num(chosen[s].get(k)) for k, title in SEED_COLUMNS}}
+            for s in order]
+
+
+def results_table(run_dir, status: dict | None = None) -> list[dict]:
+    """The finished run's table: the trainer's own `results` in status.json (Train and Dev of the
+    best checkpoint), else the evaluations found in metrics.jsonl."""
+    results = (status if status is not None else read_status(run_dir)).get("results")
+    if isinstance(results, dict) and results:
+        order = sorted(results, key=_split_key)
+        return [{"": s.capitalize(), **{title: _num((results[s] or {}).get(k)) for k, title in SEED_COLUMNS}}
+                for s in order if isinstance(results[s], dict)]
+    return results_rows(read_metrics(run_dir)[0])
+
+
+def _split_key(split: str):
+    return {"train": 0, "dev": 1, "test": 2}.get(split, 3), split
+
+
+def _num(x, default=None):
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else default
+
+
+# ---- starting and stopping the trainer process ----------------------------------------------
+
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+def _reap_children() -> None:
+    # the trainer is our child: poll it once it exits so it does not linger as a zombie
+    for pid, proc in list(_CHILDREN.items()):
+        if proc.poll() is not None:
+            del _CHILDREN[pid]
+
+
+def _spawn(run_dir: Path, args: list[str]) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["MTBERT_RUNS_DIR"] = str(runs_dir())  # the child's lock and ours are the same file
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"  # train.log shows progress as it happens
+    with open(run_dir / "train.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mtbert", "train", *args], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)  # a page reload or Ctrl-C in the UI spares it
+    _CHILDREN[proc.pid] = proc
+    return proc
+
+
+def _launch(run_dir: Path, args: list[str]) -> Path:
+    proc = _spawn(run_dir, args)
+    try:
+        # hold the lock for the child from this instant: the trainer needs seconds to import torch,
+        # and a second Start in that gap must already be refused (the trainer re-takes its own lock)
+        lock.acquire(lock_path(), run_dir.name, pid=proc.pid)
+    except LockHeld:
+        proc.terminate()
+        proc.wait(10)
+        raise
+    st = _read_json(run_dir / "status.json", {}) or {}
+    if st.get("state") in (None, "queued"):  # do not overwrite a status the trainer already wrote
+        atomic_write_json(run_dir / "status.json", {**st, "state": "queued", "pid": proc.pid,
+                                                    "updated_at": time.time()})
+    return run_dir
+
+
+def _refuse_if_active() -> None:
+    owner = lock.read_lock(lock_path())
+    if owner is not None:
+        raise LockHeld(owner)
+
+
+def start_run(config: dict, name: str | None = None) -> Path:
+    """Create a run folder for `config` and start the trainer on it. Raises LockHeld (naming the
+    active run) while another training runs, ValueError for a bad setting."""
+    from .config import TrainConfig  # validates every setting; the message names the bad one
+    from .train import new_run_dir
+
+    cfg = TrainConfig.from_dict({**config, **({"name": name} if name else {})})
+    _refuse_if_active()
+    runs_dir().mkdir(parents=True, exist_ok=True)
+    run_dir = new_run_dir(cfg.name, runs_dir())
+    run_dir.mkdir(parents=True)
+    atomic_write_json(run_dir / "config.json", cfg.to_dict())
+    atomic_write_json(run_dir / "status.json", {"run_id": run_dir.name, "state": "queued", "pid": None,
+                                                "started_at": time.time(), "updated_at": time.time()})
+    try:
+        return _launch(run_dir, ["--run-dir", str(run_dir)])
+    except LockHeld as e:
+        atomic_write_json(run_dir / "status.json", {"run_id": run_dir.name, "state": "failed", "pid": None,
+                                                    "error": str(e), "updated_at": time.time()})
+        raise
+
+
+def resume_run(run_dir) -> Path:
+    """Continue a stopped (or failed) run from its last/ checkpoint, in the same folder."""
+    run_dir = _own_run(run_dir)
+    st = read_status(run_dir)
+    if is_live(st):
+        raise RunError(f"run {run_dir.name} is still {st['state']}; nothing to resume")
+    if not (run_dir / "last" / "trainer_state.json").is_file():
+        raise RunError(f"run {run_dir.name} has no last/ checkpoint with trainer state to resume from")
+    _refuse_if_active()
+    return _launch(run_dir, ["--resume", str(run_dir)])
+
+
+def _is_trainer(pid: int) -> bool:
+    """Guard against a recycled PID: only signal a process that is our trainer."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return lock.pid_alive(pid)  # no /proc (macOS): trust the PID
+    return b"mtbert" in argv and b"train" in argv
+
+
+def stop_run(run_dir) -> None:
+    """Ask the trainer to stop gracefully (SIGTERM): it finishes the step, saves last/ and marks
+    the run stopped."""
+    run_dir = _own_run(run_dir)
+    st = read_status(run_dir)
+    pid = st.get("pid")
+    if not is_live(st) or not isinstance(pid, int):
+        raise RunError(f"run {run_dir.name} is not running (state: {st.get('state')})")
+    if not _is_trainer(pid):
+        raise RunError(f"run {run_dir.name}: process {pid} is not its trainer any more")
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass  # it ended on its own meanwhile
+
+
+def delete_run(run_dir) -> None:
+    run_dir = _own_run(run_dir)
+    active = active_run()
+    if is_live(read_status(run_dir)) or (active is not None and active.name == run_dir.name):
+        raise RunError(f"run {run_dir.name} is active; stop it before deleting it")
+    shutil.rmtree(run_dir)
+
+
+def _own_run(run_dir) -> Path:
+    """A run folder directly under runs_dir(); anything else is refused (no deleting elsewhere)."""
+    p = Path(run_dir)
+    p = (runs_dir() / p) if not p.is_absolute() else p
+    root = runs_dir().resolve()
+    if p.is_symlink() or p.resolve().parent != root:
+        raise RunError(f"{run_dir}: not a run folder under {root}")
+    if not p.is_dir() or not ((p / "config.json").is_file() or (p / "status.json").is_file()):
+        raise RunError(f"{run_dir}: no such run under {root}")
+    return p.resolve()
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+
+@dataclass
+class CheckpointRef:
+    name: str  # what the user picks: "minilm-l6", "<shipped name>", "<run id>/best"
+    path: str  # what load_checkpoint / the playground loads
+    kind: str  # base | shipped | run
+    label: str
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def list_checkpoints() -> list[CheckpointRef]:
+    """Shipped checkpoints first (they answer sensibly before any training), then every run's
+    best/ and last/ (newest run first), then the plain base model."""
+    out = []
+    if CHECKPOINTS_DIR.is_dir():
+        for d in sorted(CHECKPOINTS_DIR.iterdir()):
+            if (d / "mtbert.json").is_file():
+                dev = (_read_json(d / "metrics.json", {}) or {}).get("dev", {})
+                avg = _num(dev.get("average")) if isinstance(dev, dict) else None
+                out.append(CheckpointRef(d.name, str(d), "shipped", f"{d.name} (shipped" +
+                                         (f", dev average {avg:.3f})" if avg is not None else ")")))
+    for run in list_runs():
+        for which in ("best", "last"):
+            d = run / which
+            if (d / "mtbert.json").is_file():
+                out.append(CheckpointRef(f"{run.name}/{which}", str(d), "run", f"{run.name}/{which}"))
+    for b in BASE_MODELS:
+        out.append(CheckpointRef(b, b, "base", f"{b} (plain base model, untrained heads)"))
+    return out
+
+
+def safe_checkpoint_path(user_path: str) -> Path:
+    """A checkpoint folder the user named, but only inside checkpoints/ or the runs folder: no
+    `..`, no absolute path elsewhere, no symlink (the folder's or a file's) leading out."""
+    text = str(user_path).strip()
+    if not text:
+        raise RunError("checkpoint path is empty")
+    p = Path(text).expanduser()
+    if ".." in p.parts:
+        raise RunError(f"{text}: '..' is not allowed in a checkpoint path")
+    roots = [CHECKPOINTS_DIR.resolve(), runs_dir().resolve()]
+    candidates = [p] if p.is_absolute() else [Path.cwd() / p, ROOT / p]
+    for c in candidates:
+        if not c.exists():
+            continue
+        real = c.resolve()
+        if not any(real.is_relative_to(r) for r in roots):
+            continue
+        if not real.is_dir() or not (real / "mtbert.json").is_file():
+            raise RunError(f"{text}: not a checkpoint folder (no mtbert.json)")
+        for f in real.iterdir():
+            if not any(f.resolve().is_relative_to(r) for r in roots):
+                raise RunError(f"{text}: {f.name} links outside the allowed folders")
+        return real
+    raise RunError(f"{text}: no checkpoint there; allowed places: "
+                   + ", ".join(str(r) for r in roots))
+
+
+# ---- the settings form ------------------------------------------------------------------------
+
+SECTIONS = {
+    "Model and tasks": ("name", "base_model", "mode", "tasks", "schedule", "gradient_method", "pooling",
+                        "pair_encoding", "para_features", "sts_loss", "dropout", "max_length"),
+    "Optimisation": ("epochs", "batch_size", "lr", "head_lr", "optimizer", "weight_decay", "warmup_steps",
+                     "lr_decay", "grad_clip", "bucket"),
+    "Budget": ("max_steps", "time_budget_s", "train_subset"),
+    "Evaluation": ("eval_every", "eval_subset", "train_eval_subset", "eval_batch_size"),
+    "Machine": ("device", "bf16", "seed"),
+}
+DATA_SETTINGS = ("data_dir", "quora_train")  # set by the data picker, not the form
+HELP = {
+    "base_model": "minilm-l6 (the packaged all-MiniLM-L6-v2), a local BERT folder, or a Hub id",
+    "mode": "finetune: train the encoder too; frozen: train the heads only (the seed's first mode)",
+    "schedule": "parallel: one batch of every task per step; round-robin: a pass of one task, then the next",
+    "gradient_method": "sum: add the task losses; pcgrad: project away conflicting task gradients",
+    "pair_encoding": "separate: encode each sentence alone (the seed); joint: [CLS] a [SEP] b [SEP]",
+    "head_lr": "empty: the same as lr",
+    "max_steps": "empty: no limit; stops early when reached",
+    "time_budget_s": "empty: no limit; stops after this many seconds of training",
+    "train_subset": "empty: all; else train on this many examples per task",
+    "eval_every": "empty: evaluate on dev at every epoch end only",
+    "eval_subset": "empty: the whole dev set; else this many examples per task",
+    "bf16": "bfloat16 autocast, on CUDA only",
+}
+
+
+@dataclass
+class Setting:
+    name: str
+    kind: str  # choice | tasks | bool | int | float | text
+    default: object
+    optional: bool = False  # None (an empty field) is allowed
+    choices: tuple = ()
+    section: str = "Other"
+    help: str | None = None
+
+
+def settings_spec() -> list[Setting]:
+    """One entry per TrainConfig field, in form order: a new trainer setting appears in the form
+    by itself (in the "Other" section until it is given a place)."""
+    from dataclasses import MISSING, fields
+
+    from .config import CHOICES, TrainConfig
+
+    where = {name: sec for sec, names in SECTIONS.items() for name in names}
+    out = []
+    for f in fields(TrainConfig):
+        if f.name in DATA_SETTINGS:
+            continue
+        default = f.default_factory() if f.default is MISSING else f.default
+        t = str(f.type)
+        kind = ("tasks" if f.name == "tasks" else "choice" if f.name in CHOICES else
+                "bool" if t.startswith("bool") else "int" if t.startswith("int") else
+                "float" if t.startswith("float") else "text")
+        out.append(Setting(f.name, kind, default, "None" in t, tuple(CHOICES.get(f.name, ())),
+                           where.get(f.name, "Other"), HELP.get(f.name)))
+    order = list(SECTIONS) + ["Other"]
+    return sorted(out, key=lambda s: order.index(s.section))  # stable: field order within a section
+
+
+def preset_values(preset: str | None) -> dict:
+    """Every form setting's value under a preset (None: the defaults)."""
+    from .config import PRESETS
+
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"preset={preset!r} is not allowed; choose one of {', '.join(PRESETS)}")
+    values = {s.name: s.default for s in settings_spec()}
+    values.update({k: v for k, v in (PRESETS[preset] if preset else {}).items() if k not in DATA_SETTINGS})
+    return values
+
+
+def environment() -> dict:
+    """What this machine offers: the device, the base models that load, the data folders."""
+    import torch
+
+    from .checkpoint import CheckpointError, resolve_base
+    from .data import SAMPLE_DIR, SHARED_DIR
+
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        device = "CUDA GPU: " + ", ".join(names)
+    else:
+        device = f"CPU only ({os.cpu_count()} cores); no CUDA GPU found"
+    bases = {}
+    for b in BASE_MODELS:
+        try:
+            bases[b] = f"available ({resolve_base(b)})"
+        except CheckpointError as e:
+            bases[b] = f"not available: {e}"
+    data = {"shipped sample": SAMPLE_DIR}
+    if SHARED_DIR.is_dir():
+        data["CS224N full data"] = SHARED_DIR
+    return {"device": device, "torch": torch.__version__, "base_models": bases, "data": data}
+
+
+# ---- data folders ---------------------------------------------------------------------------
+
+def describe_data(data_dir, quora_train: str | None = None) -> list[dict]:
+    """The CS224N files a run on `data_dir` would read, per split and task, with row counts."""
+    from .data import SPLITS, DataError, data_files, read_task_file, resolve_files
+
+    overrides = {"para": quora_train} if quora_train else None
+    rows = []
+    for split in SPLITS:
+        named = data_files(data_dir, split)
+        for task, path in resolve_files(data_dir, split, overrides if split == "train" else None).items():
+            row = {"split": split, "task": task, "file": str(path), "rows": None, "usable": None,
+                   "note": "" if path == named[task] else f"in place of {named[task].name}"}
+            if path.is_file():
+                try:
+                    _, rep = read_task_file(task, path)
+                    row.update(rows=rep.rows, usable=rep.usable)
+                    if rep.skipped:
+                        row["note"] = "; ".join(filter(None, [row["note"], f"{rep.skipped} malformed rows skipped"]))
+                except DataError as e:
+                    row["note"] = str(e)
+            else:
+                row["note"] = "missing"
+            rows.append(row)
+    return rows
+
+
+def data_problem(rows: list[dict], tasks) -> str | None:
+    """Why a run on these files could not start (a train or dev file missing for a chosen task)."""
+    missing = [r["file"] for r in rows if r["task"] in tasks and r["split"] in ("train", "dev")
+               and not r["usable"]]
+    return ("no usable data in: " + ", ".join(missing)) if missing else None
+
+
+# ---- progress and charts --------------------------------------------------------------------
+
+def progress(status: dict) -> tuple[float, str]:
+    """(fraction done, one line: step, epoch, ETA, examples/s) for a progress bar."""
+    step, total = status.get("step") or 0, status.get("total_steps") or 0
+    frac = min(1.0, step / total) if total else 0.0
+    parts = [f"step {step}/{total or '?'}"]
+    if status.get("epochs"):
+        parts.append(f"epoch {(status.get('epoch') or 0) + 1}/{status['epochs']}")
+    eta = _num(status.get("eta_s"))
+    if eta is not None and status.get("state") == "running":
+        parts.append(f"ETA {int(eta // 60)}:{int(eta % 60):02d}")
+    eps = _num(status.get("examples_per_s"))
+    if eps is not None:
+        parts.append(f"{eps:.1f} examples/s")
+    return frac, " · ".join(parts)
+
+
+def ema(values: list[float], alpha: float = 0.9) -> list[float]:
+    """Exponential moving average, bias-corrected so the first points are not pulled to zero."""
+    out, s = [], 0.0
+    for i, v in enumerate(values, 1):
+        s = alpha * s + (1 - alpha) * v
+        out.append(s / (1 - alpha ** i))
+    return out
+
+
+def step_series(records: list[dict], key: str) -> dict[str, tuple[list, list]]:
+    """name -> (steps, values) for a per-task/per-pair dict field of step records (loss, cos, grad_norm)."""
+    out: dict[str, tuple[list, list]] = {}
+    for r in records:
+        if r.get("type") != "step" or not isinstance(r.get(key), dict):
+            continue
+        for name, v in r[key].items():
+            if _num(v) is not None:
+                xs, ys = out.setdefault(name, ([], []))
+                xs.append(r.get("step"))
+                ys.append(float(v))
+    return out
+
+
+def loss_figure(records: list[dict], alpha: float = 0.9):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for i, (task, (xs, ys)) in enumerate(step_series(records, "loss").items()):
+        color = _COLORS[i % len(_COLORS)]
+        fig.add_scatter(x=xs, y=ys, name=f"{task} raw", mode="lines", line=dict(color=color, width=1),
+                        opacity=0.35, legendgroup=task)
+        fig.add_scatter(x=xs, y=ema(ys, alpha), name=f"{task} smoothed", mode="lines",
+                        line=dict(color=color, width=2.5), legendgroup=task)
+    return _layout(fig, "Training loss per task", "step", "loss")
+
+
+def dev_figure(records: list[dict]):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    dev = [r for r in records if r.get("type") == "eval" and r.get("split") == "dev"]
+    for i, (key, title) in enumerate(SEED_COLUMNS):
+        pts = [(r.get("step"), _num(r.get(key))) for r in dev if _num(r.get(key)) is not None]
+        if pts:
+            fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], name=title, mode="lines+markers",
+                            line=dict(color=_COLORS[i % len(_COLORS)], dash="dash" if key == "average" else None))
+    return _layout(fig, "Dev metrics per evaluation", "step", "score")
+
+
+def pcgrad_figure(records: list[dict]):
+    """Conflicting task pairs and projections per step (bars), with running totals (lines)."""
+    import plotly.graph_objects as go
+
+    steps = [r for r in records if r.get("type") == "step" and "conflicts" in r]
+    xs = [r.get("step") for r in steps]
+    conflicts = [r.get("conflicts") or 0 for r in steps]
+    projections = [r.get("projections") or 0 for r in steps]
+    fig = go.Figure()
+    fig.add_bar(x=xs, y=conflicts, name="conflicting pairs", marker_color=_COLORS[3])
+    fig.add_bar(x=xs, y=projections, name="projections", marker_color=_COLORS[4])
+    fig.add_scatter(x=xs, y=_cumsum(conflicts), name="conflicts, running total", yaxis="y2",
+                    mode="lines", line=dict(color=_COLORS[3]))
+    fig.add_scatter(x=xs, y=_cumsum(projections), name="projections, running total", yaxis="y2",
+                    mode="lines", line=dict(color=_COLORS[4], dash="dot"))
+    fig.update_layout(barmode="group", yaxis2=dict(title="running total", overlaying="y", side="right"))
+    return _layout(fig, "PCGrad: gradient conflicts per step", "step", "count")
+
+
+def cosine_figure(records: list[dict]):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for i, (pair, (xs, ys)) in enumerate(step_series(records, "cos").items()):
+        fig.add_scatter(x=xs, y=ys, name=pair, mode="lines", line=dict(color=_COLORS[i % len(_COLORS)]))
+    fig.add_hline(y=0, line=dict(color="grey", width=1, dash="dot"))
+    fig.update_yaxes(range=[-1, 1])
+    return _layout(fig, "Cosine between task gradients (below 0: the tasks conflict)", "step", "cosine")
+
+
+def overlay_figure(runs: dict[str, list[dict]], kind: str = "loss", alpha: float = 0.9):
+    """Several runs on one chart: smoothed total loss (kind='loss') or dev average (kind='dev')."""
+    import plotly.graph_objects as go
+
+    if kind not in ("loss", "dev"):
+        raise ValueError(f"kind={kind!r} is not allowed; choose one of loss, dev")
+    fig = go.Figure()
+    for i, (name, records) in enumerate(runs.items()):
+        if kind == "loss":
+            pts = [(r.get("step"), _num(r.get("loss_total"))) for r in records if r.get("type") == "step"]
+            pts = [p for p in pts if p[1] is not None]
+            ys = ema([p[1] for p in pts], alpha)
+        else:
+            pts = [(r.get("step"), _num(r.get("average"))) for r in records
+                   if r.get("type") == "eval" and r.get("split") == "dev"]
+            pts = [p for p in pts if p[1] is not None]
+            ys = [p[1] for p in pts]
+        fig.add_scatter(x=[p[0] for p in pts], y=ys, name=name, mode="lines" if kind == "loss" else "lines+markers",
+                        line=dict(color=_COLORS[i % len(_COLORS)]))
+    title = "Total training loss (smoothed)" if kind == "loss" else "Dev average per evaluation"
+    return _layout(fig, title, "step", "loss" if kind == "loss" else "dev average")
+
+
+_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def _cumsum(xs: list) -> list:
+    out, s = [], 0
+    for x in xs:
+        s += x
+        out.append(s)
+    return out
+
+
+def _layout(fig, title: str, x: str, y: str):
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=340,
+                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
+    return fig

@@ -1,0 +1,411 @@
+"""Gradient methods: PCGrad's surgery by hand, its invariants, shared-parameter detection, telemetry."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mtbert.gradients import METHODS, make_method, pcgrad_coefficients, pcgrad_project, sum_rows
+
+
+def T(*rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def project_task(G, i, order):
+    """g_i^PC for task i visiting the others in `order` (the other tasks visit nobody)."""
+    C, n = pcgrad_coefficients(G @ G.T, [order if k == i else [] for k in range(len(G))])
+    return C[i] @ G, n
+
+
+def algorithm1(G, orders):
+    """Algorithm 1 of the paper written on the vectors themselves, as a reference."""
+    total, n = torch.zeros_like(G[0]), 0
+    for i in range(len(G)):
+        g = G[i].clone()
+        for j in orders[i]:
+            if j != i and g @ G[j] < 0:
+                g = g - (g @ G[j]) / (G[j] @ G[j]) * G[j]
+                n += 1
+        total += g
+    return total, n
+
+
+# ---- the projection, hand-computed ------------------------------------------------------------
+
+def test_2d_hand_computed():
+    # g1.g2 = -1 < 0.  g1' = g1 - (-1/2) g2 = (1,0) + (-1/2, 1/2) = (1/2, 1/2)
+    #                   g2' = g2 - (-1/1) g1 = (-1,1) + (1,0)     = (0, 1)
+    G = T([1.0, 0.0], [-1.0, 1.0])
+    g1, n1 = project_task(G, 0, [1])
+    g2, n2 = project_task(G, 1, [0])
+    assert torch.allclose(g1, T([0.5, 0.5])[0], atol=1e-15) and n1 == 1
+    assert torch.allclose(g2, T([0.0, 1.0])[0], atol=1e-15) and n2 == 1
+    total, n = pcgrad_project(G, torch.Generator().manual_seed(0))
+    assert torch.allclose(total, torch.tensor([0.5, 1.5], dtype=torch.float64), atol=1e-15) and n == 2
+    assert torch.equal(G, T([1.0, 0.0], [-1.0, 1.0]))  # inputs untouched
+
+
+# g1=(1,0,0), g2=(-1,1,0), g3=(0,-1,1): g1.g2=-1, g1.g3=0, g2.g3=-1; |g1|^2=1, |g2|^2=|g3|^2=2.
+G3 = T([1.0, 0.0, 0.0], [-1.0, 1.0, 0.0], [0.0, -1.0, 1.0])
+CASES_3D = [
+    # task 1, g2 then g3: (1,0,0) + 1/2 (-1,1,0) = (1/2,1/2,0); .g3 = -1/2 -> + 1/4 (0,-1,1)
+    (0, [1, 2], [0.5, 0.25, 0.25], 2),
+    # task 1, g3 first: g1.g3 = 0, no projection; then g2 as above
+    (0, [2, 1], [0.5, 0.5, 0.0], 1),
+    # task 2, g1 then g3: (-1,1,0) + 1 (1,0,0) = (0,1,0); .g3 = -1 -> + 1/2 (0,-1,1)
+    (1, [0, 2], [0.0, 0.5, 0.5], 2),
+    # task 2, g3 then g1: (-1,1,0) + 1/2 (0,-1,1) = (-1,1/2,1/2); .g1 = -1 -> + (1,0,0)
+    (1, [2, 0], [0.0, 0.5, 0.5], 2),
+    # task 3, g1 (dot 0, skipped) then g2: (0,-1,1) + 1/2 (-1,1,0)
+    (2, [0, 1], [-0.5, -0.5, 1.0], 1),
+    # task 3, g2 then g1: (-1/2,-1/2,1); .g1 = -1/2 -> + 1/2 (1,0,0). Against the ORIGINAL g1:
+    # projecting against g1^PC = (1/2,1/4,1/4) instead would give something else.
+    (2, [1, 0], [0.0, -0.5, 1.0], 2),
+]
+
+
+@pytest.mark.parametrize("i,order,expected,n_expected", CASES_3D)
+def test_3d_hand_computed_order_matters(i, order, expected, n_expected):
+    g, n = project_task(G3, i, order)
+    assert torch.allclose(g, torch.tensor(expected, dtype=torch.float64), atol=1e-15)
+    assert n == n_expected
+
+
+def test_pcgrad_project_uses_one_permutation_per_task():
+    gen, ref = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    for _ in range(5):  # several steps: all six orders are hit
+        total, n = pcgrad_project(G3, gen)
+        parts = [project_task(G3, i, torch.randperm(3, generator=ref).tolist()) for i in range(3)]
+        assert torch.allclose(total, sum(g for g, _ in parts), atol=1e-15)
+        assert n == sum(k for _, k in parts)
+
+
+def test_gram_form_equals_algorithm1_on_the_vectors():
+    gen = torch.Generator().manual_seed(4)
+    for K in (2, 3, 4, 5):
+        for _ in range(10):
+            G = torch.randn(K, 23, generator=gen, dtype=torch.float64)
+            orders = [torch.randperm(K, generator=gen).tolist() for _ in range(K)]
+            C, n = pcgrad_coefficients(G @ G.T, orders)
+            expected, n_expected = algorithm1(G, orders)
+            assert n == n_expected and torch.allclose(C.sum(0) @ G, expected, atol=1e-12)
+
+
+def test_projected_is_orthogonal_to_the_conflicting_gradient():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        G = torch.randn(2, 17, generator=gen, dtype=torch.float64)
+        g, n = project_task(G, 0, [1])
+        if G[0] @ G[1] < 0:
+            assert n == 1 and abs(float(g @ G[1])) < 1e-12
+            # only the g_j component was removed: g_i = g_i^PC + (g_i.g_j / ||g_j||^2) g_j
+            assert torch.allclose(g + (G[0] @ G[1]) / (G[1] @ G[1]) * G[1], G[0], atol=1e-12)
+        else:
+            assert n == 0 and torch.equal(g, G[0])
+
+
+def test_no_conflict_pcgrad_equals_sum_exactly():
+    gen = torch.Generator().manual_seed(1)
+    for K in (1, 2, 3, 4):
+        G = torch.rand(K, 33, generator=gen)  # non-negative entries: every dot product >= 0
+        total, n = pcgrad_project(G, torch.Generator().manual_seed(0))
+        expected = G[0].clone()
+        for k in range(1, K):
+            expected = expected + G[k]
+        assert n == 0 and torch.equal(total, expected) and torch.equal(sum_rows(G), expected)
+
+
+def test_conflicts_are_projected_for_random_vectors():
+    # with a conflict PCGrad differs from the sum, and every projected g_i no longer conflicts
+    # with the LAST g_j it was projected against
+    gen = torch.Generator().manual_seed(2)
+    G = torch.randn(3, 9, generator=gen, dtype=torch.float64)
+    G[1] = -G[0] + 0.1 * G[1]  # force a conflict between tasks 0 and 1
+    total, n = pcgrad_project(G, torch.Generator().manual_seed(0))
+    assert n >= 2 and not torch.allclose(total, G.sum(0))
+
+
+# ---- a tiny multitask model -------------------------------------------------------------------
+
+class Tiny(nn.Module):
+    """trunk: all tasks; pair: para and sts only (a subset); one head per task."""
+
+    def __init__(self, dtype=torch.float64):
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = nn.Linear(4, 5).to(dtype)
+        self.pair = nn.Linear(5, 5).to(dtype)
+        self.sst_head = nn.Linear(5, 3).to(dtype)
+        self.para_head = nn.Linear(5, 1).to(dtype)
+        self.sts_head = nn.Linear(5, 1).to(dtype)
+        self.unused = nn.Linear(2, 2).to(dtype)
+        with torch.no_grad():  # sts pulls the shared layers against para: a sure conflict
+            self.sts_head.weight.copy_(self.para_head.weight)
+        self.x = torch.randn(6, 4).to(dtype)
+        self.y = torch.randint(0, 3, (6,))
+
+    def losses(self, tasks=("sst", "para", "sts")):
+        h = torch.tanh(self.trunk(self.x))
+        z = torch.tanh(self.pair(h))
+        out = {
+            "sst": F.cross_entropy(self.sst_head(h), self.y),
+            "para": self.para_head(z).pow(2).mean() + self.para_head(z).mean(),
+            "sts": -self.sts_head(z).mean() + 0.1 * self.sts_head(z).pow(2).mean(),
+        }
+        return {t: out[t] for t in tasks}
+
+
+def per_param_grads(model, tasks=("sst", "para", "sts")):
+    """{task: {name: grad or None}}, each loss differentiated from its own forward pass."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = {}
+    for t in tasks:
+        gs = torch.autograd.grad(model.losses((t,))[t], params, allow_unused=True)
+        out[t] = dict(zip(names, gs))
+    return out
+
+
+def reference_pcgrad(g, tasks, generator):
+    """PCGrad written per parameter name, independent of the flat layout: shared = used by >= 2."""
+    names = list(g[tasks[0]])
+    shared = [n for n in names if sum(g[t][n] is not None for t in tasks) >= 2]
+    zero = {n: torch.zeros_like(next(g[t][n] for t in tasks if g[t][n] is not None)) for n in shared}
+    vec = {t: {n: g[t][n] if g[t][n] is not None else zero[n] for n in shared} for t in tasks}
+    dot = lambda a, b: sum((a[n] * b[n]).sum() for n in shared)
+    result = {n: None for n in names}
+    for i, t in enumerate(tasks):
+        gi = dict(vec[t])
+        for j in torch.randperm(len(tasks), generator=generator).tolist():
+            if j == i:
+                continue
+            gj = vec[tasks[j]]
+            d = dot(gi, gj)
+            if d < 0:
+                gi = {n: gi[n] - d / dot(gj, gj) * gj[n] for n in shared}
+        for n in shared:
+            result[n] = gi[n] if result[n] is None else result[n] + gi[n]
+    for n in names:
+        if n not in shared:
+            users = [t for t in tasks if g[t][n] is not None]
+            result[n] = g[users[0]][n] if users else None
+    return result
+
+
+def trainable(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def grads_of(model):
+    return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+# ---- methods on the tiny model ----------------------------------------------------------------
+
+def test_unknown_method_names_the_setting_and_choices():
+    with pytest.raises(ValueError) as e:
+        make_method("adam", trainable(Tiny()))
+    msg = str(e.value)
+    assert "gradient_method" in msg and "'adam'" in msg and all(m in msg for m in METHODS)
+
+
+def test_pcgrad_end_to_end_matches_a_manual_step():
+    model, manual = Tiny(), Tiny()
+    method = make_method("pcgrad", trainable(model), seed=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ref_gen = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        opt.zero_grad()
+        stats = method.backward(model.losses())
+        opt.step()
+        g = reference_pcgrad(per_param_grads(manual), ("sst", "para", "sts"), ref_gen)
+        with torch.no_grad():
+            for n, p in manual.named_parameters():
+                if g[n] is not None:
+                    p -= 0.1 * g[n]
+        assert stats["projections"] > 0 and stats["conflicts"] >= 1
+    for (n, p), q in zip(model.named_parameters(), manual.parameters()):
+        assert torch.allclose(p, q, atol=1e-12), n
+
+
+def test_sum_end_to_end_equals_backward_of_summed_loss():
+    for telemetry in (True, False):
+        model, manual = Tiny(), Tiny()
+        method = make_method("sum", trainable(model), telemetry=telemetry)
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        opt_m = torch.optim.Adam(manual.parameters(), lr=0.01)
+        for _ in range(3):
+            opt.zero_grad(), opt_m.zero_grad()
+            stats = method.backward(model.losses())
+            sum(manual.losses().values()).backward()
+            opt.step(), opt_m.step()
+            assert stats["projections"] == 0 and (("cos" in stats) == telemetry)
+        for (n, p), q in zip(model.named_parameters(), manual.parameters()):
+            assert torch.allclose(p, q, atol=1e-12), n
+
+
+def test_subset_shared_parameter_and_heads():
+    model = Tiny()
+    g = per_param_grads(model)
+    method = make_method("pcgrad", trainable(model))
+    stats = method.backward(model.losses())
+    assert stats["projections"] > 0
+    got = grads_of(model)
+    # heads: their own task's gradient, exactly, never projected
+    for t in ("sst", "para", "sts"):
+        for n in (f"{t}_head.weight", f"{t}_head.bias"):
+            assert torch.allclose(got[n], g[t][n], atol=1e-14)
+    # `pair` is used by para and sts only, and they conflict: it is shared, so it is projected;
+    # the pytorch-pcgrad bug (shared = used by ALL tasks) would give it the plain sum
+    plain = g["para"]["pair.weight"] + g["sts"]["pair.weight"]
+    assert not torch.allclose(got["pair.weight"], plain, atol=1e-6)
+    # the unused layer has no gradient, as after loss.backward()
+    assert got["unused.weight"] is None and got["unused.bias"] is None
+
+
+def test_telemetry_against_direct_computation():
+    model = Tiny()
+    g = per_param_grads(model)
+    shared = ["trunk.weight", "trunk.bias", "pair.weight", "pair.bias"]  # used by >= 2 tasks
+
+    def flat(t):  # sst does not use `pair`: zeros there
+        return torch.cat([(g[t][n] if g[t][n] is not None else torch.zeros_like(g["para"][n])).reshape(-1)
+                          for n in shared])
+
+    for name in METHODS:
+        stats = make_method(name, trainable(model)).backward(model.losses())
+        json.dumps(stats, allow_nan=False)
+        assert list(stats["cos"]) == ["sst/para", "sst/sts", "para/sts"]
+        for pair, c in stats["cos"].items():
+            a, b = pair.split("/")
+            assert c == pytest.approx(F.cosine_similarity(flat(a), flat(b), dim=0).item(), abs=1e-6)
+        for t, norm in stats["grad_norm"].items():
+            assert norm == pytest.approx(flat(t).norm().item(), rel=1e-6)
+        assert stats["conflicts"] == sum(c < 0 for c in stats["cos"].values()) >= 1
+        assert stats["cos"]["para/sts"] < 0
+
+
+def test_two_of_three_tasks_and_key_order():
+    model = Tiny()
+    losses = model.losses(("sts", "sst"))  # given out of order
+    stats = make_method("pcgrad", trainable(model)).backward(dict(reversed(list(losses.items()))))
+    assert list(stats["cos"]) == ["sst/sts"] and list(stats["grad_norm"]) == ["sst", "sts"]
+    # with only sst and sts present, `pair` is used by one task: it is sts's own, unprojected
+    g = per_param_grads(model, ("sts",))["sts"]
+    assert torch.allclose(model.pair.weight.grad, g["pair.weight"], atol=1e-14)
+
+
+def test_one_task():
+    model = Tiny()
+    g = per_param_grads(model, ("para",))["para"]
+    stats = make_method("pcgrad", trainable(model)).backward(model.losses(("para",)))
+    assert stats["cos"] == {} and stats["conflicts"] == 0 and stats["projections"] == 0
+    all_own = torch.cat([v.reshape(-1) for v in g.values() if v is not None])
+    assert stats["grad_norm"]["para"] == pytest.approx(all_own.norm().item(), rel=1e-9)
+    assert torch.allclose(model.trunk.weight.grad, g["trunk.weight"], atol=1e-14)
+
+
+def test_frozen_encoder_reports_cos_as_absent():
+    model = Tiny()
+    for p in (*model.trunk.parameters(), *model.pair.parameters()):
+        p.requires_grad_(False)
+    g = per_param_grads(model)
+    stats = make_method("pcgrad", model.parameters()).backward(model.losses())  # frozen ones skipped
+    assert "cos" not in stats and stats["conflicts"] == 0 and stats["projections"] == 0
+    sst = torch.cat([g["sst"]["sst_head.weight"].reshape(-1), g["sst"]["sst_head.bias"]])
+    assert stats["grad_norm"]["sst"] == pytest.approx(sst.norm().item(), rel=1e-9)
+    assert torch.allclose(model.sst_head.weight.grad, g["sst"]["sst_head.weight"], atol=1e-14)
+    assert model.trunk.weight.grad is None
+
+
+def run_steps(method, model, steps):
+    out = []
+    for _ in range(steps):
+        method.backward(model.losses())
+        out.append(torch.cat([p.grad.reshape(-1) for p in trainable(model) if p.grad is not None]))
+    return out
+
+
+def three_way_conflict():
+    """Three tasks on one shared vector, the G3 gradients: PCGrad's result depends on the order."""
+    w = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    targets = G3.clone()
+
+    class M:
+        def losses(self):  # d/dw (-t . w) = -t: gradients -G3 (same conflicts as G3)
+            return {t: -(targets[k] @ w) for k, t in enumerate(("sst", "para", "sts"))}
+
+        def parameters(self):
+            return [w]
+
+    return M()
+
+
+def test_same_seed_same_orders_and_different_seed_differs():
+    m = three_way_conflict()
+    a = run_steps(make_method("pcgrad", m.parameters(), seed=5), m, 12)
+    b = run_steps(make_method("pcgrad", m.parameters(), seed=5), m, 12)
+    c = run_steps(make_method("pcgrad", m.parameters(), seed=6), m, 12)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    assert len({tuple(x.tolist()) for x in a}) > 1  # the order really changes the result
+
+
+def test_state_dict_round_trip_resumes_the_same_orders():
+    m = three_way_conflict()
+    first = make_method("pcgrad", m.parameters(), seed=11)
+    run_steps(first, m, 3)
+    state = first.state_dict()
+    after = run_steps(first, m, 8)
+    resumed = make_method("pcgrad", m.parameters(), seed=0)
+    resumed.load_state_dict({"generator": state["generator"].tolist()})  # JSON-friendly too
+    assert all(torch.equal(x, y) for x, y in zip(after, run_steps(resumed, m, 8)))
+    assert state["generator"].dtype == torch.uint8
+    assert make_method("sum", m.parameters()).state_dict() == {}
+
+
+def test_all_reduce_sees_each_task_full_gradient_before_surgery():
+    model = Tiny()
+    P = sum(p.numel() for p in model.parameters())
+    used = P - sum(p.numel() for p in model.unused.parameters())
+    for name in METHODS:
+        for telemetry in (True, False):
+            model.zero_grad(set_to_none=True)
+            make_method(name, trainable(model), telemetry=telemetry).backward(model.losses())
+            base = {n: g.clone() for n, g in grads_of(model).items() if g is not None}
+            calls = []
+
+            def double(flat):  # two identical ranks, summed; PCGrad is positively homogeneous
+                calls.append(flat.numel())
+                flat.mul_(2)
+
+            method = make_method(name, trainable(model), telemetry=telemetry, all_reduce=double)
+            method.backward(model.losses())
+            if name == "sum" and not telemetry:
+                assert calls == [used]  # one summed gradient; all_reduce is linear
+            else:
+                assert calls == [used] * 3
+            for n, g in base.items():
+                assert torch.allclose(grads_of(model)[n], 2 * g, atol=1e-12), (name, n)
+
+
+def test_bf16_params_get_bf16_grads_from_float32_surgery():
+    model = Tiny(dtype=torch.bfloat16)
+    method = make_method("pcgrad", trainable(model))
+    assert method.dtype == torch.float32
+    stats = method.backward(model.losses())
+    json.dumps(stats, allow_nan=False)
+    assert all(p.grad.dtype == torch.bfloat16 for n, p in model.named_parameters() if not n.startswith("unused"))
+
+
+def test_bad_losses_are_named():
+    model = Tiny()
+    method = make_method("sum", trainable(model))
+    with pytest.raises(ValueError, match="losses is empty"):
+        method.backward({})
+    with pytest.raises(ValueError, match="'sst'.*scalar"):
+        method.backward({"sst": torch.ones(2, requires_grad=True)})
+    with pytest.raises(ValueError, match="'para'.*trainable"):
+        method.backward({"para": torch.tensor(1.0)})

@@ -1,0 +1,219 @@
+"""The trainer on a tiny random BERT: schedules, exact resume, telemetry, failures, settings."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtbert import lock
+from mtbert.config import TrainConfig
+from mtbert.data import Example
+from mtbert.train import Plan, TaskStream, Trainer, TrainingError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_cfg(base, **kw) -> TrainConfig:
+    d = dict(base_model=str(base), epochs=2, batch_size=4, lr=1e-3, train_subset=16, eval_subset=8,
+             train_eval_subset=8, max_length=32, gradient_method="pcgrad", seed=3)
+    return TrainConfig(**{**d, **kw})
+
+
+def steps(run_dir: Path) -> dict[int, dict]:
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {r["step"]: r for r in recs if r["type"] == "step"}
+
+
+class StopAt(Trainer):
+    """Asks for a graceful stop after `stop_at` steps, as SIGTERM would."""
+    stop_at = 3
+
+    def _train_step(self, tasks):
+        rec = super()._train_step(tasks)
+        if self.step == self.stop_at:
+            self.stop_requested = True
+        return rec
+
+
+def test_parallel_epoch_ends_with_shortest_loader_and_longer_loaders_keep_position():
+    ex = [Example(str(i), f"s{i}", None, 0) for i in range(12)]
+    short = TaskStream("sst", ex[:6], 2, seed=1, bucket=False)   # 3 batches
+    long = TaskStream("sts", ex, 2, seed=1, bucket=False)        # 6 batches
+    plan = Plan("parallel", ["sst", "sts"], {"sst": 3, "sts": 6})
+    assert plan.steps_per_epoch == 3
+    seen = [[e.id for e in long.next()] for _ in range(2 * plan.steps_per_epoch)]
+    for _ in range(2 * plan.steps_per_epoch):
+        short.next()
+    # two epochs of the parallel schedule walk the long loader through one whole pass, no repeats
+    assert sorted(i for b in seen for i in b) == sorted(e.id for e in ex)
+    assert short.state() == {"pass": 1, "position": 3}
+    assert long.state() == {"pass": 0, "position": 6}
+
+
+def test_round_robin_is_a_whole_pass_of_each_task_in_turn():
+    plan = Plan("round-robin", ["sst", "para", "sts"], {"sst": 2, "para": 3, "sts": 1})
+    assert plan.steps_per_epoch == 6
+    assert [plan.tasks_at(i) for i in range(6)] == [["sst"], ["sst"], ["para"], ["para"], ["para"], ["sts"]]
+
+
+def test_task_stream_order_is_a_function_of_seed_and_pass():
+    ex = [Example(str(i), "x" * i, None, 0) for i in range(20)]
+    a, b = TaskStream("sst", ex, 3, 5, bucket=True), TaskStream("sst", ex, 3, 5, bucket=True)
+    first = [[e.id for e in a.next()] for _ in range(2 * a.n_batches)]
+    b.load_state({"pass": 1, "position": 3})
+    assert [e.id for e in b.next()] == first[a.n_batches + 3]
+
+
+def test_run_writes_folder_telemetry_and_checkpoints(tiny_base, tmp_path):
+    run = tmp_path / "runs" / "r"
+    assert Trainer(tiny_cfg(tiny_base, epochs=1), run, progress=False).run() == "finished"
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["error"] is None
+    assert status["step"] == status["total_steps"] == 4  # 16 examples / batch 4, shortest loader
+    recs = steps(run)
+    r = recs[1]
+    assert set(r["loss"]) == {"sst", "para", "sts"} and set(r["grad_norm"]) == {"sst", "para", "sts"}
+    assert set(r["cos"]) == {"sst/para", "sst/sts", "para/sts"}
+    assert r["conflicts"] == sum(c < 0 for c in r["cos"].values())
+    assert r["projections"] >= r["conflicts"] and r["examples_per_s"] > 0 and r["lr"] == pytest.approx(1e-3)
+    evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert {e["split"] for e in evals} == {"dev", "train"}
+    assert json.loads((run / "config.json").read_text())["gradient_method"] == "pcgrad"
+    for d in ("best", "last"):
+        assert (run / d / "model.safetensors").is_file() and (run / d / "heads.safetensors").is_file()
+    assert set(json.loads((run / "best" / "metrics.json").read_text())) >= {"train", "dev"}
+    assert not (run.parent / ".lock").exists()
+
+
+def test_stop_then_resume_gives_the_same_losses_as_an_uninterrupted_run(tiny_base, tmp_path):
+    cfg = tiny_cfg(tiny_base, epochs=2, lr_decay="linear", warmup_steps=2, bucket=True)
+    full = tmp_path / "runs" / "full"
+    Trainer(cfg, full, progress=False).run()
+    part = tmp_path / "runs" / "part"
+    StopAt.stop_at = 6  # mid second epoch: data position, optimizer, scheduler, RNGs all matter
+    assert StopAt(cfg, part, progress=False).run() == "stopped"
+    assert json.loads((part / "status.json").read_text())["state"] == "stopped"
+    assert max(steps(part)) == 6
+    assert Trainer(cfg, part, resume=True, progress=False).run() == "finished"
+    a, b = steps(full), steps(part)
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for s in range(7, 9):
+        assert b[s]["loss"] == a[s]["loss"], f"step {s} differs after resume"
+        assert b[s]["lr"] == a[s]["lr"]
+
+
+def test_sigterm_stops_gracefully_and_cli_resume_matches(tiny_base, tmp_path):
+    cfg = tiny_cfg(tiny_base, epochs=3, train_subset=24).to_dict()
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "mtbert", "train", "--config", str(tmp_path / "cfg.json"), "--no-progress"]
+    full, part = tmp_path / "runs" / "full", tmp_path / "runs2" / "part"
+    subprocess.run(cmd + ["--run-dir", str(full)], check=True, cwd=REPO, env=env, capture_output=True)
+    p = subprocess.Popen(cmd + ["--run-dir", str(part)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((part / "metrics.jsonl").exists() and len(steps(part)) >= 2):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out = p.communicate(timeout=120)[0].decode()
+    assert p.returncode == 0, out
+    status = json.loads((part / "status.json").read_text())
+    stopped_at = status["step"] if status["state"] == "stopped" else None
+    assert status["state"] == "stopped", out
+    assert (part / "last" / "trainer_state.json").is_file()
+    r = subprocess.run([sys.executable, "-m", "mtbert", "train", "--resume", str(part), "--no-progress"],
+                       cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    a, b = steps(full), steps(part)
+    assert sorted(a) == sorted(b)
+    assert all(a[s]["loss"] == b[s]["loss"] for s in a if s > stopped_at)
+
+
+def test_non_finite_loss_fails_the_run_with_a_clear_message(tiny_base, tmp_path):
+    class NaNAt3(Trainer):
+        def _train_step(self, tasks):
+            if self.step == 2:
+                loss = self.model.loss
+                self.model.loss = lambda t, b: loss(t, b) * float("nan")
+            return super()._train_step(tasks)
+
+    run = tmp_path / "runs" / "nan"
+    with pytest.raises(TrainingError, match="loss became nan at step 3"):
+        NaNAt3(tiny_cfg(tiny_base), run, progress=False).run()
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and "nan" in status["error"]
+
+
+def test_frozen_mode_trains_heads_only(tiny_base, tmp_path):
+    run = tmp_path / "runs" / "frozen"
+    t = Trainer(tiny_cfg(tiny_base, epochs=1, mode="frozen", lr=1e-2), run, progress=False)
+    t.run()
+    from mtbert.checkpoint import load_base, load_checkpoint
+    base, _ = load_base(str(tiny_base))
+    model, _, meta = load_checkpoint(run / "last")
+    assert not (run / "last" / "model.safetensors").exists()  # heads-only checkpoint names its base
+    for (n, p), (_, q) in zip(base.named_parameters(), model.encoder.named_parameters()):
+        assert torch.equal(p, q), n
+    fresh = torch.nn.Linear(32, 5)
+    assert not torch.allclose(model.sst_head.weight.abs().mean(), torch.tensor(0.02 * 0.8))  # changed
+    assert meta["base_model"] == str(tiny_base) and fresh is not None
+
+
+def test_round_robin_and_task_subset(tiny_base, tmp_path):
+    run = tmp_path / "runs" / "rr"
+    Trainer(tiny_cfg(tiny_base, epochs=1, schedule="round-robin", tasks=["para", "sts"]), run,
+            progress=False).run()
+    recs = steps(run)
+    assert [list(r["loss"]) for r in recs.values()] == [["para"]] * 4 + [["sts"]] * 4
+    status = json.loads((run / "status.json").read_text())
+    assert "sst_acc" not in status["results"]["dev"] and "para_acc" in status["results"]["dev"]
+
+
+def test_second_run_is_refused_while_the_lock_is_held(tiny_base, tmp_path):
+    root = tmp_path / "runs"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.acquire(root / ".lock", "the-other-run", pid=holder.pid)
+        with pytest.raises(TrainingError, match="the-other-run"):
+            Trainer(tiny_cfg(tiny_base), root / "second", progress=False).run()
+        assert json.loads((root / "second" / "status.json").read_text())["state"] == "failed"
+    finally:
+        holder.kill()
+        holder.wait()
+    # the owner is gone: its lock is stale and the next run takes it over
+    assert Trainer(tiny_cfg(tiny_base, epochs=1, max_steps=1), root / "third", progress=False).run() == "finished"
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ({"gradient_method": "mgda"}, "gradient_method='mgda' is not allowed; allowed values: sum, pcgrad"),
+    ({"tasks": ["sst", "nli"]}, "tasks"),
+    ({"lr": -1}, "lr=-1"),
+    ({"batch_size": 0}, "batch_size=0"),
+    ({"pooling": "max"}, "allowed values: cls, mean"),
+    ({"learning_rate": 1}, "unknown setting(s) learning_rate"),
+])
+def test_invalid_settings_name_the_setting_and_allowed_values(bad, needle):
+    with pytest.raises(ValueError) as e:
+        TrainConfig.from_dict(bad)
+    assert needle in str(e.value)
+
+
+def test_cli_settings_from_yaml_and_flags(tmp_path):
+    (tmp_path / "c.yaml").write_text("lr: 2.0e-5\ngradient_method: pcgrad\ntasks: [sst, sts]\n")
+    from mtbert.cli import build_parser
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "c.yaml"), "--lr", "3e-5"])
+    from mtbert.config import read_config_file
+    merged = {**read_config_file(args.config), **{k: getattr(args, k) for k in args._fields
+                                                   if getattr(args, k) is not None}}
+    cfg = TrainConfig.from_dict(merged)
+    assert cfg.lr == 3e-5 and cfg.gradient_method == "pcgrad" and cfg.tasks == ["sst", "sts"]
+    r = subprocess.run([sys.executable, "-m", "mtbert", "train", "--schedule", "zigzag"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "parallel" in r.stderr and "round-robin" in r.stderr
