@@ -30,6 +30,8 @@ class TrainConfig:
     # model
     pooling: str = "cls"
     pair_encoding: str = "separate"
+    para_encoding: str | None = None  # per-task override of pair_encoding (e.g. joint for Quora only)
+    sts_encoding: str | None = None
     para_features: str = "concat"
     sts_loss: str = "cosine_mse"
     dropout: float = 0.1
@@ -51,6 +53,8 @@ class TrainConfig:
     train_subset: int | None = None  # examples per task, for quick runs
     # evaluation
     eval_every: int | None = None  # steps; dev evaluation also runs at every epoch end
+    eval_every_s: float | None = None  # seconds of training time between dev evaluations
+    full_eval_at_s: list = field(default_factory=list)  # training-time marks for a full-dev evaluation
     eval_subset: int | None = None  # dev examples per task (None: all)
     train_eval_subset: int | None = 1000  # train examples per task for the final Train row
     eval_batch_size: int = 64
@@ -85,7 +89,21 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"setting {name}={v!r} is not allowed; allowed values: none or an integer >= 1")
-        for name in ("lr", "head_lr", "time_budget_s"):
+        for name in ("para_encoding", "sts_encoding"):
+            if getattr(self, name) not in (None, *CHOICES["pair_encoding"]):
+                raise ValueError(f"setting {name}={getattr(self, name)!r} is not allowed; allowed values: "
+                                 f"{', '.join(CHOICES['pair_encoding'])} or none (= pair_encoding)")
+        if self.full_eval_at_s is None:
+            self.full_eval_at_s = []
+        if isinstance(self.full_eval_at_s, (int, float)):
+            self.full_eval_at_s = [self.full_eval_at_s]
+        if isinstance(self.full_eval_at_s, str):
+            self.full_eval_at_s = [float(x) for x in self.full_eval_at_s.split(",") if x.strip()]
+        if any(not isinstance(x, (int, float)) or x <= 0 for x in self.full_eval_at_s):
+            raise ValueError(f"setting full_eval_at_s={self.full_eval_at_s!r} is not allowed; "
+                             "allowed values: a list of positive numbers of seconds")
+        self.full_eval_at_s = sorted(float(x) for x in self.full_eval_at_s)
+        for name in ("lr", "head_lr", "time_budget_s", "eval_every_s"):
             v = getattr(self, name)
             if v is not None and not (isinstance(v, (int, float)) and v > 0):
                 raise ValueError(f"setting {name}={v!r} is not allowed; allowed values: a number > 0"

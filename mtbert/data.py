@@ -61,7 +61,8 @@ class ReadReport:
         s = f"{Path(self.path).name}: {self.usable:,} usable of {self.rows:,} rows"
         if self.skipped:
             shown = "; ".join(f"line {n}: {why}" for n, why in self.bad_lines)
-            more = f"; and {self.skipped - len(self.bad_lines):,} more" if self.skipped > len(self.bad_lines) else ""
+            unshown = self.skipped - len(self.bad_lines)
+            more = f"; and {unshown:,} more" if unshown else ""
             s += f"; {self.skipped:,} skipped ({shown}{more})"
         return s + (f" [{self.note}]" if self.note else "")
 
@@ -104,7 +105,7 @@ def _parse_row(task: str, row: list[str], width: int, cols: dict[str, int],
     if len(row) != width:
         return None, f"expected {width} fields, found {len(row)} (unbalanced quote?)"
     if any("\t" in f for f in row):
-        # no sentence holds a TAB: a quoted field that does ran on into the next field or line
+        # no sentence holds a TAB; a field that does is a quoted one that ran on past its end
         return None, "unbalanced quote: a field runs across a TAB"
     if any("\udc80" <= c <= "\udcff" for f in row for c in f):  # surrogateescape'd bytes
         return None, "undecodable bytes (not UTF-8)"
@@ -123,13 +124,30 @@ def _parse_row(task: str, row: list[str], width: int, cols: dict[str, int],
     return Example(ex_id, texts[0], texts[1] if len(texts) > 1 else None, label), ""
 
 
+def _columns(path: Path, task: str, header: list[str], labelled: bool | None) -> tuple[dict[str, int], int | None]:
+    """Column name -> index, and the label's index (None when reading unlabelled)."""
+    cols: dict[str, int] = {}
+    for i, h in enumerate(header):
+        cols.setdefault(h.strip(), i)
+    for c in ("id",) + TEXT_COLUMNS[task]:
+        if c not in cols:
+            shown = ", ".join(map(repr, header))[:200]
+            raise DataError(f"{path}: no column {c!r} for task {task} (header: {shown})")
+    label_name = LABEL_COLUMN[task]
+    if labelled is None:  # test-student files have no label column
+        labelled = label_name in cols
+    if labelled and label_name not in cols:
+        raise DataError(f"{path}: no column {label_name!r} for labelled {task} data")
+    return cols, cols[label_name] if labelled else None
+
+
 def read_task_file(task: str, path, labelled: bool | None = None) -> tuple[list[Example], ReadReport]:
     """Read one CS224N file. labelled=None: labelled iff the header has the label column."""
     _check_choice("task", task, TASKS)
     path = Path(path)
     report = ReadReport(str(path), task)
-    _raise_field_limit()
     examples: list[Example] = []
+    _raise_field_limit()
     try:
         # utf-8-sig drops a BOM; surrogateescape keeps bad bytes so the row, not the file, is rejected
         with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as fp:
@@ -140,20 +158,7 @@ def read_task_file(task: str, path, labelled: bool | None = None) -> tuple[list[
                 raise DataError(f"{path}: empty file, expected a header row") from None
             except csv.Error as e:
                 raise DataError(f"{path}: unreadable header row ({e})") from None
-            header = [h.strip() for h in header]
-            cols = {}
-            for i, h in enumerate(header):
-                cols.setdefault(h, i)
-            for c in ("id",) + TEXT_COLUMNS[task]:
-                if c not in cols:
-                    raise DataError(f"{path}: no column {c!r} for task {task} "
-                                    f"(header: {', '.join(map(repr, header))[:200]})")
-            label_name = LABEL_COLUMN[task]
-            if labelled is None:
-                labelled = label_name in cols
-            if labelled and label_name not in cols:
-                raise DataError(f"{path}: no column {label_name!r} for labelled {task} data")
-            label_col = cols[label_name] if labelled else None
+            cols, label_col = _columns(path, task, header, labelled)
             last_line = reader.line_num
             while True:
                 try:
@@ -165,12 +170,13 @@ def read_task_file(task: str, path, labelled: bool | None = None) -> tuple[list[
                     ex, why = None, f"unreadable row ({e})"
                 first_line, last_line = last_line + 1, reader.line_num
                 report.rows += 1
-                if ex is None:
-                    report.skipped += 1
-                    if len(report.bad_lines) < MAX_BAD_LINES:
-                        report.bad_lines.append((first_line, why))
-                else:
+                if ex is not None:
                     examples.append(ex)
+                    continue
+                report.skipped += 1
+                if len(report.bad_lines) < MAX_BAD_LINES:
+                    span = f" (the record runs to line {last_line})" if last_line > first_line else ""
+                    report.bad_lines.append((first_line, why + span))
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
     report.usable = len(examples)

@@ -6,7 +6,6 @@ renamed into place once its checksum matches; a present file that already matche
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import sys
@@ -64,12 +63,13 @@ def _download(url: str, dest_dir: Path, name: str) -> Path:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
             for chunk in iter(lambda: resp.read(CHUNK), b""):
                 out.write(chunk)
-    except urllib.error.HTTPError as e:
+    except BaseException as e:  # Ctrl-C included: never leave a partial file behind
         os.unlink(tmp)
-        raise FetchError(f"{url}: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError) as e:
-        os.unlink(tmp)
-        raise FetchError(f"{url}: {getattr(e, 'reason', e)}") from None
+        if isinstance(e, urllib.error.HTTPError):
+            raise FetchError(f"{url}: HTTP {e.code} {e.reason}") from None
+        if isinstance(e, OSError):  # URLError, timeouts, a full disk
+            raise FetchError(f"{url}: {getattr(e, 'reason', e)}") from None
+        raise
     return Path(tmp)
 
 
@@ -125,7 +125,7 @@ def _cmd_check(args) -> int:
     rc = 0
     for task in TASKS:
         try:
-            (_, report), = load_split(args.data_dir, args.split, tasks=(task,)).values()
+            _, report = load_split(args.data_dir, args.split, tasks=(task,))[task]
             print(report.summary())
         except DataError as e:
             print(f"error: {e}", file=sys.stderr)

@@ -21,16 +21,19 @@ Shared vs task-only parameters are found, per step, from which losses reach a pa
 
 `backward` OVERWRITES p.grad (it does not accumulate like loss.backward()).
 
-Memory: every task's gradient is copied into one (K, P) buffer over all trainable parameters,
-shared parameters first, in at least float32 (float32 for bf16/fp16 params), so the surgery and
+Memory: every task's gradient is copied into one (K, P) buffer over the P entries of the
+parameters some present task uses, shared parameters first, in at least float32 (float32 for bf16/fp16 params), so the surgery and
 the telemetry are never done in bf16. Peak extra memory is about 2 x K x P floats while the
 autograd outputs are copied in (K = 3: ~2.6 GB for bert-base, ~0.5 GB for MiniLM-L6).
 
 Distributed training: `all_reduce(flat)` is applied in place to each task's full flat gradient
-(one (P,) float tensor over all trainable parameters, row k of the buffer) BEFORE the surgery,
+(row k of the buffer: one contiguous (P,) float tensor over every parameter some present task
+uses, task-only ones included, zeros where task k does not reach) BEFORE the surgery,
 so every rank projects the same global gradients with the same generator state and applies the
 same update. Averaging is the callable's job (e.g. dist.all_reduce then divide by world size).
-Telemetry is computed after the reduction, i.e. on the global gradients.
+Telemetry is computed after the reduction, i.e. on the global gradients. (`sum` with
+telemetry=False has no per-task gradients: it reduces the summed one, the same thing since
+all_reduce is linear.)
 
 `stats` (plain JSON; floats that are not finite are reported as null):
   grad_norm    {task: ||g_task||} over the shared parameters; over all of the task's parameters
@@ -64,7 +67,7 @@ AllReduce = Callable[[torch.Tensor], None]
 # combination of the original gradients, and every dot product it needs is one of the Gram matrix
 # G G^T:  g_i^PC . g_j = C[i] . gram[:, j].  So the surgery runs on K x K numbers and the P-sized
 # vectors are touched twice (the Gram matrix, then (sum_i C[i]) @ G), instead of once per
-# projection: ~2.5x faster on a CPU for MiniLM-sized gradients.
+# projection: about 2x faster on a CPU for MiniLM-sized gradients (3 x 21M).
 
 def pcgrad_coefficients(gram: torch.Tensor, orders: list[list[int]]) -> tuple[torch.Tensor, int]:
     """C (K, K) with g_i^PC = C[i] @ grads, and the number of projections applied.
@@ -212,7 +215,7 @@ class GradientMethod:
         return order_tasks(losses)
 
     def _task_gradients(self, losses: list[torch.Tensor]):
-        """(K, P) flat gradients, shared parameters' columns first; layout [(param, start, users)]."""
+        """(K, P) flat gradients, shared parameters' columns first; layout [(param index, start, numel)]."""
         K = len(losses)
         per_task = [torch.autograd.grad(loss, self.params, retain_graph=k < K - 1, allow_unused=True)
                     for k, loss in enumerate(losses)]
@@ -305,5 +308,5 @@ METHODS: dict[str, type[GradientMethod]] = {"sum": Sum, "pcgrad": PCGrad}
 def make_method(name: str, params, seed: int = 0, telemetry: bool = True,
                 all_reduce: AllReduce | None = None) -> GradientMethod:
     if name not in METHODS:
-        raise ValueError(f"gradient_method={name!r} is not allowed; choose one of {', '.join(METHODS)}")
+        raise ValueError(f"setting gradient_method={name!r} is not allowed; allowed values: {', '.join(METHODS)}")
     return METHODS[name](params, seed=seed, telemetry=telemetry, all_reduce=all_reduce)

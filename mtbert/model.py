@@ -31,12 +31,18 @@ CHOICES = {
 class ModelConfig:
     pooling: str = "cls"
     pair_encoding: str = "separate"
+    para_encoding: str | None = None  # per-task overrides of pair_encoding
+    sts_encoding: str | None = None
     para_features: str = "concat"  # [u; v] (seed) or [u; v; |u-v|; u*v]
     sts_loss: str = "cosine_mse"
     dropout: float = 0.1
     num_sentiment_classes: int = 5
 
     def __post_init__(self):
+        for name in ("para_encoding", "sts_encoding"):
+            if getattr(self, name) not in (None, *CHOICES["pair_encoding"]):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; choose one of "
+                                 f"{', '.join(CHOICES['pair_encoding'])} or none (= pair_encoding)")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; "
@@ -52,6 +58,12 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def encoding(self, task: str) -> str:
+        """How `task` encodes its inputs: sst is always a single sentence; pairs are separate or joint."""
+        if task == "sst":
+            return "separate"
+        return getattr(self, f"{task}_encoding") or self.pair_encoding
+
 
 class MultitaskBert(nn.Module):
     def __init__(self, encoder: BertModel, cfg: ModelConfig):
@@ -61,17 +73,13 @@ class MultitaskBert(nn.Module):
         H = encoder.config.hidden_size
         self.dropout = nn.Dropout(cfg.dropout)
         self.sst_head = nn.Linear(H, cfg.num_sentiment_classes)
-        if cfg.pair_encoding == "joint":
-            self.para_head = nn.Linear(H, 1)
-            self.sts_head = nn.Linear(H, 1)
-        else:
-            k = 2 if cfg.para_features == "concat" else 4
-            self.para_head = nn.Linear(k * H, 1)
-            self.sts_head = nn.Linear(H, H)
+        k = 2 if cfg.para_features == "concat" else 4
+        self.para_head = nn.Linear(H if cfg.encoding("para") == "joint" else k * H, 1)
+        self.sts_head = nn.Linear(H, 1 if cfg.encoding("sts") == "joint" else H)
         for head in self.heads().values():
             nn.init.normal_(head.weight, std=0.02)
             nn.init.zeros_(head.bias)
-        if cfg.pair_encoding == "separate":
+        if cfg.encoding("sts") == "separate":
             # start the similarity projection at the identity: cosine of the pretrained embeddings
             nn.init.eye_(self.sts_head.weight)
 
@@ -101,7 +109,7 @@ class MultitaskBert(nn.Module):
         return self.sst_head(self.dropout(self.embed(batch["enc"])))
 
     def para_logit(self, batch: dict) -> torch.Tensor:  # (B,)
-        if self.cfg.pair_encoding == "joint":
+        if self.cfg.encoding("para") == "joint":
             return self.para_head(self.dropout(self.embed(batch["enc"]))).squeeze(-1)
         u, v = self.embed_pair(batch)
         u, v = self.dropout(u), self.dropout(v)
@@ -109,7 +117,7 @@ class MultitaskBert(nn.Module):
         return self.para_head(torch.cat(feats, dim=-1)).squeeze(-1)
 
     def sts_score(self, batch: dict) -> torch.Tensor:  # (B,) in [-5, 5] (separate) or [0, 5] (joint)
-        if self.cfg.pair_encoding == "joint":
+        if self.cfg.encoding("sts") == "joint":
             return 5.0 * torch.sigmoid(self.sts_head(self.dropout(self.embed(batch["enc"]))).squeeze(-1))
         u, v = self.embed_pair(batch)
         return 5.0 * F.cosine_similarity(self.sts_head(u), self.sts_head(v), dim=-1)
@@ -123,7 +131,7 @@ class MultitaskBert(nn.Module):
         if task == "para":
             return F.binary_cross_entropy_with_logits(self.para_logit(batch), y.float())
         if task == "sts":
-            if self.cfg.sts_loss == "cosine_embedding" and self.cfg.pair_encoding == "separate":
+            if self.cfg.sts_loss == "cosine_embedding" and self.cfg.encoding("sts") == "separate":
                 u, v = self.embed_pair(batch)
                 target = torch.where(y.float() >= 2.5, 1.0, -1.0)  # the seed's +-1 mapping
                 return F.cosine_embedding_loss(self.sts_head(u), self.sts_head(v), target)

@@ -121,7 +121,7 @@ def pair_scores(model, tokenizer, a: str, b: str) -> dict:
     from .data import Example, make_batch
 
     a, b = check_text(a, "first sentence"), check_text(b, "second sentence")
-    batch = make_batch("para", [Example("0", a, b, None)], tokenizer, model.cfg.pair_encoding)
+    batch = make_batch("para", [Example("0", a, b, None)], tokenizer, model.cfg.encoding("para"))
     para = float(model.predict("para", batch)[0])
     sts = float(model.predict("sts", batch)[0])
     return {"paraphrase": para, "similarity": sts,

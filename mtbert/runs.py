@@ -28,6 +28,7 @@ LIVE_STATES = ("queued", "running")
 SEED_COLUMNS = (("para_acc", "Paraphrase acc"), ("sst_acc", "SST acc"), ("sts_corr", "STS corr"),
                 ("average", "Average"))
 LOG_TAIL_LINES = 15
+MAX_POINTS = 1500  # per chart series
 
 
 class RunError(Exception):
@@ -189,7 +190,8 @@ def results_rows(records: list[dict]) -> list[dict]:
     if not evals:
         return []
     dev = [r for r in evals if r["split"] == "dev"]
-    best = max(dev, key=lambda r: _num(r.get("average"), -1.0)) if dev else None
+    full = [r for r in dev if r.get("full")]  # the trainer's final pass over the whole dev set
+    best = full[-1] if full else max(dev, key=lambda r: _num(r.get("average"), -1.0)) if dev else None
     chosen = {"dev": best} if best else {}
     best_step = best.get("step") if best else None
     for r in evals:
@@ -239,7 +241,7 @@ def _spawn(run_dir: Path, args: list[str]) -> subprocess.Popen:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"  # train.log shows progress as it happens
     with open(run_dir / "train.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "mtbert", "train", *args], stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", "mtbert", "train", "--no-progress", *args], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)  # a page reload or Ctrl-C in the UI spares it
     _CHILDREN[proc.pid] = proc
@@ -413,11 +415,13 @@ def safe_checkpoint_path(user_path: str) -> Path:
 
 SECTIONS = {
     "Model and tasks": ("name", "base_model", "mode", "tasks", "schedule", "gradient_method", "pooling",
-                        "pair_encoding", "para_features", "sts_loss", "dropout", "max_length"),
+                        "pair_encoding", "para_encoding", "sts_encoding", "para_features", "sts_loss",
+                        "dropout", "max_length"),
     "Optimisation": ("epochs", "batch_size", "lr", "head_lr", "optimizer", "weight_decay", "warmup_steps",
                      "lr_decay", "grad_clip", "bucket"),
     "Budget": ("max_steps", "time_budget_s", "train_subset"),
-    "Evaluation": ("eval_every", "eval_subset", "train_eval_subset", "eval_batch_size"),
+    "Evaluation": ("eval_every", "eval_every_s", "full_eval_at_s", "eval_subset", "train_eval_subset",
+                   "eval_batch_size"),
     "Machine": ("device", "bf16", "seed"),
 }
 DATA_SETTINGS = ("data_dir", "quora_train")  # set by the data picker, not the form
@@ -433,19 +437,51 @@ HELP = {
     "train_subset": "empty: all; else train on this many examples per task",
     "eval_every": "empty: evaluate on dev at every epoch end only",
     "eval_subset": "empty: the whole dev set; else this many examples per task",
+    "para_encoding": "empty: as pair_encoding; else this encoding for Quora only",
+    "sts_encoding": "empty: as pair_encoding; else this encoding for STS only",
+    "full_eval_at_s": "comma-separated seconds of training time at which to evaluate on the whole dev set",
     "bf16": "bfloat16 autocast, on CUDA only",
 }
+
+
+# optional settings whose values are those of another setting (None: follow that setting)
+SAME_CHOICES_AS = {"para_encoding": "pair_encoding", "sts_encoding": "pair_encoding"}
 
 
 @dataclass
 class Setting:
     name: str
-    kind: str  # choice | tasks | bool | int | float | text
+    kind: str  # choice | tasks | bool | int | float | list | text
     default: object
     optional: bool = False  # None (an empty field) is allowed
     choices: tuple = ()
     section: str = "Other"
     help: str | None = None
+
+    def to_widget(self, value):
+        """A config value as its form widget holds it (lists and empty text as strings)."""
+        if self.kind == "list":
+            return ", ".join(str(v) for v in value or [])
+        if self.kind == "text" and value is None:
+            return ""
+        return value
+
+    def from_widget(self, value):
+        """The config value for what the form holds: empty optional text is None, a list is split
+        on commas (numbers where they parse)."""
+        if self.kind == "list":
+            return [_number_or_text(v.strip()) for v in str(value or "").split(",") if v.strip()]
+        if self.kind == "text":
+            value = str(value or "").strip()
+            return None if self.optional and not value else value
+        return value
+
+
+def _number_or_text(v: str):
+    try:
+        return float(v)
+    except ValueError:
+        return v
 
 
 def settings_spec() -> list[Setting]:
@@ -462,11 +498,12 @@ def settings_spec() -> list[Setting]:
             continue
         default = f.default_factory() if f.default is MISSING else f.default
         t = str(f.type)
-        kind = ("tasks" if f.name == "tasks" else "choice" if f.name in CHOICES else
+        choices = CHOICES.get(f.name) or CHOICES.get(SAME_CHOICES_AS.get(f.name), ())
+        kind = ("tasks" if f.name == "tasks" else "choice" if choices else
                 "bool" if t.startswith("bool") else "int" if t.startswith("int") else
-                "float" if t.startswith("float") else "text")
-        out.append(Setting(f.name, kind, default, "None" in t, tuple(CHOICES.get(f.name, ())),
-                           where.get(f.name, "Other"), HELP.get(f.name)))
+                "float" if t.startswith("float") else "list" if t.startswith("list") else "text")
+        out.append(Setting(f.name, kind, default, "None" in t, tuple(choices), where.get(f.name, "Other"),
+                           HELP.get(f.name)))
     order = list(SECTIONS) + ["Other"]
     return sorted(out, key=lambda s: order.index(s.section))  # stable: field order within a section
 
@@ -587,9 +624,10 @@ def loss_figure(records: list[dict], alpha: float = 0.9):
     fig = go.Figure()
     for i, (task, (xs, ys)) in enumerate(step_series(records, "loss").items()):
         color = _COLORS[i % len(_COLORS)]
+        xs, ys, smooth = _thin(xs, ys, ema(ys, alpha))
         fig.add_scatter(x=xs, y=ys, name=f"{task} raw", mode="lines", line=dict(color=color, width=1),
                         opacity=0.35, legendgroup=task)
-        fig.add_scatter(x=xs, y=ema(ys, alpha), name=f"{task} smoothed", mode="lines",
+        fig.add_scatter(x=xs, y=smooth, name=f"{task} smoothed", mode="lines",
                         line=dict(color=color, width=2.5), legendgroup=task)
     return _layout(fig, "Training loss per task", "step", "loss")
 
@@ -600,10 +638,15 @@ def dev_figure(records: list[dict]):
     fig = go.Figure()
     dev = [r for r in records if r.get("type") == "eval" and r.get("split") == "dev"]
     for i, (key, title) in enumerate(SEED_COLUMNS):
-        pts = [(r.get("step"), _num(r.get(key))) for r in dev if _num(r.get(key)) is not None]
-        if pts:
-            fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], name=title, mode="lines+markers",
-                            line=dict(color=_COLORS[i % len(_COLORS)], dash="dash" if key == "average" else None))
+        for full in (False, True):  # evaluations during training (maybe on a subset), the final full one
+            pts = [(r.get("step"), _num(r.get(key))) for r in dev
+                   if bool(r.get("full")) == full and _num(r.get(key)) is not None]
+            if pts:
+                fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts],
+                                name=f"{title} (full dev set)" if full else title,
+                                mode="markers" if full else "lines+markers", legendgroup=key,
+                                marker=dict(symbol="star", size=12) if full else None,
+                                line=dict(color=_COLORS[i % len(_COLORS)], dash="dash" if key == "average" else None))
     return _layout(fig, "Dev metrics per evaluation", "step", "score")
 
 
@@ -612,15 +655,16 @@ def pcgrad_figure(records: list[dict]):
     import plotly.graph_objects as go
 
     steps = [r for r in records if r.get("type") == "step" and "conflicts" in r]
-    xs = [r.get("step") for r in steps]
     conflicts = [r.get("conflicts") or 0 for r in steps]
     projections = [r.get("projections") or 0 for r in steps]
+    xs, conflicts, projections, total_c, total_p = _thin([r.get("step") for r in steps], conflicts, projections,
+                                                         _cumsum(conflicts), _cumsum(projections))
     fig = go.Figure()
     fig.add_bar(x=xs, y=conflicts, name="conflicting pairs", marker_color=_COLORS[3])
     fig.add_bar(x=xs, y=projections, name="projections", marker_color=_COLORS[4])
-    fig.add_scatter(x=xs, y=_cumsum(conflicts), name="conflicts, running total", yaxis="y2",
+    fig.add_scatter(x=xs, y=total_c, name="conflicts, running total", yaxis="y2",
                     mode="lines", line=dict(color=_COLORS[3]))
-    fig.add_scatter(x=xs, y=_cumsum(projections), name="projections, running total", yaxis="y2",
+    fig.add_scatter(x=xs, y=total_p, name="projections, running total", yaxis="y2",
                     mode="lines", line=dict(color=_COLORS[4], dash="dot"))
     fig.update_layout(barmode="group", yaxis2=dict(title="running total", overlaying="y", side="right"))
     return _layout(fig, "PCGrad: gradient conflicts per step", "step", "count")
@@ -631,6 +675,7 @@ def cosine_figure(records: list[dict]):
 
     fig = go.Figure()
     for i, (pair, (xs, ys)) in enumerate(step_series(records, "cos").items()):
+        xs, ys = _thin(xs, ys)
         fig.add_scatter(x=xs, y=ys, name=pair, mode="lines", line=dict(color=_COLORS[i % len(_COLORS)]))
     fig.add_hline(y=0, line=dict(color="grey", width=1, dash="dot"))
     fig.update_yaxes(range=[-1, 1])
@@ -649,6 +694,7 @@ def overlay_figure(runs: dict[str, list[dict]], kind: str = "loss", alpha: float
             pts = [(r.get("step"), _num(r.get("loss_total"))) for r in records if r.get("type") == "step"]
             pts = [p for p in pts if p[1] is not None]
             ys = ema([p[1] for p in pts], alpha)
+            pts, ys = _thin(pts, ys)
         else:
             pts = [(r.get("step"), _num(r.get("average"))) for r in records
                    if r.get("type") == "eval" and r.get("split") == "dev"]
@@ -661,6 +707,12 @@ def overlay_figure(runs: dict[str, list[dict]], kind: str = "loss", alpha: float
 
 
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def _thin(*series: list, max_points: int = MAX_POINTS) -> tuple[list, ...]:
+    """Every k-th point of equally long series, so a long run's charts stay light to send each second."""
+    k = max(1, math.ceil(len(series[0]) / max_points))
+    return tuple(s[::k] for s in series) if k > 1 else series
 
 
 def _cumsum(xs: list) -> list:

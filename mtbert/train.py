@@ -123,13 +123,17 @@ class Plan:
         raise IndexError(step_in_epoch)
 
 
-def lr_lambda(cfg: TrainConfig, total_steps: int):
+def lr_lambda(cfg: TrainConfig, total_steps: int, clock=None):
+    """Warmup, then constant or decaying to 0. With a time budget the decay follows the budget's clock
+    (training seconds used / budget) whenever that runs out before the steps do."""
     def f(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / (cfg.warmup_steps + 1)
         if cfg.lr_decay == "none":
             return 1.0
         progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        if cfg.time_budget_s and clock is not None:
+            progress = max(progress, min(1.0, clock() / cfg.time_budget_s))
         return 1.0 - progress if cfg.lr_decay == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
     return f
 
@@ -187,6 +191,7 @@ class Trainer:
                 if not examples:
                     raise TrainingError(f"no usable {task} {split} examples in {report.path}")
         self.train_data = {t: subset(train[t][0], cfg.train_subset, cfg.seed) for t in cfg.tasks}
+        self.dev_full = {t: dev[t][0] for t in cfg.tasks}
         self.dev_data = {t: subset(dev[t][0], cfg.eval_subset, cfg.seed + 1) for t in cfg.tasks}
         self.train_eval_data = {t: subset(train[t][0], cfg.train_eval_subset, cfg.seed + 2) for t in cfg.tasks}
 
@@ -195,6 +200,7 @@ class Trainer:
         else:
             encoder, self.tok = load_base(cfg.base_model, cfg.max_length)
             mcfg = ModelConfig(pooling=cfg.pooling, pair_encoding=cfg.pair_encoding,
+                               para_encoding=cfg.para_encoding, sts_encoding=cfg.sts_encoding,
                                para_features=cfg.para_features, sts_loss=cfg.sts_loss, dropout=cfg.dropout)
             self.model = MultitaskBert(encoder, mcfg)
         self.model.to(self.device).train()
@@ -217,9 +223,11 @@ class Trainer:
         self.total_steps = cfg.epochs * self.plan.steps_per_epoch
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, self.total_steps))
+        self.train_time = 0.0  # seconds spent in training steps (evaluation and saving excluded)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, self.total_steps,
+                                                                           lambda: self.train_time))
         self.step = self.epoch = self.step_in_epoch = 0
-        self.best_avg, self.elapsed_before, self.last_saved_step = -math.inf, 0.0, None
+        self.best_avg, self.last_saved_step = -math.inf, None
         if self.resume:
             self._load_state()
 
@@ -247,7 +255,7 @@ class Trainer:
         sched = self.sched.state_dict()  # plain numbers; lr_lambdas are None for functions
         state = {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                  "best_avg": None if self.best_avg == -math.inf else self.best_avg,
-                 "elapsed": self._elapsed(), "streams": {t: s.state() for t, s in self.streams.items()},
+                 "train_time": self.train_time, "streams": {t: s.state() for t, s in self.streams.items()},
                  "scheduler": sched, "param_groups": opt["param_groups"], "python_random": repr(random.getstate()),
                  "config": self.cfg.to_dict()}
         (folder / STATE_JSON).write_text(json.dumps(state, indent=2))
@@ -271,7 +279,7 @@ class Trainer:
             s.load_state(state["streams"][t])
         self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
         self.best_avg = state["best_avg"] if state["best_avg"] is not None else -math.inf
-        self.elapsed_before = state["elapsed"]
+        self.train_time = state["train_time"]
         _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
         self.log(f"[resume] from {folder} at step {self.step} (epoch {self.epoch})")
 
@@ -290,16 +298,17 @@ class Trainer:
             raise TrainingError(f"could not write checkpoint {name}/ at {where}: {e.strerror or e}; "
                                 f"the previous {name}/ is intact") from e
 
-    def _elapsed(self) -> float:
-        return self.elapsed_before + (time.time() - self.t_start)
-
     # -- evaluation --
 
-    def _evaluate(self, split: str, data: dict) -> dict:
+    def _evaluate(self, split: str, data: dict, full: bool = False) -> dict:
+        t0 = time.time()
         m = evaluate(self.model, self.tok, data, self.cfg.eval_batch_size, self.device, self.amp)
-        self._record({"type": "eval", "split": split, "step": self.step, "epoch": self.epoch, "time": time.time(), **m})
+        self._record({"type": "eval", "split": split, "step": self.step, "epoch": self.epoch, "time": time.time(),
+                      "train_time_s": self.train_time, "full": full, "examples": {t: len(v) for t, v in data.items()},
+                      **m})
         shown = " ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
-        self.log(f"[eval] {split} step {self.step}: {shown}")
+        self.log(f"[eval] {split}{' (full)' if full else ''} step {self.step} "
+                 f"({self.train_time / 60:.1f} min of training, eval took {time.time() - t0:.0f} s): {shown}")
         return m
 
     def _dev_eval(self) -> None:
@@ -310,6 +319,8 @@ class Trainer:
             self.set_status(best_checkpoint="best", best_dev_average=m["average"])
             self.log(f"[checkpoint] best/ (dev average {m['average']:.4f})")
         self.last_dev, self.last_dev_step = m, self.step
+        if self.cfg.eval_every_s:
+            self.next_eval_s = self.train_time + self.cfg.eval_every_s
 
     # -- one optimisation step --
 
@@ -319,7 +330,7 @@ class Trainer:
         for t in tasks:
             examples = self.streams[t].next()
             n_examples += len(examples) * (1 if t == "sst" else 2)
-            batch = to_device(make_batch(t, examples, self.tok, self.model.cfg.pair_encoding), self.device)
+            batch = to_device(make_batch(t, examples, self.tok, self.model.cfg.encoding(t)), self.device)
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 losses[t] = self.model.loss(t, batch).float()
         for t, v in losses.items():
@@ -359,7 +370,6 @@ class Trainer:
             self.set_status(state="failed", error=str(e))
             raise TrainingError(str(e)) from e
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        self.t_start = time.time()
         self.metrics = None
         try:
             self.set_status(state="running", error=None, started_at=time.time())
@@ -395,26 +405,37 @@ class Trainer:
             from tqdm import tqdm
             bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True, mininterval=0.5)
         ema, last_status = None, 0.0
+        self.pending_full = [x for x in cfg.full_eval_at_s if x > self.train_time]
+        self.next_eval_s = self.train_time + (cfg.eval_every_s or 0)
         try:
             while self.epoch < cfg.epochs:
                 while self.step_in_epoch < self.plan.steps_per_epoch:
                     if self.stop_requested:
                         self._save("last", with_state=True)
                         return "stopped"
-                    if self.step >= self.total_steps or (cfg.time_budget_s and self._elapsed() >= cfg.time_budget_s):
-                        return self._finish("budget reached")
+                    if self.step >= self.total_steps:
+                        return self._finish(f"max_steps {self.total_steps} reached")
+                    if cfg.time_budget_s and self.train_time >= cfg.time_budget_s:
+                        return self._finish(f"time budget {cfg.time_budget_s:.0f} s reached")
+                    t0 = time.perf_counter()
                     rec = self._train_step(self.plan.tasks_at(self.step_in_epoch))
+                    self.train_time += time.perf_counter() - t0
                     ema = rec["step_time"] if ema is None else 0.9 * ema + 0.1 * rec["step_time"]
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix({t: f"{v:.3f}" for t, v in rec["loss"].items()}, refresh=False)
                     if cfg.eval_every and self.step % cfg.eval_every == 0:
                         self._dev_eval()
+                    elif cfg.eval_every_s and self.train_time >= self.next_eval_s:
+                        self._dev_eval()
+                    while self.pending_full and self.train_time >= self.pending_full[0]:
+                        self.pending_full.pop(0)
+                        self._evaluate("dev", self.dev_full, full=True)
                     if time.time() - last_status > 1.0:
                         remaining = self.total_steps - self.step
                         eta = remaining * ema
                         if cfg.time_budget_s:
-                            eta = min(eta, max(0.0, cfg.time_budget_s - self._elapsed()))
+                            eta = min(eta, max(0.0, cfg.time_budget_s - self.train_time))
                         self.set_status(step=self.step, epoch=self.epoch, eta_s=eta,
                                         examples_per_s=rec["examples_per_s"])
                         last_status = time.time()
@@ -442,6 +463,8 @@ class Trainer:
             dev = meta["metrics"].get("dev", {})
         else:
             dev = self.last_dev
+        if self.cfg.eval_subset:  # checkpoints were chosen on a dev subset; report the whole dev set
+            dev = self._evaluate("dev", self.dev_full, full=True)
         train = self._evaluate("train", self.train_eval_data)
         results = {"train": train, "dev": dev}
         if (best / "mtbert.json").is_file():

@@ -1,0 +1,196 @@
+"""Train: choose the data and settings, start a run, watch it live, stop or resume it, see its results.
+
+The run is its own OS process (`python -m mtbert train`); this page only reads its run folder, so
+a reload or a second tab re-attaches to it and the page never blocks on training.
+"""
+from pathlib import Path
+
+import streamlit as st
+
+from mtbert import runs
+from mtbert.config import PRESETS
+from mtbert.data import SAMPLE_DIR, SHARED_DIR, DataError, TASKS
+
+st.set_page_config(page_title="Train · mtbert", page_icon=":material/model_training:", layout="wide")
+
+DEFAULTS = "defaults (the seed's settings)"
+SPEC = runs.settings_spec()
+# widget details the settings' types do not say; everything else comes from TrainConfig itself
+NUMBER = {
+    "lr": dict(min_value=0.0, step=1e-6, format="%.1e"),
+    "head_lr": dict(min_value=0.0, step=1e-5, format="%.1e"),
+    "dropout": dict(min_value=0.0, max_value=0.95, step=0.05),
+    "weight_decay": dict(min_value=0.0, step=0.01),
+    "grad_clip": dict(min_value=0.0, step=0.5),
+    "time_budget_s": dict(min_value=1.0, step=60.0),
+    "max_length": dict(min_value=8, max_value=512, step=8),
+}
+
+
+def key(name: str) -> str:
+    return f"setting.{name}"
+
+
+def apply_preset() -> None:
+    choice = st.session_state.preset
+    values = runs.preset_values(None if choice == DEFAULTS else choice)
+    for s in SPEC:
+        st.session_state[key(s.name)] = s.to_widget(values[s.name])
+
+
+@st.cache_data(ttl=30, show_spinner="Counting rows…")
+def describe_data(folder: str, quora_train: str | None) -> list[dict]:
+    return runs.describe_data(folder, quora_train)
+
+
+def setting_widget(s: runs.Setting) -> None:
+    label, k = s.name, key(s.name)
+    if s.kind == "choice":
+        st.selectbox(label, ((None,) if s.optional else ()) + s.choices, key=k, help=s.help,
+                     format_func=lambda v: "(none)" if v is None else v)
+    elif s.kind == "tasks":
+        st.multiselect(label, TASKS, key=k, help="sst: SST-5 sentiment; para: Quora paraphrase; sts: STS similarity")
+    elif s.kind == "bool":
+        st.checkbox(label, key=k, help=s.help)
+    elif s.kind == "int":
+        st.number_input(label, key=k, help=s.help, **{"min_value": 0, "step": 1, **NUMBER.get(s.name, {})})
+    elif s.kind == "float":
+        st.number_input(label, key=k, help=s.help, **NUMBER.get(s.name, {"step": 0.1}))
+    else:
+        st.text_input(label, key=k, help=s.help)
+
+
+st.title("Train")
+
+if key("name") not in st.session_state:
+    st.session_state.preset = DEFAULTS
+    apply_preset()
+
+# ---- 1. data ---------------------------------------------------------------------------------
+st.subheader("1 · Data")
+sources = {"shipped sample": SAMPLE_DIR}
+if SHARED_DIR.is_dir():
+    sources["CS224N full data"] = SHARED_DIR
+source = st.radio("Training data", [*sources, "another folder"], horizontal=True, key="data_source",
+                  help="CS224N-format files: ids-sst-*.csv, quora-*.csv, sts-*.csv (TAB-separated, with a header)")
+if source == "another folder":
+    folder = st.text_input("Folder of CS224N files", key="data_folder", placeholder="/path/to/data")
+else:
+    folder = str(sources[source])
+quora_train = st.text_input("Quora train file (optional)", key="quora_train",
+                            help="Use this file instead of quora-train.csv (where that file is missing, the "
+                                 "quora-full stand-in beside the data folder is used by itself)").strip() or None
+data_ok = False
+if not folder:
+    st.info("Type the folder that holds your CS224N files.")
+elif not Path(folder).is_dir():
+    st.error(f"{folder}: not a folder.")
+else:
+    try:
+        rows = describe_data(folder, quora_train)
+    except DataError as e:
+        st.error(str(e))
+    else:
+        st.dataframe(rows, hide_index=True, width="stretch",
+                     column_config={"file": st.column_config.TextColumn(width="large")})
+        problem = runs.data_problem(rows, st.session_state[key("tasks")])
+        if problem:
+            st.warning(f"A run would fail: {problem}.")
+        data_ok = True
+
+# ---- 2. settings -----------------------------------------------------------------------------
+st.subheader("2 · Settings")
+st.selectbox("Preset", [DEFAULTS, *PRESETS], key="preset", on_change=apply_preset,
+             help="Fills the form below; the quick CPU demo finishes in a few minutes on 2 cores.")
+with st.form("settings"):
+    for section in dict.fromkeys(s.section for s in SPEC):
+        with st.expander(section, expanded=section in ("Model and tasks", "Budget")):
+            cols = st.columns(4)
+            for i, s in enumerate(x for x in SPEC if x.section == section):
+                with cols[i % 4]:
+                    setting_widget(s)
+    start = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
+
+if start:
+    config = {s.name: s.from_widget(st.session_state[key(s.name)]) for s in SPEC}
+    config.update(data_dir=None if folder == str(SAMPLE_DIR) else folder, quora_train=quora_train)
+    try:
+        if not data_ok:
+            raise ValueError("choose a data folder that exists first")
+        st.session_state.watch = str(runs.start_run(config))
+    except runs.LockHeld as e:
+        st.error(f"Not started: {e}. Stop it, or wait for it to finish.", icon=":material/block:")
+    except (ValueError, runs.RunError) as e:
+        st.error(f"Not started: {e}", icon=":material/block:")
+
+# ---- 3. the run --------------------------------------------------------------------------------
+active = runs.active_run()
+recent = runs.list_runs()
+watch = active or (Path(st.session_state["watch"]) if "watch" in st.session_state else None) or \
+    (recent[0] if recent else None)
+if watch is None or not watch.is_dir():
+    st.caption("No run yet: start one above.")
+    st.stop()
+
+st.subheader(f"3 · Run {watch.name}")
+if active is not None:
+    st.caption("Training in progress. This page re-attaches to it after a reload or in another tab.")
+tails = st.session_state.setdefault("tails", {})
+started_live = runs.is_live(runs.read_status(watch))
+
+
+@st.fragment(run_every=1.0 if started_live else None)
+def monitor(run_dir: Path) -> None:
+    status = runs.read_status(run_dir)
+    live = runs.is_live(status)
+    if started_live and not live:
+        st.rerun()  # the run just ended: redraw the whole page, with the results and no more polling
+    tail = tails.setdefault(str(run_dir), runs.MetricsTail(run_dir))
+    tail.update()
+    frac, text = runs.progress(status)
+    st.progress(frac, text=f"{status.get('state')} · {text}")
+    if live:
+        if st.button("Stop", icon=":material/stop:", help="Finishes the current step, saves last/, marks the run stopped"):
+            try:
+                runs.stop_run(run_dir)
+                st.toast("Stopping: the run saves its state first.")
+            except runs.RunError as e:
+                st.error(str(e))
+    records = tail.records
+    left, right = st.columns(2)
+    left.plotly_chart(runs.loss_figure(records), key="loss_chart")
+    right.plotly_chart(runs.dev_figure(records), key="dev_chart")
+    if any(r.get("type") == "step" and "conflicts" in r for r in records):
+        left, right = st.columns(2)
+        left.plotly_chart(runs.pcgrad_figure(records), key="pcgrad_chart")
+        right.plotly_chart(runs.cosine_figure(records), key="cosine_chart")
+
+
+monitor(watch)
+
+status = runs.read_status(watch)
+state = status.get("state")
+if state == "finished":
+    best = watch / (status.get("best_checkpoint") or "best")
+    st.success(f"Finished. Checkpoint: **{watch.name}/{best.name}** — try it in the Playground.",
+               icon=":material/check_circle:")
+elif state == "stopped":
+    st.warning(f"Stopped at step {status.get('step')}. Resume continues exactly where it stopped.",
+               icon=":material/pause_circle:")
+elif state == "failed":
+    st.error(f"The run failed: {status.get('error') or 'no error recorded'}", icon=":material/error:")
+if not started_live:
+    rows = runs.results_table(watch, status)
+    if rows:
+        st.markdown("**Results** (the seed report's table, for the best checkpoint)")
+        st.dataframe(rows, hide_index=True, column_config={
+            c: st.column_config.NumberColumn(format="%.3f") for c in ("Paraphrase acc", "SST acc", "STS corr", "Average")})
+    if state in ("stopped", "failed") and (watch / "last" / "trainer_state.json").is_file():
+        if st.button("Resume", icon=":material/play_arrow:"):
+            try:
+                runs.resume_run(watch)
+                st.rerun()
+            except (runs.LockHeld, runs.RunError) as e:
+                st.error(f"Not resumed: {e}")
+    with st.expander("train.log (last lines)"):
+        st.code(runs.log_tail(watch, 40) or "(empty)", language=None)

@@ -1,0 +1,212 @@
+"""End to end in a real browser: `streamlit run app.py`, driven by Playwright in Debian's Chromium.
+
+Trains a tiny run from the Train page and waits for the loss chart to draw and the run to finish,
+gets a sentiment prediction in the Playground, and renders the offline bertviz view (its SVG must
+have drawn elements, with no request leaving 127.0.0.1). Screenshots of every page go to
+artifacts/screenshots/ (CI keeps them); with MTBERT_DOC_SCREENSHOTS=1 also to docs/screenshots/.
+
+Skipped only when /usr/bin/chromium is missing outside CI; in CI (env CI set) it must run.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = REPO / "artifacts" / "screenshots"
+DOCS = REPO / "docs" / "screenshots"
+SST_LABELS = ("very negative", "negative", "neutral", "positive", "very positive")
+
+pytestmark = pytest.mark.slow
+
+if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
+    pytest.skip("no /usr/bin/chromium (apt-get install -y chromium); CI must have it", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def js_dir(tmp_path_factory) -> Path:
+    """d3 and jQuery for the offline bertviz view: $MTBERT_BERTVIZ_JS, vendor-js/, or fetched now."""
+    for cand in (os.environ.get("MTBERT_BERTVIZ_JS"), REPO / "vendor-js"):
+        if cand and all((Path(cand) / f).is_file() for f in ("d3.min.js", "jquery.min.js")):
+            return Path(cand)
+    dest = tmp_path_factory.mktemp("vendor-js")
+    r = subprocess.run(["bash", str(REPO / "scripts" / "fetch_js.sh"), str(dest)], capture_output=True, text=True,
+                       timeout=300)
+    if r.returncode != 0:
+        msg = f"scripts/fetch_js.sh failed: {r.stderr[-2000:]}"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory, js_dir):
+    """A real `streamlit run app.py` on a free port, with its own empty runs folder."""
+    runs_dir = tmp_path_factory.mktemp("runs")
+    port = free_port()
+    env = {**os.environ, "MTBERT_RUNS_DIR": str(runs_dir), "MTBERT_BERTVIZ_JS": str(js_dir)}
+    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true",
+                             "--browser.gatherUsageStats", "false"],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            log.seek(0)
+            pytest.fail(f"streamlit did not come up:\n{log.read()[-3000:]}")
+        time.sleep(0.5)
+    yield url, runs_dir
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    # a run the test started and left behind must not outlive it
+    from mtbert import lock
+    owner = lock.read_lock(runs_dir / ".lock")
+    if owner:
+        os.kill(owner["pid"], 15)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM,
+                              args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        yield b
+        b.close()
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("MTBERT_DOC_SCREENSHOTS"):
+        DOCS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, DOCS / path.name)
+
+
+def wait_idle(page, timeout: float = 60_000) -> None:
+    """Until Streamlit has finished running the script (its status widget disappears)."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector("[data-testid='stStatusWidget']", state="detached", timeout=timeout)
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick `option` (a substring) in the Streamlit selectbox labelled `label`."""
+    page.get_by_role("combobox", name=label, exact=True).click()
+    page.get_by_role("option").filter(has_text=option).first.click()
+
+
+def set_number(page, label: str, value) -> None:
+    field = page.get_by_label(label, exact=True)
+    field.fill(str(value))
+    field.press("Tab")  # Streamlit commits a number on blur
+
+
+def test_train_watch_then_play(studio, browser):
+    url, runs_dir = studio
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    outside = []
+    page.on("request", lambda r: outside.append(r.url)
+            if urlparse(r.url).hostname not in ("127.0.0.1", None) and not r.url.startswith(("data:", "blob:", "about:"))
+            else None)
+
+    # home: what this machine offers
+    page.goto(url)
+    page.get_by_text("mtbert studio").first.wait_for(timeout=60_000)
+    page.get_by_text("This machine").wait_for()
+    wait_idle(page)
+    shot(page, "home")
+
+    # train: the quick preset, cut down to a few steps so the test stays quick
+    page.goto(f"{url}/Train")
+    page.get_by_role("heading", name="Train").wait_for(timeout=60_000)
+    wait_idle(page)
+    choose(page, "Preset", "quick CPU demo")
+    wait_idle(page)
+    assert page.get_by_label("max_steps", exact=True).input_value() == "40"  # the preset filled the form
+    for label, value in {"max_steps": 6, "train_subset": 48, "eval_subset": 16, "train_eval_subset": 16,
+                         "max_length": 32, "eval_every": 3}.items():
+        set_number(page, label, value)
+    page.get_by_label("name", exact=True).fill("browser-test")
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_role("heading", name="browser-test").wait_for(timeout=30_000)  # "3 · Run <id>"
+
+    # the loss chart draws a line once two steps are in
+    page.wait_for_function("""() => {
+        const plot = document.querySelector('.js-plotly-plot');
+        if (!plot) return false;
+        return [...plot.querySelectorAll('.scatterlayer path.js-line')].some(p => (p.getAttribute('d') || '').includes('L'));
+    }""", timeout=180_000, polling=1000)
+    shot(page, "train-running")
+    page.get_by_text("Finished. Checkpoint:").wait_for(timeout=300_000)
+    wait_idle(page)
+    assert page.get_by_text("Paraphrase acc").first.is_visible()  # the seed's results table
+    shot(page, "train-finished")
+    run_ids = [p.name for p in runs_dir.iterdir() if p.is_dir()]
+    assert len(run_ids) == 1 and run_ids[0].endswith("browser-test")
+
+    # playground: the run's best checkpoint predicts a sentiment
+    page.goto(f"{url}/Playground")
+    page.get_by_role("heading", name="Playground").wait_for(timeout=60_000)
+    wait_idle(page)
+    choose(page, "Checkpoint", f"{run_ids[0]}/best")
+    wait_idle(page)
+    page.get_by_label("Sentence", exact=True).fill("A gorgeous, witty, seductive movie.")
+    page.get_by_role("button", name="Predict sentiment").click()
+    metric = page.locator("[data-testid='stMetricValue']").first
+    metric.wait_for(timeout=60_000)
+    assert metric.inner_text().strip() in SST_LABELS
+    wait_idle(page)
+    shot(page, "playground")
+
+    # attention: bertviz's head view drawn from the local d3/jQuery
+    page.get_by_role("tab", name="Attention").click()
+    page.get_by_label("Sentence A", exact=True).fill("The movie was not bad at all.")
+    page.get_by_role("button", name="Show attention").click()
+    frame = page.frame_locator("iframe[title='bertviz head view of the attention']")
+    frame.locator("#vis svg").wait_for(timeout=60_000)
+    page.wait_for_timeout(500)
+    drawn = frame.locator("#vis svg *").count()
+    tokens = frame.locator("#vis svg text").count()
+    assert tokens >= 2 * 9, "both token columns ([CLS] the movie was not bad at all . [SEP])"
+    assert drawn > 100, f"the head view drew only {drawn} SVG elements"
+    page.locator("[data-testid='stPlotlyChart']").last.scroll_into_view_if_needed()
+    shot(page, "attention")
+
+    # runs: the table lists the run
+    page.goto(f"{url}/Runs")
+    page.get_by_role("heading", name="Runs").wait_for(timeout=60_000)
+    wait_idle(page)
+    page.get_by_text("Compare curves").wait_for()
+    shot(page, "runs")
+    assert not outside, f"requests left the machine: {outside[:5]}"
+    page.close()
