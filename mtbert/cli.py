@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
-    data = sub.add_parser("data", help="data commands (fetch)", description="Data commands.")
+    data = sub.add_parser("data", help="data commands (fetch, check)", description="Data commands.")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     from . import fetch
     fetch.add_cli(data_sub)

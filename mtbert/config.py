@@ -5,9 +5,13 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .model import CHOICES as MODEL_CHOICES
-from .model import TASKS
-
+TASKS = ("sst", "para", "sts")
+MODEL_CHOICES = {
+    "pooling": ("cls", "mean"),
+    "pair_encoding": ("separate", "joint"),
+    "para_features": ("concat", "concat_diff_prod"),
+    "sts_loss": ("cosine_mse", "cosine_embedding"),
+}
 CHOICES = {
     "mode": ("finetune", "frozen"),
     "schedule": ("parallel", "round-robin"),

@@ -18,13 +18,8 @@ import torch.nn.functional as F
 
 from .bert import BertModel
 
-TASKS = ("sst", "para", "sts")
-CHOICES = {
-    "pooling": ("cls", "mean"),
-    "pair_encoding": ("separate", "joint"),
-    "para_features": ("concat", "concat_diff_prod"),
-    "sts_loss": ("cosine_mse", "cosine_embedding"),
-}
+from .config import MODEL_CHOICES as CHOICES
+from .config import TASKS
 
 
 @dataclass

@@ -554,7 +554,7 @@ def describe_data(data_dir, quora_train: str | None = None) -> list[dict]:
     for split in SPLITS:
         named = data_files(data_dir, split)
         for task, path in resolve_files(data_dir, split, overrides if split == "train" else None).items():
-            row = {"split": split, "task": task, "file": str(path), "rows": None, "usable": None,
+            row = {"split": split, "task": task, "file": os.path.relpath(path, data_dir), "rows": None, "usable": None,
                    "note": "" if path == named[task] else f"in place of {named[task].name}"}
             if path.is_file():
                 try:
@@ -572,8 +572,8 @@ def describe_data(data_dir, quora_train: str | None = None) -> list[dict]:
 
 def data_problem(rows: list[dict], tasks) -> str | None:
     """Why a run on these files could not start (a train or dev file missing for a chosen task)."""
-    missing = [r["file"] for r in rows if r["task"] in tasks and r["split"] in ("train", "dev")
-               and not r["usable"]]
+    missing = [f"{r['split']} {r['task']} ({r['file']})" for r in rows
+               if r["task"] in tasks and r["split"] in ("train", "dev") and not r["usable"]]
     return ("no usable data in: " + ", ".join(missing)) if missing else None
 
 

@@ -92,7 +92,7 @@ else:
         st.error(str(e))
     else:
         st.dataframe(rows, hide_index=True, width="stretch",
-                     column_config={"file": st.column_config.TextColumn(width="large")})
+                     column_config={"file": st.column_config.TextColumn(f"file (in {folder})", width="large")})
         problem = runs.data_problem(rows, st.session_state[key("tasks")])
         if problem:
             st.warning(f"A run would fail: {problem}.")

@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from playwright.sync_api import expect
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -104,10 +105,15 @@ def browser():
         b.close()
 
 
-def shot(page, name: str) -> None:
+def shot(page, name: str, at=None) -> None:
+    """A viewport screenshot, scrolled to `at` (Streamlit scrolls inside its own container, so a
+    full-page shot would show no more than the viewport)."""
+    if at is not None:
+        at.scroll_into_view_if_needed()
+        page.wait_for_timeout(500)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path))
     if os.environ.get("MTBERT_DOC_SCREENSHOTS"):
         DOCS.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, DOCS / path.name)
@@ -151,8 +157,8 @@ def test_train_watch_then_play(studio, browser):
     page.get_by_role("heading", name="Train").wait_for(timeout=60_000)
     wait_idle(page)
     choose(page, "Preset", "quick CPU demo")
-    wait_idle(page)
-    assert page.get_by_label("max_steps", exact=True).input_value() == "40"  # the preset filled the form
+    expect(page.get_by_label("max_steps", exact=True)).to_have_value("40")  # the preset filled the form
+    page.locator("[data-testid='stExpander'] summary").filter(has_text="Evaluation").click()
     for label, value in {"max_steps": 6, "train_subset": 48, "eval_subset": 16, "train_eval_subset": 16,
                          "max_length": 32, "eval_every": 3}.items():
         set_number(page, label, value)
@@ -166,11 +172,11 @@ def test_train_watch_then_play(studio, browser):
         if (!plot) return false;
         return [...plot.querySelectorAll('.scatterlayer path.js-line')].some(p => (p.getAttribute('d') || '').includes('L'));
     }""", timeout=180_000, polling=1000)
-    shot(page, "train-running")
+    shot(page, "train-running", page.locator(".js-plotly-plot").first)
     page.get_by_text("Finished. Checkpoint:").wait_for(timeout=300_000)
     wait_idle(page)
     assert page.get_by_text("Paraphrase acc").first.is_visible()  # the seed's results table
-    shot(page, "train-finished")
+    shot(page, "train-finished", page.get_by_text("Finished. Checkpoint:"))
     run_ids = [p.name for p in runs_dir.iterdir() if p.is_dir()]
     assert len(run_ids) == 1 and run_ids[0].endswith("browser-test")
 
@@ -199,8 +205,7 @@ def test_train_watch_then_play(studio, browser):
     tokens = frame.locator("#vis svg text").count()
     assert tokens >= 2 * 9, "both token columns ([CLS] the movie was not bad at all . [SEP])"
     assert drawn > 100, f"the head view drew only {drawn} SVG elements"
-    page.locator("[data-testid='stPlotlyChart']").last.scroll_into_view_if_needed()
-    shot(page, "attention")
+    shot(page, "attention", page.locator("iframe[title='bertviz head view of the attention']"))
 
     # runs: the table lists the run
     page.goto(f"{url}/Runs")

