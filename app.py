@@ -3,7 +3,7 @@ import streamlit as st
 
 from mtbert import runs
 
-st.set_page_config(page_title="mtbert studio", page_icon=":material/hub:", layout="wide")
+st.set_page_config(page_title="mtbert studio", layout="wide")
 
 
 @st.cache_data(ttl=300, show_spinner="Looking at this machine…")

@@ -666,8 +666,10 @@ def pcgrad_figure(records: list[dict]):
                     mode="lines", line=dict(color=_COLORS[3]))
     fig.add_scatter(x=xs, y=total_p, name="projections, running total", yaxis="y2",
                     mode="lines", line=dict(color=_COLORS[4], dash="dot"))
-    fig.update_layout(barmode="group", yaxis2=dict(title="running total", overlaying="y", side="right"))
-    return _layout(fig, "PCGrad: gradient conflicts per step", "step", "count")
+    fig.update_layout(barmode="group", yaxis=dict(rangemode="tozero"),
+                      yaxis2=dict(title="running total", overlaying="y", side="right", rangemode="tozero",
+                                  tickformat="d", showgrid=False))
+    return _layout(fig, "PCGrad: conflicting task pairs per step", "step", "count")
 
 
 def cosine_figure(records: list[dict]):
@@ -679,7 +681,7 @@ def cosine_figure(records: list[dict]):
         fig.add_scatter(x=xs, y=ys, name=pair, mode="lines", line=dict(color=_COLORS[i % len(_COLORS)]))
     fig.add_hline(y=0, line=dict(color="grey", width=1, dash="dot"))
     fig.update_yaxes(range=[-1, 1])
-    return _layout(fig, "Cosine between task gradients (below 0: the tasks conflict)", "step", "cosine")
+    return _layout(fig, "Task-gradient cosine (< 0: conflict)", "step", "cosine")
 
 
 def overlay_figure(runs: dict[str, list[dict]], kind: str = "loss", alpha: float = 0.9):

@@ -11,7 +11,7 @@ from mtbert import runs
 from mtbert.config import PRESETS
 from mtbert.data import SAMPLE_DIR, SHARED_DIR, DataError, TASKS
 
-st.set_page_config(page_title="Train · mtbert", page_icon=":material/model_training:", layout="wide")
+st.set_page_config(page_title="Train · mtbert", layout="wide")
 
 DEFAULTS = "defaults (the seed's settings)"
 SPEC = runs.settings_spec()

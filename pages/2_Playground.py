@@ -6,7 +6,7 @@ from mtbert import playground as pg
 from mtbert import runs
 from mtbert.checkpoint import CheckpointError
 
-st.set_page_config(page_title="Playground · mtbert", page_icon=":material/science:", layout="wide")
+st.set_page_config(page_title="Playground · mtbert", layout="wide")
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)

@@ -3,7 +3,7 @@ import streamlit as st
 
 from mtbert import runs
 
-st.set_page_config(page_title="Runs · mtbert", page_icon=":material/table_chart:", layout="wide")
+st.set_page_config(page_title="Runs · mtbert", layout="wide")
 st.title("Runs")
 
 folders = runs.list_runs()

@@ -9,6 +9,7 @@ Skipped only when /usr/bin/chromium is missing outside CI; in CI (env CI set) it
 """
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import socket
@@ -55,6 +56,20 @@ def js_dir(tmp_path_factory) -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return dest
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """The shipped sample cut to 24 rows per file: a folder of CS224N files the Train page can pick,
+    small enough that the trainer's final full-dev evaluation takes no time."""
+    from mtbert.data import SAMPLE_DIR
+
+    folder = tmp_path_factory.mktemp("tiny-data")
+    for f in SAMPLE_DIR.glob("*.csv"):
+        with open(f, newline="", encoding="utf-8") as src, open(folder / f.name, "w", newline="", encoding="utf-8") as dst:
+            rows = list(csv.reader(src, delimiter="\t"))[:25]
+            csv.writer(dst, delimiter="\t").writerows(rows)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +152,7 @@ def set_number(page, label: str, value) -> None:
     field.press("Tab")  # Streamlit commits a number on blur
 
 
-def test_train_watch_then_play(studio, browser):
+def test_train_watch_then_play(studio, browser, tiny_base, tiny_data):
     url, runs_dir = studio
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     outside = []
@@ -152,10 +167,14 @@ def test_train_watch_then_play(studio, browser):
     wait_idle(page)
     shot(page, "home")
 
-    # train: the quick preset, cut down to a few steps so the test stays quick
+    # train: the quick preset, cut down (a tiny BERT, 24 rows per file, a few steps) to stay quick
     page.goto(f"{url}/Train")
     page.get_by_role("heading", name="Train").wait_for(timeout=60_000)
     wait_idle(page)
+    page.get_by_text("another folder", exact=True).click()
+    page.get_by_label("Folder of CS224N files", exact=True).fill(str(tiny_data))
+    page.get_by_label("Folder of CS224N files", exact=True).press("Enter")
+    expect(page.get_by_role("grid").first).to_contain_text("24")  # the row counts of the chosen folder
     choose(page, "Preset", "quick CPU demo")
     expect(page.get_by_label("max_steps", exact=True)).to_have_value("40")  # the preset filled the form
     page.locator("[data-testid='stExpander'] summary").filter(has_text="Evaluation").click()
@@ -163,6 +182,7 @@ def test_train_watch_then_play(studio, browser):
                          "max_length": 32, "eval_every": 3}.items():
         set_number(page, label, value)
     page.get_by_label("name", exact=True).fill("browser-test")
+    page.get_by_label("base_model", exact=True).fill(str(tiny_base))
     page.get_by_role("button", name="Start training").click()
     page.get_by_role("heading", name="browser-test").wait_for(timeout=30_000)  # "3 · Run <id>"
 
