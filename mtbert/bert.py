@@ -86,7 +86,10 @@ class Unpadding(NamedTuple):
     T: int
 
     def pad(self, x):  # (N, C) -> (B, T, C), zeros at padding
-        out = x.new_zeros(self.B * self.T, x.size(-1)).index_copy(0, self.idx, x)  # (B*T, C)
+        if KNOBS["gather"] == "flat":
+            out = x.new_zeros(self.B * self.T, x.size(-1)).index_copy_(0, self.idx, x)  # (B*T, C)
+        else:
+            out = x.new_zeros(self.B * self.T, x.size(-1)).index_copy(0, self.idx, x)  # (B*T, C)
         return out.view(self.B, self.T, -1)
 
     def unpad(self, x):  # (B, T, ...) -> (N, C)

@@ -119,19 +119,22 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{folder}: no {' or '.join(WEIGHT_FILES)}")
 
 
-def load_config(folder: Path) -> BertConfig:
+def load_config(folder: Path, **overrides) -> BertConfig:
     path = folder / "config.json"
     try:
-        return BertConfig.from_dict(json.loads(path.read_text()))
+        return BertConfig.from_dict({**json.loads(path.read_text()), **overrides})
     except FileNotFoundError as e:
         raise CheckpointError(f"{path}: missing") from e
     except (json.JSONDecodeError, TypeError, ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not a usable BERT config ({e})") from e
 
 
-def load_encoder(folder: str | Path, max_length: int = DEFAULT_MAX_LENGTH) -> tuple[BertModel, Tokenizer]:
+def load_encoder(folder: str | Path, max_length: int = DEFAULT_MAX_LENGTH,
+                 dropout: float | None = None) -> tuple[BertModel, Tokenizer]:
+    """`dropout` replaces the checkpoint's hidden and attention dropout (the trainer's one dropout setting)."""
     folder = Path(folder)
-    cfg = load_config(folder)
+    over = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
+    cfg = load_config(folder, **over)
     model = BertModel(cfg)
     try:
         model.load_hf_state_dict(load_weights(folder))
@@ -147,8 +150,9 @@ def load_encoder(folder: str | Path, max_length: int = DEFAULT_MAX_LENGTH) -> tu
     return model.eval(), tok
 
 
-def load_base(name: str, max_length: int = DEFAULT_MAX_LENGTH) -> tuple[BertModel, Tokenizer]:
-    return load_encoder(resolve_base(name), max_length)
+def load_base(name: str, max_length: int = DEFAULT_MAX_LENGTH,
+              dropout: float | None = None) -> tuple[BertModel, Tokenizer]:
+    return load_encoder(resolve_base(name), max_length, dropout)
 
 
 # ---- multitask checkpoints ------------------------------------------------------------------

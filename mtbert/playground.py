@@ -121,12 +121,15 @@ def pair_scores(model, tokenizer, a: str, b: str) -> dict:
     from .data import Example, make_batch
 
     a, b = check_text(a, "first sentence"), check_text(b, "second sentence")
-    batch = make_batch("para", [Example("0", a, b, None)], tokenizer, model.cfg.encoding("para"))
-    para = float(model.predict("para", batch)[0])
-    sts = float(model.predict("sts", batch)[0])
-    return {"paraphrase": para, "similarity": sts,
-            "note": truncation_note(tokenizer, {"first sentence": a, "second sentence": b},
-                                    joint=model.cfg.pair_encoding == "joint")}
+    ex = [Example("0", a, b, None)]
+    out, notes = {}, []
+    for task, key in (("para", "paraphrase"), ("sts", "similarity")):
+        enc = model.cfg.encoding(task)  # each pair task reads the pair jointly or one sentence at a time
+        out[key] = float(model.predict(task, make_batch(task, ex, tokenizer, enc))[0])
+        note = truncation_note(tokenizer, {"first sentence": a, "second sentence": b}, joint=enc == "joint")
+        if note and note not in notes:
+            notes.append(note)
+    return {**out, "note": " ".join(notes) or None}
 
 
 # ---- attention ------------------------------------------------------------------------------

@@ -570,6 +570,16 @@ def describe_data(data_dir, quora_train: str | None = None) -> list[dict]:
     return rows
 
 
+def data_summary(rows: list[dict]) -> str:
+    """One line: usable rows per task of the train and dev splits."""
+    parts = []
+    for split in ("train", "dev"):
+        counts = [f"{r['task']} {r['usable']:,}" if r["usable"] is not None else f"{r['task']} missing"
+                  for r in rows if r["split"] == split]
+        parts.append(f"{split}: " + ", ".join(counts))
+    return " · ".join(parts)
+
+
 def data_problem(rows: list[dict], tasks) -> str | None:
     """Why a run on these files could not start (a train or dev file missing for a chosen task)."""
     missing = [f"{r['split']} {r['task']} ({r['file']})" for r in rows

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import distributed as dist
 from . import lock
 from .checkpoint import load_base, load_checkpoint, save_checkpoint
 from .config import CHOICES, PRESETS, TrainConfig  # noqa: F401  (re-exported for the studio)
@@ -160,18 +161,25 @@ class Trainer:
         self.cfg, self.run_dir, self.resume, self.progress = cfg, Path(run_dir), resume, progress
         self.log = log or (lambda msg: print(msg, flush=True))
         self.stop_requested = False
+        self.rank, self.world = 0, 1
         self.status = {"run_id": self.run_dir.name, "state": "queued", "pid": os.getpid(), "error": None,
                        "epochs": cfg.epochs, "step": 0, "epoch": 0, "best_checkpoint": None,
                        "best_dev_average": None, "started_at": time.time()}
 
     # -- status & metrics --
 
+    @property
+    def is_main(self) -> bool:  # only rank 0 writes the run folder
+        return self.rank == 0
+
     def set_status(self, **kw) -> None:
         self.status.update(kw, updated_at=time.time())
-        atomic_write_json(self.run_dir / "status.json", self.status)
+        if self.is_main:
+            atomic_write_json(self.run_dir / "status.json", self.status)
 
     def _record(self, rec: dict) -> None:
-        self.metrics.write(rec)
+        if self.is_main:
+            self.metrics.write(rec)
 
     # -- setup --
 
@@ -179,7 +187,7 @@ class Trainer:
         cfg = self.cfg
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.device = pick_device(cfg.device)
+        self.device = dist.local_device(pick_device(cfg.device).type)
         self.amp = torch.bfloat16 if (cfg.bf16 and self.device.type == "cuda") else None
         data_dir = cfg.data_dir or str(SAMPLE_DIR)
         overrides = {"para": cfg.quora_train} if cfg.quora_train and "para" in cfg.tasks else None
@@ -198,24 +206,29 @@ class Trainer:
         if self.resume:
             self.model, self.tok, _ = load_checkpoint(self._last_dir())
         else:
-            encoder, self.tok = load_base(cfg.base_model, cfg.max_length)
+            encoder, self.tok = load_base(cfg.base_model, cfg.max_length, dropout=cfg.dropout)
             mcfg = ModelConfig(pooling=cfg.pooling, pair_encoding=cfg.pair_encoding,
                                para_encoding=cfg.para_encoding, sts_encoding=cfg.sts_encoding,
                                para_features=cfg.para_features, sts_loss=cfg.sts_loss, dropout=cfg.dropout)
             self.model = MultitaskBert(encoder, mcfg)
         self.model.to(self.device).train()
+        if dist.active():
+            dist.broadcast_model(self.model)
         if cfg.mode == "frozen":  # the seed's "pre-trained embeddings" mode: heads only
             self.model.encoder.requires_grad_(False)
+        if cfg.freeze_word_embeddings:
+            self.model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
 
         enc = [p for p in self.model.encoder.parameters() if p.requires_grad]
         heads = [p for h in self.model.heads().values() for p in h.parameters()]
         groups = [{"params": heads, "lr": cfg.head_lr or cfg.lr}]
         if enc:
             groups.insert(0, {"params": enc, "lr": cfg.lr})
-        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[cfg.optimizer]
         extra = {"fused": True} if self.device.type == "cuda" else {}
         self.opt = opt_cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
-        self.method = make_method(cfg.gradient_method, enc + heads, seed=cfg.seed, telemetry=True)
+        self.method = make_method(cfg.gradient_method, enc + heads, seed=cfg.seed, telemetry=True,
+                                  all_reduce=dist.average_ if dist.active() else None)
 
         self.streams = {t: TaskStream(t, self.train_data[t], cfg.batch_size, cfg.seed, cfg.bucket)
                         for t in cfg.tasks}
@@ -286,13 +299,15 @@ class Trainer:
     # -- saving --
 
     def _save(self, name: str, metrics: dict | None = None, with_state: bool = False) -> None:
+        if name == "last":
+            self.last_saved_step = self.step
+        if not self.is_main:
+            return
         try:
             save_checkpoint(self.model, self.tok, self.run_dir / name, base=self.cfg.base_model,
                             metrics=metrics, include_encoder=self.cfg.mode == "finetune",
                             extra={"run_id": self.run_dir.name, "step": self.step, "train_config": self.cfg.to_dict()},
                             write_extra=self._write_state if with_state else None)
-            if name == "last":
-                self.last_saved_step = self.step
         except OSError as e:
             where = e.filename or (self.run_dir / name)
             raise TrainingError(f"could not write checkpoint {name}/ at {where}: {e.strerror or e}; "
@@ -312,6 +327,11 @@ class Trainer:
         return m
 
     def _dev_eval(self) -> None:
+        if not self.is_main:  # evaluation and checkpoints happen once, on rank 0
+            self.last_dev, self.last_dev_step = {}, self.step
+            if self.cfg.eval_every_s:
+                self.next_eval_s = self.train_time + self.cfg.eval_every_s
+            return
         m = self._evaluate("dev", self.dev_data)
         if m["average"] == m["average"] and m["average"] > self.best_avg:
             self.best_avg = m["average"]
@@ -328,16 +348,17 @@ class Trainer:
         t0 = time.perf_counter()
         losses, n_examples = {}, 0
         for t in tasks:
-            examples = self.streams[t].next()
-            n_examples += len(examples) * (1 if t == "sst" else 2)
+            examples = self.streams[t].next()[self.rank::self.world]  # this rank's slice of the global batch
+            n_examples += len(examples) * (1 if t == "sst" else 2) * self.world
             batch = to_device(make_batch(t, examples, self.tok, self.model.cfg.encoding(t)), self.device)
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 losses[t] = self.model.loss(t, batch).float()
-        for t, v in losses.items():
-            if not torch.isfinite(v):
-                raise TrainingError(f"the {t} loss became {v.item()} at step {self.step + 1} "
-                                    f"(lr {self.sched.get_last_lr()[0]:.2e}); training stopped. "
-                                    "Lower the learning rate or keep grad_clip on; the last good checkpoint is in last/")
+        bad = [(t, v.item()) for t, v in losses.items() if not torch.isfinite(v)]
+        if dist.any_rank(bool(bad)):
+            what = f"the {bad[0][0]} loss became {bad[0][1]}" if bad else "a loss on another rank became non-finite"
+            raise TrainingError(f"{what} at step {self.step + 1} (lr {self.sched.get_last_lr()[0]:.2e}); "
+                                "training stopped. Lower the learning rate or keep grad_clip on; "
+                                "the last good checkpoint is in last/")
         stats = self.method.backward(losses)
         if self.cfg.grad_clip:
             params = [p for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
@@ -350,9 +371,11 @@ class Trainer:
         self.step += 1
         self.step_in_epoch += 1
         dt = time.perf_counter() - t0
+        shown = torch.stack([v.detach() for v in losses.values()])
+        if dist.active():  # log the global batch's loss
+            dist.average_(shown)
         rec = {"type": "step", "step": self.step, "epoch": self.epoch, "time": time.time(),
-               "loss": {t: float(v.detach()) for t, v in losses.items()},
-               "loss_total": float(sum(v.detach() for v in losses.values())),
+               "loss": {t: float(v) for t, v in zip(losses, shown)}, "loss_total": float(shown.sum()),
                "lr": lr, "examples_per_s": n_examples / dt, "step_time": dt, **stats}
         self._record(rec)
         return rec
@@ -360,12 +383,16 @@ class Trainer:
     # -- the loop --
 
     def run(self) -> str:
+        self.rank, self.world = dist.init()
+        if not self.is_main:
+            self.log = lambda msg: None
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not self.resume:
+        if not self.resume and self.is_main:
             atomic_write_json(self.run_dir / "config.json", self.cfg.to_dict())
         lock_path = self.run_dir.parent / ".lock"
         try:
-            lock.acquire(lock_path, self.run_dir.name)
+            if self.is_main:
+                lock.acquire(lock_path, self.run_dir.name)
         except lock.LockHeld as e:
             self.set_status(state="failed", error=str(e))
             raise TrainingError(str(e)) from e
@@ -374,7 +401,7 @@ class Trainer:
         try:
             self.set_status(state="running", error=None, started_at=time.time())
             self._setup()
-            self.metrics = JsonlWriter(self.run_dir / "metrics.jsonl")
+            self.metrics = JsonlWriter(self.run_dir / "metrics.jsonl") if self.is_main else None
             self.set_status(total_steps=self.total_steps, step=self.step, epoch=self.epoch)
             state = self._loop()
             self.set_status(state=state, eta_s=0.0)
@@ -390,7 +417,9 @@ class Trainer:
                 signal.signal(s, h)
             if self.metrics:
                 self.metrics.close()
-            lock.release(lock_path)
+            if self.is_main:
+                lock.release(lock_path)
+            dist.shutdown()
 
     def _on_signal(self, signum, frame):
         if self.stop_requested:  # a second Ctrl-C: the user means it
@@ -401,7 +430,7 @@ class Trainer:
     def _loop(self) -> str:
         cfg = self.cfg
         bar = None
-        if self.progress:
+        if self.progress and self.is_main:
             from tqdm import tqdm
             bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True, mininterval=0.5)
         ema, last_status = None, 0.0
@@ -410,12 +439,12 @@ class Trainer:
         try:
             while self.epoch < cfg.epochs:
                 while self.step_in_epoch < self.plan.steps_per_epoch:
-                    if self.stop_requested:
+                    if dist.any_rank(self.stop_requested):
                         self._save("last", with_state=True)
                         return "stopped"
                     if self.step >= self.total_steps:
                         return self._finish(f"max_steps {self.total_steps} reached")
-                    if cfg.time_budget_s and self.train_time >= cfg.time_budget_s:
+                    if cfg.time_budget_s and dist.any_rank(self.train_time >= cfg.time_budget_s):
                         return self._finish(f"time budget {cfg.time_budget_s:.0f} s reached")
                     t0 = time.perf_counter()
                     rec = self._train_step(self.plan.tasks_at(self.step_in_epoch))
@@ -452,6 +481,9 @@ class Trainer:
 
     def _finish(self, why: str) -> str:
         self.log(f"[finish] {why}")
+        if not self.is_main:
+            dist.barrier()  # rank 0 evaluates and saves
+            return "finished"
         if getattr(self, "last_dev_step", None) != self.step:
             self._dev_eval()
         if self.last_saved_step != self.step:
@@ -470,6 +502,7 @@ class Trainer:
         if (best / "mtbert.json").is_file():
             atomic_write_json(best / "metrics.json", {**results, "step": meta["metrics"].get("step")})
         self.set_status(results=results)
+        dist.barrier()
         return "finished"
 
 

@@ -91,6 +91,7 @@ else:
     except DataError as e:
         st.error(str(e))
     else:
+        st.markdown(f"Usable rows — {runs.data_summary(rows)}")
         st.dataframe(rows, hide_index=True, width="stretch",
                      column_config={"file": st.column_config.TextColumn(f"file (in {folder})", width="large")})
         problem = runs.data_problem(rows, st.session_state[key("tasks")])

@@ -61,7 +61,8 @@ with sentiment_tab:
     results = st.session_state.get("sst_result")
     if results:
         for c, (name, r) in zip(st.columns(len(results)), results.items()):
-            c.metric(f"Predicted · {name}", r["label_name"], f"p = {r['probs'][r['label']]:.2f}", delta_color="off")
+            c.metric(f"Predicted · {name}", r["label_name"])
+            c.caption(f"probability {r['probs'][r['label']]:.2f}")
             if r["note"]:
                 c.info(r["note"], icon=":material/content_cut:")
         st.plotly_chart(pg.sentiment_figure(results), key="sst_chart")

@@ -174,7 +174,7 @@ def test_train_watch_then_play(studio, browser, tiny_base, tiny_data):
     page.get_by_text("another folder", exact=True).click()
     page.get_by_label("Folder of CS224N files", exact=True).fill(str(tiny_data))
     page.get_by_label("Folder of CS224N files", exact=True).press("Enter")
-    expect(page.get_by_role("grid").first).to_contain_text("24")  # the row counts of the chosen folder
+    page.get_by_text("train: sst 24, para 24, sts 24").wait_for()  # the row counts of the chosen folder
     choose(page, "Preset", "quick CPU demo")
     expect(page.get_by_label("max_steps", exact=True)).to_have_value("40")  # the preset filled the form
     page.locator("[data-testid='stExpander'] summary").filter(has_text="Evaluation").click()

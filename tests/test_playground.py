@@ -1,0 +1,220 @@
+"""mtbert.playground: input checks, task outputs, attention, offline bertviz pages, batch files."""
+from __future__ import annotations
+
+import csv
+import io
+import re
+
+import pytest
+import torch
+
+from mtbert import playground as pg
+from mtbert import runs
+from mtbert.checkpoint import load_encoder, save_checkpoint
+from mtbert.data import Example
+from mtbert.evaluate import predict_examples
+from mtbert.model import ModelConfig, MultitaskBert
+
+
+@pytest.fixture(scope="module")
+def ckpt_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as mp:  # module-wide: the loaded model fixture needs it too
+        mp.setenv("MTBERT_RUNS_DIR", str(root))
+        yield root
+
+
+@pytest.fixture(autouse=True)
+def no_js_setting(ckpt_root, monkeypatch):
+    monkeypatch.delenv(pg.JS_ENV, raising=False)
+
+
+def make_checkpoint(base, folder, **model_cfg):
+    encoder, tok = load_encoder(base, max_length=32)
+    torch.manual_seed(0)
+    model = MultitaskBert(encoder, ModelConfig(**model_cfg))
+    return save_checkpoint(model, tok, folder, base=str(base))
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_base, ckpt_root):
+    path = make_checkpoint(tiny_base, ckpt_root / "run-a" / "best")
+    return pg.load_model(str(path))
+
+
+def test_empty_and_whitespace_inputs_get_a_message(loaded):
+    model, tok, _ = loaded
+    with pytest.raises(pg.InputError, match="The sentence is empty"):
+        pg.sentiment(model, tok, "")
+    with pytest.raises(pg.InputError, match="The sentence is only whitespace"):
+        pg.sentiment(model, tok, " \t\n ")
+    with pytest.raises(pg.InputError, match="The second sentence is only whitespace"):
+        pg.pair_scores(model, tok, "fine", "   ")
+    with pytest.raises(pg.InputError, match="at most 100,000"):
+        pg.check_text("x" * (pg.MAX_CHARS + 1))
+
+
+def test_sentiment_is_a_distribution_over_five_classes(loaded):
+    model, tok, meta = loaded
+    assert meta["untrained_heads"] is False
+    r = pg.sentiment(model, tok, "  A gorgeous, witty, seductive movie. ")
+    assert len(r["probs"]) == 5 and sum(r["probs"]) == pytest.approx(1.0, abs=1e-5)
+    assert r["label"] == max(range(5), key=r["probs"].__getitem__)
+    assert r["label_name"] == pg.SST_LABELS[r["label"]] and r["note"] is None
+    # the same as the batch path the evaluator uses
+    assert predict_examples(model, tok, "sst", [Example("0", "A gorgeous, witty, seductive movie.", None, None)]) \
+        == [r["label"]]
+
+
+def test_long_input_is_cut_visibly(loaded):
+    model, tok, _ = loaded
+    text = "good " * 600  # 600 words: more than the 512 positions BERT has, and than max_length 32
+    assert pg.token_count(tok, text) == 602
+    r = pg.sentiment(model, tok, text)
+    assert r["note"] == "The sentence is 602 tokens; the model reads only the first 32 tokens, the rest was cut."
+    pair = pg.pair_scores(model, tok, text, "short")
+    assert "The first sentence is 602 tokens" in pair["note"]
+    view = pg.attention(model, tok, text)
+    assert len(view.tokens) == 32 and "602 tokens" in view.note
+
+
+def test_pair_scores_in_range_for_separate_and_joint_encodings(tiny_base, ckpt_root, loaded):
+    model, tok, _ = loaded
+    r = pg.pair_scores(model, tok, "How old are you?", "What is your age?")
+    assert 0.0 <= r["paraphrase"] <= 1.0 and 0.0 <= r["similarity"] <= 5.0 and r["note"] is None
+    joint = pg.load_model(str(make_checkpoint(tiny_base, ckpt_root / "run-j" / "best", pair_encoding="joint")))
+    rj = pg.pair_scores(joint[0], joint[1], "How old are you?", "What is your age?")
+    assert 0.0 <= rj["paraphrase"] <= 1.0 and 0.0 <= rj["similarity"] <= 5.0
+    assert rj["paraphrase"] != pytest.approx(r["paraphrase"])
+
+
+def test_attention_of_a_pair(loaded):
+    model, tok, _ = loaded
+    view = pg.attention(model, tok, "How old are you?", "What is your age?")
+    assert view.tokens == ["[CLS]", "how", "old", "are", "you", "?", "[SEP]", "what", "is", "your", "age", "?", "[SEP]"]
+    assert view.sentence_b_start == 7
+    L = len(view.tokens)
+    assert view.num_layers == 2 and view.num_heads == 4
+    for a in view.attentions:
+        assert a.shape == (1, 4, L, L)
+        assert torch.allclose(a.sum(-1), torch.ones(1, 4, L), atol=1e-5)  # each row a distribution
+    single = pg.attention(model, tok, "Fine.")
+    assert single.sentence_b_start is None and single.tokens == ["[CLS]", "fine", ".", "[SEP]"]
+
+
+def test_heatmap_shows_the_chosen_head(loaded):
+    model, tok, _ = loaded
+    view = pg.attention(model, tok, "the the cat")
+    fig = pg.attention_heatmap(view, 1, 3)
+    assert [list(r) for r in fig.data[0].z] == view.attentions[1][0, 3].tolist()
+    assert list(fig.layout.xaxis.ticktext) == view.tokens  # repeated tokens keep their own columns
+    with pytest.raises(pg.InputError, match="layer must be 0..1 and head 0..3"):
+        pg.attention_heatmap(view, 2, 0)
+
+
+@pytest.fixture
+def fake_js(tmp_path):
+    (tmp_path / "d3.min.js").write_text("window.d3 = {marker: 'D3-LOCAL'}; // </script> inside the code")
+    (tmp_path / "jquery.min.js").write_text("window.jQuery = {marker: 'JQ-LOCAL'};")
+    return tmp_path
+
+
+def test_bertviz_offline_inlines_the_libraries_and_drops_every_cdn_link(loaded, fake_js, monkeypatch):
+    model, tok, _ = loaded
+    view = pg.attention(model, tok, "How old are you?", "What is your age?")
+    online = pg.bertviz_html(view, "head", folder=None)
+    assert "cdnjs.cloudflare.com" in online and "require.min.js" in online
+    monkeypatch.setenv(pg.JS_ENV, str(fake_js))
+    for kind in ("head", "model"):
+        html = pg.bertviz_html(view, kind)
+        assert "D3-LOCAL" in html and "JQ-LOCAL" in html
+        assert "cdnjs" not in html
+        assert "require.config({" not in html  # bertviz's block naming the CDN paths
+        assert not re.search(r"""(src|href)\s*=\s*["']https?:""", html)  # nothing fetched from outside
+        assert html.index("JQ-LOCAL") < html.index("D3-LOCAL") < html.index("requirejs(['jquery', 'd3']")
+        assert html.count("<script") == html.count("</script>")  # nothing closes a script early
+        assert "Sentence B -> Sentence B" in html  # the pair's views (sentence_b_start reached bertviz)
+        assert pg.bertviz_height(view, kind) > 13 * 7
+    with pytest.raises(ValueError, match="kind='neuron' is not allowed"):
+        pg.bertviz_html(view, "neuron")
+
+
+def test_bertviz_js_folder_setting(fake_js, monkeypatch, tmp_path):
+    monkeypatch.setattr(pg, "DEFAULT_JS_DIR", tmp_path / "absent")
+    assert pg.js_dir() is None
+    monkeypatch.setenv(pg.JS_ENV, str(fake_js))
+    assert pg.js_dir() == fake_js
+    (fake_js / "d3.min.js").unlink()
+    with pytest.raises(pg.InputError, match=r"MTBERT_BERTVIZ_JS=.*missing d3.min.js.*scripts/fetch_js.sh"):
+        pg.js_dir()
+
+
+def test_tokens_cannot_break_out_of_the_bertviz_script(loaded, fake_js):
+    view = pg.AttentionView(["[CLS]", "</script><script>alert(1)</script>", "<!--", "[SEP]"],
+                            tuple(torch.full((1, 1, 4, 4), 0.25) for _ in range(2)))
+    html = pg.bertviz_html(view, "head", folder=fake_js)
+    assert "alert(1)" in html
+    assert html.count("<script") == html.count("</script>")
+    assert "<!--" not in html
+
+
+def test_plain_base_model_is_labelled_as_untrained():
+    model, tok, meta = pg.load_model("minilm-l6")
+    assert meta["untrained_heads"] is True
+    assert "UNTRAINED task heads" in pg.describe_model(meta)
+    again = pg.load_model("minilm-l6")[0]
+    assert torch.equal(model.sst_head.weight, again.sst_head.weight)  # the same heads on every load
+
+
+def test_load_model_refuses_paths_outside_checkpoints_and_runs(tiny_base, tmp_path):
+    outside = make_checkpoint(tiny_base, tmp_path / "outside")
+    with pytest.raises(runs.RunError, match="allowed places"):
+        pg.load_model(str(outside))
+
+
+def upload(rows: list[list[str]]) -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf, delimiter="\t", lineterminator="\n").writerows(rows)
+    return buf.getvalue().encode()
+
+
+def test_read_upload_detects_the_task_and_explains_what_it_cannot_read():
+    sst = upload([["", "id", "sentence", "sentiment"], ["0", "a1", "great fun", "4"], ["1", "a2", "dull", "1"]])
+    task, examples, report = pg.read_upload(sst)
+    assert task == "sst" and [e.id for e in examples] == ["a1", "a2"] and report.usable == 2
+    unlabelled_pairs = upload([["", "id", "sentence1", "sentence2"], ["0", "p1", "a b", "c d"]])
+    with pytest.raises(pg.InputError, match="choose the task"):
+        pg.read_upload(unlabelled_pairs)
+    assert pg.read_upload(unlabelled_pairs, "sts")[0] == "sts"
+    with pytest.raises(pg.InputError, match="empty"):
+        pg.read_upload(b"  \n")
+    with pytest.raises(pg.InputError, match="the uploaded file: no column 'id' for task sst"):
+        pg.read_upload(upload([["x", "y"], ["1", "2"]]), "sst")
+    with pytest.raises(pg.InputError, match="No usable rows"):
+        pg.read_upload(upload([["", "id", "sentence", "sentiment"], ["0", "a1", "", "4"]]))
+    with pytest.raises(pg.InputError, match="task='qa' is not allowed"):
+        pg.read_upload(sst, "qa")
+
+
+def test_batch_job_writes_the_predictions_csv_in_the_background(loaded):
+    model, tok, _ = loaded
+    examples = [Example(f"id{i}", a, b, None) for i, (a, b) in
+                enumerate([("how old are you", "what is your age"), ("a cat", "a dog"), ("x", "y")])]
+    job = pg.BatchJob("sts", examples).start(model, tok, chunk=2)
+    job.join(60)
+    assert job.finished and job.error is None and job.fraction == 1.0
+    rows = list(csv.reader(io.StringIO(job.csv.decode())))
+    assert rows[0] == ["id", "prediction"] and [r[0] for r in rows[1:]] == ["id0", "id1", "id2"]
+    want = predict_examples(model, tok, "sts", examples)
+    assert [float(r[1]) for r in rows[1:]] == pytest.approx(want)
+    bad = pg.BatchJob("nope", examples).start(model, tok)
+    bad.join(60)
+    assert bad.finished and bad.csv is None and "nope" in bad.error
+
+
+def test_sentiment_figure_compares_models(loaded):
+    model, tok, _ = loaded
+    r = pg.sentiment(model, tok, "fine")
+    fig = pg.sentiment_figure({"a": r, "b": r})
+    assert [t.name for t in fig.data] == ["a", "b"] and list(fig.data[0].y) == r["probs"]
+    assert re.fullmatch(r"\d\.\d\d", fig.data[0].text[0])
