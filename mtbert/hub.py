@@ -81,6 +81,19 @@ def base_model_id(name: str | None) -> str | None:
     return name
 
 
+def results_table(rows: dict[str, dict]) -> str:
+    """The seed report's table, as `mtbert.evaluate.seed_table` prints it (a test keeps the two
+    equal); written out here because importing that module costs torch and scipy (seconds) for a
+    push that needs neither."""
+    columns = (("para_acc", "Paraphrase acc"), ("sst_acc", "SST acc"), ("sts_corr", "STS corr"),
+               ("average", "Average"))
+    lines = ["|  | " + " | ".join(title for _, title in columns) + " |", "|---|" + "---|" * len(columns)]
+    for name, m in rows.items():
+        cells = [f"{m[k]:.3f}" if isinstance(m.get(k), (int, float)) and m[k] == m[k] else "–" for k, _ in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _fmt(v) -> str:
     if isinstance(v, list):
         return ", ".join(map(str, v)) or "–"
@@ -90,8 +103,6 @@ def _fmt(v) -> str:
 def model_card(folder: str | Path, repo_id: str, license: str = DEFAULT_LICENSE):
     """The README.md of a pushed checkpoint, as a huggingface_hub ModelCard (metadata + text)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    from .evaluate import seed_table
 
     folder = Path(folder)
     meta = _read_json(folder / "mtbert.json")
@@ -141,7 +152,7 @@ def model_card(folder: str | Path, repo_id: str, license: str = DEFAULT_LICENSE)
                       "below say the pipeline works, not how good the model can be." if cfg else ""), ""]
     rows = {name: m for name, m in (("Train", train), ("Dev", dev)) if m}
     lines += ["## Results", ""]
-    lines += [seed_table(rows), ""] if rows else ["No evaluation was recorded with this checkpoint.", ""]
+    lines += [results_table(rows), ""] if rows else ["No evaluation was recorded with this checkpoint.", ""]
     if cfg:
         lines += ["## Training settings", "", "| setting | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(cfg[k])} |" for k in CARD_SETTINGS if k in cfg]
@@ -228,9 +239,7 @@ def push_checkpoint(checkpoint_dir: str | Path, repo_id: str, token: str | None 
                     license: str = DEFAULT_LICENSE) -> str:
     """Upload a checkpoint folder to the Hub model repo `repo_id` (created if needed) with a
     generated model card, in one commit. Returns the repo's URL."""
-    import httpx2
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 
     folder = Path(checkpoint_dir)
     _check_folder(folder)
@@ -245,20 +254,38 @@ def push_checkpoint(checkpoint_dir: str | Path, repo_id: str, token: str | None 
         with _staged(folder, repo_id, license) as stage:
             url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
             api.upload_folder(repo_id=repo_id, folder_path=stage, commit_message=message, repo_type="model")
-    except OfflineModeIsEnabled:
-        raise HubError("HF_HUB_OFFLINE is set: unset it to push to the Hub") from None
-    except RepositoryNotFoundError as e:
-        raise HubError(f"{repo_id}: the Hub refused access (is the token allowed to write to "
-                       f"{repo_id.split('/')[0]}?): {_first_line(e, token)}") from None
-    except HfHubHTTPError as e:
+        return str(url)
+    except Exception as e:
+        failure = _explain(e, repo_id, api.endpoint, token)
+        if failure is None:
+            raise
+    # raised here, outside the handler, so that the original error (whose text may quote the
+    # token back) is not even attached as __context__
+    raise failure
+
+
+def _explain(e: Exception, repo_id: str, endpoint: str, token: str) -> HubError | None:
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    if isinstance(e, HubError):
+        return e
+    if isinstance(e, OfflineModeIsEnabled):
+        return HubError("HF_HUB_OFFLINE is set: unset it to push to the Hub")
+    if isinstance(e, RepositoryNotFoundError):
+        return HubError(f"{repo_id}: the Hub refused access (is the token allowed to write to "
+                        f"{repo_id.split('/')[0]}?): {_first_line(e, token)}")
+    if isinstance(e, HfHubHTTPError):
         status = getattr(getattr(e, "response", None), "status_code", None)
         why = {401: "the token was refused (401): check HF_TOKEN",
                403: f"the token may not write to {repo_id} (403)"}.get(status, "the Hub answered an error")
-        raise HubError(f"push to {repo_id} failed: {why}: {_first_line(e, token)}") from None
-    except (httpx2.HTTPError, OSError) as e:
-        raise HubError(f"push to {repo_id} failed: cannot reach the Hub at {api.endpoint} "
-                       f"({scrub(str(e), token) or type(e).__name__})") from None
-    return str(url)
+        return HubError(f"push to {repo_id} failed: {why}: {_first_line(e, token)}")
+    if isinstance(e, httpx2.HTTPError):  # no HTTP answer at all: refused, timed out, DNS
+        return HubError(f"push to {repo_id} failed: cannot reach the Hub at {endpoint} "
+                        f"({_first_line(e, token)})")
+    if isinstance(e, OSError):
+        return HubError(f"push to {repo_id} failed: {_first_line(e, token)}")
+    return None
 
 
 def _first_line(e: Exception, token: str | None) -> str:

@@ -61,9 +61,9 @@ def list_runs() -> list[Path]:
     root = runs_dir()
     if not root.is_dir():
         return []
-    runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-            and ((p / "config.json").is_file() or (p / "status.json").is_file())]
-    return sorted(runs, key=lambda p: p.name, reverse=True)
+    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+             and ((p / "config.json").is_file() or (p / "status.json").is_file())]
+    return sorted(found, key=lambda p: p.name, reverse=True)
 
 
 def read_config(run_dir) -> dict:
@@ -311,7 +311,8 @@ def _is_trainer(pid: int) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return lock.pid_alive(pid)  # no /proc (macOS): trust the PID
-    return b"mtbert" in argv and b"train" in argv
+    # `python -m mtbert train …` or the `mtbert train …` console script
+    return b"train" in argv and any(a == b"mtbert" or a.endswith(b"/mtbert") for a in argv)
 
 
 def stop_run(run_dir) -> None:

@@ -62,9 +62,15 @@ def setting_widget(s: runs.Setting) -> None:
 
 st.title("Train")
 
-if key("name") not in st.session_state:
+# Streamlit forgets a widget's value when another page is shown; keep a copy to restore on return
+FORM_KEYS = ["preset", "data_source", "data_folder", "quora_train", *(key(s.name) for s in SPEC)]
+saved = st.session_state.setdefault("train_form", {})
+if key("name") not in st.session_state and not saved:
     st.session_state.preset = DEFAULTS
     apply_preset()
+for k in FORM_KEYS:
+    if k not in st.session_state and k in saved:
+        st.session_state[k] = saved[k]
 
 # ---- 1. data ---------------------------------------------------------------------------------
 st.subheader("1 · Data")
@@ -111,6 +117,8 @@ with st.form("settings"):
                 with cols[i % 4]:
                     setting_widget(s)
     start = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
+
+saved.update({k: st.session_state[k] for k in FORM_KEYS if k in st.session_state})
 
 if start:
     config = {s.name: s.from_widget(st.session_state[key(s.name)]) for s in SPEC}

@@ -63,16 +63,17 @@ class Repo:
 class Request:
     method: str
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case
     body: bytes
 
 
 class HubStub:
     """Use as a context manager: `with HubStub(token="hf_x") as hub: hub.url …`."""
 
-    def __init__(self, token: str | None = None, user: str = "tester"):
+    def __init__(self, token: str | None = None, user: str = "tester", echo_auth: bool = False):
         self.token = token
         self.user = user
+        self.echo_auth = echo_auth  # a careless server quoting the credentials back in its errors
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[Request] = []
         self._lock = threading.Lock()
@@ -83,8 +84,7 @@ class HubStub:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._url
 
     def start(self) -> "HubStub":
         stub = self
@@ -94,6 +94,8 @@ class HubStub:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        host, port = self._server.server_address[:2]
+        self._url = f"http://{host}:{port}"  # kept after stop(), for messages that name it
         self._thread = threading.Thread(target=self._server.serve_forever, name="hub-stub", daemon=True)
         self._thread.start()
         return self
@@ -183,10 +185,13 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body() if method in ("POST", "PUT") else b""
         url = urlsplit(self.path)
         with self.hub._lock:
-            self.hub.requests.append(Request(method, self.path, dict(self.headers.items()), body))
+            self.hub.requests.append(Request(method, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
         auth = self._authorized()
         if auth is False:  # what the Hub answers a bad token, whatever was asked
-            return self._error(401, "Invalid credentials in Authorization header", head=method == "HEAD")
+            message = "Invalid credentials in Authorization header"
+            if self.hub.echo_auth:
+                message += f" ({self.headers.get('Authorization')})"
+            return self._error(401, message, head=method == "HEAD")
         try:
             self._route(method, unquote(url.path), parse_qs(url.query), body, auth is True)
         except (ValueError, KeyError, json.JSONDecodeError) as e:
@@ -333,3 +338,18 @@ class _Handler(BaseHTTPRequestHandler):
         if start:
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
         self._send(206 if start else 200, data[start:], headers, head)
+
+
+def point_huggingface_hub_at(monkeypatch, url: str, tmp_path) -> None:
+    """Aim huggingface_hub in this process at `url`. It reads HF_ENDPOINT and HF_HUB_OFFLINE at
+    import time, so its constants are patched (and restored by monkeypatch); a fresh cache and no
+    stored login keep the developer's own ~/.cache/huggingface out of the test."""
+    import huggingface_hub.constants as C
+
+    monkeypatch.setattr(C, "ENDPOINT", url)
+    monkeypatch.setattr(C, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(C, "HF_HUB_OFFLINE", False)  # CI sets HF_HUB_OFFLINE=1 for everything else
+    monkeypatch.setattr(C, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(C, "HF_TOKEN_PATH", str(tmp_path / "no-stored-token"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -22,6 +23,8 @@ from urllib.parse import urlparse
 
 import pytest
 from playwright.sync_api import expect
+
+from mtbert import runs
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -123,9 +126,13 @@ def browser():
 def shot(page, name: str, at=None) -> None:
     """A viewport screenshot, scrolled to `at` (Streamlit scrolls inside its own container, so a
     full-page shot would show no more than the viewport)."""
-    if at is not None:
-        at.scroll_into_view_if_needed()
-        page.wait_for_timeout(500)
+    for _ in range(3 if at is not None else 0):
+        try:  # the element may be redrawn under us (the live charts refresh every second)
+            at.scroll_into_view_if_needed(timeout=5000)
+            break
+        except Exception:
+            page.wait_for_timeout(500)
+    page.wait_for_timeout(500)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path))
@@ -142,8 +149,17 @@ def wait_idle(page, timeout: float = 60_000) -> None:
 
 def choose(page, label: str, option: str) -> None:
     """Pick `option` (a substring) in the Streamlit selectbox labelled `label`."""
-    page.get_by_role("combobox", name=label, exact=True).click()
-    page.get_by_role("option").filter(has_text=option).first.click()
+    box = page.get_by_role("combobox", name=label, exact=True)
+    wanted = page.get_by_role("option").filter(has_text=option).first
+    for _ in range(5):  # a click that lands while the page reruns can leave the list closed
+        box.click()
+        try:
+            wanted.wait_for(timeout=3000)
+            break
+        except Exception:
+            page.keyboard.press("Escape")
+    wanted.click()
+    expect(box).to_have_value(re.compile(re.escape(option)))
 
 
 def set_number(page, label: str, value) -> None:
@@ -163,7 +179,9 @@ def test_train_watch_then_play(studio, browser, tiny_base, tiny_data):
     # home: what this machine offers
     page.goto(url)
     page.get_by_text("mtbert studio").first.wait_for(timeout=60_000)
-    page.get_by_text("This machine").wait_for()
+    page.get_by_role("heading", name="This machine").wait_for(timeout=60_000)
+    page.get_by_role("heading", name="Where next").wait_for()
+    expect(page.get_by_text("Device:")).to_be_visible()
     wait_idle(page)
     shot(page, "home")
 
@@ -193,6 +211,8 @@ def test_train_watch_then_play(studio, browser, tiny_base, tiny_data):
         return [...plot.querySelectorAll('.scatterlayer path.js-line')].some(p => (p.getAttribute('d') || '').includes('L'));
     }""", timeout=180_000, polling=1000)
     shot(page, "train-running", page.locator(".js-plotly-plot").first)
+    page.reload()  # a reload re-attaches to the run (running, or just finished) from its folder
+    page.get_by_role("heading", name="browser-test").wait_for(timeout=60_000)
     page.get_by_text("Finished. Checkpoint:").wait_for(timeout=300_000)
     wait_idle(page)
     assert page.get_by_text("Paraphrase acc").first.is_visible()  # the seed's results table
@@ -204,13 +224,19 @@ def test_train_watch_then_play(studio, browser, tiny_base, tiny_data):
     page.goto(f"{url}/Playground")
     page.get_by_role("heading", name="Playground").wait_for(timeout=60_000)
     wait_idle(page)
-    choose(page, "Checkpoint", f"{run_ids[0]}/best")
+    shipped = [c.name for c in runs.list_checkpoints() if c.kind == "shipped"]
+    if shipped:  # side by side: the shipped checkpoint and the run just trained
+        page.get_by_text("Compare two checkpoints side by side").click()
+        choose(page, "Checkpoint", f"{shipped[0]} (shipped")
+        choose(page, "Second checkpoint", f"{run_ids[0]}/best")
+    else:
+        choose(page, "Checkpoint", f"{run_ids[0]}/best")
     wait_idle(page)
     page.get_by_label("Sentence", exact=True).fill("A gorgeous, witty, seductive movie.")
     page.get_by_role("button", name="Predict sentiment").click()
-    metric = page.locator("[data-testid='stMetricValue']").first
-    metric.wait_for(timeout=60_000)
-    assert metric.inner_text().strip() in SST_LABELS
+    metrics = page.locator("[data-testid='stMetricValue']")
+    expect(metrics).to_have_count(2 if shipped else 1, timeout=60_000)
+    assert all(m.strip() in SST_LABELS for m in metrics.all_inner_texts())
     wait_idle(page)
     shot(page, "playground")
 
@@ -226,6 +252,18 @@ def test_train_watch_then_play(studio, browser, tiny_base, tiny_data):
     assert tokens >= 2 * 9, "both token columns ([CLS] the movie was not bad at all . [SEP])"
     assert drawn > 100, f"the head view drew only {drawn} SVG elements"
     shot(page, "attention", page.locator("iframe[title='bertviz head view of the attention']"))
+
+    # batch: a CS224N file in, id,prediction CSV out
+    page.get_by_role("tab", name="Batch file").click()
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(tiny_data / "ids-sst-dev.csv"))
+    page.get_by_role("button", name="Predict the file").click()
+    download = page.get_by_role("button", name="Download predictions CSV")
+    download.wait_for(timeout=60_000)
+    with page.expect_download() as dl:
+        download.click()
+    rows = list(csv.reader(open(dl.value.path(), newline="")))
+    assert rows[0] == ["id", "prediction"] and len(rows) == 25
+    assert {r[1] for r in rows[1:]} <= {"0", "1", "2", "3", "4"}
 
     # runs: the table lists the run
     page.goto(f"{url}/Runs")

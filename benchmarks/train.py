@@ -1,0 +1,100 @@
+"""Training speed of the multitask step: `sum` vs `pcgrad`, examples/s and step time.
+
+    python benchmarks/train.py                       # MiniLM (packaged weights), CPU
+    python benchmarks/train.py --model bert-base     # bert-base-sized random weights
+    python benchmarks/train.py --device cuda         # + bf16 autocast, fused AdamW
+
+One step = one batch of each task (SST, Quora, STS; the parallel schedule), forward, the gradient
+method's backward, AdamW step — exactly what `mtbert.train.Trainer` does per step. The methods
+are timed alternately in the same run; the PCGrad overhead is reported as a ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import DOC, interleaved, machine, markdown_table, median, today, write_section  # noqa: E402
+from mtbert.bert import BertConfig, BertModel  # noqa: E402
+from mtbert.checkpoint import load_base, resolve_base  # noqa: E402
+from mtbert.data import SHARED_DIR, load_split, make_batch  # noqa: E402
+from mtbert.gradients import make_method  # noqa: E402
+from mtbert.model import TASKS, ModelConfig, MultitaskBert  # noqa: E402
+from mtbert.tokenizer import Tokenizer  # noqa: E402
+
+SIZES = {"bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)}
+
+
+def build(model_name: str, max_length: int):
+    if model_name == "minilm":
+        return load_base("minilm-l6", max_length)
+    tok = Tokenizer.from_folder(resolve_base("minilm-l6"), max_length)  # same uncased vocab as bert-base
+    torch.manual_seed(0)
+    return BertModel(BertConfig(**SIZES[model_name])), tok
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", choices=("minilm", "bert-base"), default="minilm")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-size", type=int, default=16, help="per task")
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=6)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--data-dir", default=str(SHARED_DIR))
+    ap.add_argument("--out", default=str(DOC), help="markdown file whose '## Training' section is rewritten")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    amp = torch.bfloat16 if device.type == "cuda" else None
+
+    encoder, tok = build(args.model, args.max_length)
+    model = MultitaskBert(encoder, ModelConfig(pooling="mean", para_features="concat_diff_prod")).to(device).train()
+    data = {t: ex for t, (ex, _) in load_split(args.data_dir, "dev", TASKS).items()}
+    batches = [{t: make_batch(t, data[t][i * args.batch_size:(i + 1) * args.batch_size], tok) for t in TASKS}
+               for i in range(args.reps + args.warmup)]
+    batches = [{t: {k: (v.to(device) if torch.is_tensor(v) else
+                        {kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict) else v)
+                    for k, v in b.items()} for t, b in bt.items()} for bt in batches]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5, **({"fused": True} if device.type == "cuda" else {}))
+    methods = {"sum (one backward)": make_method("sum", params, telemetry=False),
+               "sum + telemetry": make_method("sum", params, telemetry=True),
+               "pcgrad": make_method("pcgrad", params, telemetry=True)}
+    cursor = {name: 0 for name in methods}
+
+    def step_fn(name):
+        def run():
+            b = batches[cursor[name] % len(batches)]
+            cursor[name] += 1
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                losses = {t: model.loss(t, b[t]).float() for t in TASKS}
+            methods[name].backward(losses)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return run
+
+    times = interleaved({n: step_fn(n) for n in methods}, args.reps, args.warmup, args.device)
+    examples = args.batch_size * 5  # sst: 1 sentence per example; para, sts: 2 each
+    base = median(times["sum (one backward)"])
+    rows = [[n, f"{median(ts) * 1000:.0f}", f"{examples / median(ts):.1f}", f"{median(ts) / base:.2f}"]
+            for n, ts in times.items()]
+    table = markdown_table(["method", "step time (ms, median)", "sentences/s", "time vs one backward"], rows)
+    print(table)
+    n_params = sum(p.numel() for p in params) / 1e6
+    body = (f"{table}\n\nModel: {args.model} ({n_params:.1f} M trainable parameters), batch {args.batch_size} "
+            f"per task (3 tasks, {examples} sentences per step), max length {args.max_length}, real CS224N dev "
+            f"sentences, AdamW{', bf16 autocast' if amp else ''}, {args.reps} interleaved repetitions after "
+            f"{args.warmup} warm-up.\n\nMachine: {machine(args.device)}. Measured {today()}.\n\n"
+            f"Command: `python benchmarks/train.py {' '.join(argv if argv is not None else sys.argv[1:])}`")
+    heading = f"Training step: sum vs PCGrad ({args.model}, {args.device})"
+    write_section(args.out, heading, body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

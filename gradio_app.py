@@ -1,0 +1,155 @@
+"""The mtbert playground as a Gradio app (a native Gradio Space runs this file): a checkpoint's
+sentiment distribution, paraphrase probability and similarity for your own input, and its
+attention (a heatmap per layer and head, and bertviz's head or model view).
+
+All the work is done by `mtbert.playground`, the same functions the Streamlit playground calls;
+this file only lays out the page. Checkpoints on offer: the local ones (checkpoints/, runs/, the
+plain base model) and the Hub repo ids in MTBERT_HUB_CHECKPOINT. Run: `python gradio_app.py`.
+"""
+from __future__ import annotations
+
+import html
+import os
+import threading
+from collections import OrderedDict
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when gradio is imported: set it first
+
+import gradio as gr  # noqa: E402
+
+from mtbert import hub, runs  # noqa: E402
+from mtbert import playground as pg  # noqa: E402
+from mtbert.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+
+MAX_MODELS = 4  # loaded models kept in memory, most recently used first
+
+
+def checkpoint_choices() -> list[tuple[str, str]]:
+    """(label, ref) pairs: the Hub checkpoints a deployment names first, then the local ones."""
+    return [(f"{r} (Hub)", r) for r in hub.hub_checkpoints()] + [(c.label, c.path) for c in runs.list_checkpoints()]
+
+
+class Models:
+    """Loaded models by ref, at most MAX_MODELS, loaded once even when requests arrive together."""
+
+    def __init__(self, hub_ids: list[str]):
+        self.hub_ids = set(hub_ids)
+        self._cache: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, ref: str):
+        with self._lock:
+            if ref not in self._cache:
+                self._cache[ref] = self._load(ref)
+                while len(self._cache) > MAX_MODELS:
+                    self._cache.popitem(last=False)
+            self._cache.move_to_end(ref)
+            return self._cache[ref]
+
+    def _load(self, ref: str):
+        try:
+            if ref in self.hub_ids:  # only the ids the deployment named: a visitor cannot fetch others
+                model, tok, meta = load_checkpoint(ref)
+                return model, tok, {**meta, "untrained_heads": False}
+            return pg.load_model(ref)  # local: only inside checkpoints/ and the runs folder
+        except (CheckpointError, runs.RunError, OSError) as e:
+            raise gr.Error(f"{ref} cannot be loaded: {e}") from None
+
+
+def _note(*notes) -> str:
+    return "\n\n".join(f"✂️ {n}" for n in notes if n)
+
+
+def build_app(choices: list[tuple[str, str]] | None = None) -> gr.Blocks:
+    choices = checkpoint_choices() if choices is None else choices
+    models = Models([ref for label, ref in choices if label.endswith("(Hub)")])
+
+    def describe(ref):
+        if not ref:
+            return ""
+        _, _, meta = models.get(ref)
+        text = pg.describe_model(meta)
+        return f"⚠️ {text}" if meta.get("untrained_heads") else text
+
+    def sentiment(ref, text):
+        model, tok, _ = models.get(ref)
+        try:
+            r = pg.sentiment(model, tok, text)
+        except pg.InputError as e:
+            raise gr.Error(str(e)) from None
+        return dict(zip(r["labels"], r["probs"])), _note(r["note"])
+
+    def pair(ref, a, b):
+        model, tok, _ = models.get(ref)
+        try:
+            r = pg.pair_scores(model, tok, a, b)
+        except pg.InputError as e:
+            raise gr.Error(str(e)) from None
+        return r["paraphrase"], r["similarity"], _note(r["note"])
+
+    def attention(ref, a, b, layer, head, kind):
+        model, tok, _ = models.get(ref)
+        try:
+            view = pg.attention(model, tok, a, b if b and b.strip() else None)
+            fig = pg.attention_heatmap(view, int(layer), int(head))
+            try:
+                folder, offline_note = pg.js_dir(), None
+            except pg.InputError as e:  # a misconfigured MTBERT_BERTVIZ_JS: say so, use the CDN
+                folder, offline_note = None, str(e)
+            page = pg.bertviz_html(view, kind, folder)
+        except pg.InputError as e:
+            raise gr.Error(str(e)) from None
+        # gradio's HTML does not run scripts; bertviz's page does, inside its own sandboxed frame
+        frame = (f'<iframe title="bertviz {kind} view" sandbox="allow-scripts" '
+                 f'style="width:100%;height:{pg.bertviz_height(view, kind)}px;border:0" '
+                 f'srcdoc="{html.escape(page, quote=True)}"></iframe>')
+        return fig, frame, _note(view.note, offline_note)
+
+    def ranges(ref):
+        if not ref:
+            return gr.update(), gr.update()
+        model, _, _ = models.get(ref)
+        cfg = model.encoder.config
+        return (gr.update(maximum=cfg.num_hidden_layers - 1, value=0),
+                gr.update(maximum=cfg.num_attention_heads - 1, value=0))
+
+    with gr.Blocks(title="mtbert playground", analytics_enabled=False) as app:
+        gr.Markdown("# mtbert playground\nOne BERT fine-tuned on sentiment (SST-5), paraphrase (Quora) "
+                    "and similarity (STS) at once: try your own sentences.")
+        ref = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Checkpoint")
+        about = gr.Markdown()
+        with gr.Tab("Sentiment"):
+            text = gr.Textbox(label="Sentence", placeholder="A gorgeous, witty, seductive movie.")
+            go = gr.Button("Predict sentiment", variant="primary")
+            dist = gr.Label(num_top_classes=len(pg.SST_LABELS), label="Sentiment distribution")
+            note = gr.Markdown()
+            go.click(sentiment, [ref, text], [dist, note], api_name="sentiment")
+        with gr.Tab("Paraphrase & similarity"):
+            a = gr.Textbox(label="First sentence", placeholder="How do I learn to cook?")
+            b = gr.Textbox(label="Second sentence", placeholder="What is the best way to learn cooking?")
+            go = gr.Button("Compare the sentences", variant="primary")
+            with gr.Row():
+                para = gr.Number(label="Paraphrase probability", precision=3)
+                sim = gr.Number(label="Similarity (0–5)", precision=3)
+            note = gr.Markdown()
+            go.click(pair, [ref, a, b], [para, sim, note], api_name="pair")
+        with gr.Tab("Attention"):
+            gr.Markdown("A pair is read jointly as [CLS] a [SEP] b [SEP]; leave B empty for one sentence.")
+            a = gr.Textbox(label="Sentence A", placeholder="The movie was not bad at all.")
+            b = gr.Textbox(label="Sentence B (optional)")
+            with gr.Row():
+                layer = gr.Slider(0, 11, value=0, step=1, label="Layer")
+                head = gr.Slider(0, 11, value=0, step=1, label="Head")
+                kind = gr.Radio(["head", "model"], value="head", label="bertviz view")
+            go = gr.Button("Show attention", variant="primary")
+            note = gr.Markdown()
+            heatmap = gr.Plot(label="Attention weights")
+            viz = gr.HTML()
+            go.click(attention, [ref, a, b, layer, head, kind], [heatmap, viz, note], api_name="attention")
+        for event in (ref.change, app.load):
+            event(describe, ref, about, api_name=False).then(ranges, ref, [layer, head], api_name=False)
+    return app
+
+
+if __name__ == "__main__":
+    build_app().launch()  # host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (Spaces set them)

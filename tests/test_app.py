@@ -1,0 +1,269 @@
+"""Every studio page's logic through Streamlit's AppTest, on hand-made run folders and a tiny model."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import streamlit as st
+import torch
+from streamlit.testing.v1 import AppTest
+
+from mtbert import lock
+from mtbert.checkpoint import load_encoder, save_checkpoint
+from mtbert.config import TrainConfig
+from mtbert.model import ModelConfig, MultitaskBert
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 60  # the first page run imports torch
+
+
+@pytest.fixture(autouse=True)
+def runs_dir(tmp_path, monkeypatch) -> Path:
+    d = tmp_path / "runs"
+    d.mkdir()
+    monkeypatch.setenv("MTBERT_RUNS_DIR", str(d))
+    monkeypatch.chdir(tmp_path)  # nothing the pages write may land in the repository
+    yield d
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def page(name: str) -> AppTest:
+    return AppTest.from_file(str(REPO / name), default_timeout=TIMEOUT)
+
+
+def fake_run(runs_dir: Path, name: str, state: str = "finished", pid: int | None = None, records=(), **status):
+    d = runs_dir / name
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(TrainConfig(name=name, gradient_method="pcgrad").to_dict()))
+    (d / "status.json").write_text(json.dumps({"run_id": name, "state": state, "pid": pid, **status}))
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return d
+
+
+def records(n: int = 5) -> list[dict]:
+    steps = [{"type": "step", "step": i, "epoch": 0, "loss": {"sst": 1.6, "para": 0.7, "sts": 2.0 - 0.1 * i},
+              "loss_total": 4.3, "cos": {"sst/para": -0.1, "sst/sts": 0.2, "para/sts": 0.3},
+              "conflicts": 1, "projections": 2} for i in range(1, n + 1)]
+    return steps + [{"type": "eval", "split": "dev", "step": n, "sst_acc": 0.4, "para_acc": 0.7, "sts_corr": 0.8,
+                     "average": 0.63}]
+
+
+def active_run(runs_dir: Path, name: str) -> Path:
+    """A run that looks alive: its status and the lock name this (live) test process."""
+    d = fake_run(runs_dir, name, state="running", pid=os.getpid(), records=records(), step=5, total_steps=10,
+                 epoch=0, epochs=1, eta_s=65.0, examples_per_s=12.5)
+    lock.acquire(runs_dir / ".lock", name)
+    return d
+
+
+def messages(at: AppTest, kind: str) -> list[str]:
+    return [e.value for e in getattr(at, kind)]
+
+
+def button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def no_exception(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+# ---- home --------------------------------------------------------------------------------------------
+
+def test_home_shows_the_machine_runs_and_checkpoints(runs_dir):
+    fake_run(runs_dir, "20260101-000000-old", records=records())
+    active_run(runs_dir, "20260102-000000-now")
+    at = no_exception(page("app.py").run())
+    text = " ".join(m.value for m in at.markdown)
+    assert "**Device:** CPU only" in text or "**Device:** CUDA GPU" in text
+    assert "`minilm-l6`: available" in text
+    assert any("20260102-000000-now" in m for m in messages(at, "info"))
+    runs_table, ckpt_table = (df.value for df in at.dataframe)
+    assert list(runs_table["run"]) == ["20260102-000000-now", "20260101-000000-old"]
+    assert "minilm-l6 (plain base model, untrained heads)" in list(ckpt_table["checkpoint"])
+
+
+# ---- train -------------------------------------------------------------------------------------------
+
+def test_train_form_starts_at_the_defaults_and_applies_the_quick_preset():
+    at = no_exception(page("pages/1_Train.py").run())
+    defaults = TrainConfig()
+    assert at.number_input(key="setting.epochs").value == defaults.epochs
+    assert at.number_input(key="setting.lr").value == defaults.lr
+    assert at.selectbox(key="setting.gradient_method").value == defaults.gradient_method
+    assert at.multiselect(key="setting.tasks").value == ["sst", "para", "sts"]
+    assert at.number_input(key="setting.max_steps").value is None
+    at.selectbox(key="preset").set_value("quick CPU demo").run()
+    assert at.number_input(key="setting.max_steps").value == 40
+    assert at.number_input(key="setting.epochs").value == 1
+    assert at.text_input(key="setting.name").value == "quick-demo"
+    assert "No run yet" in " ".join(c.value for c in at.caption)
+
+
+def test_train_page_attaches_to_the_active_run_and_refuses_a_second_start(runs_dir):
+    active_run(runs_dir, "20260101-000000-busy")
+    at = no_exception(page("pages/1_Train.py").run())
+    assert any("20260101-000000-busy" in h.value for h in at.subheader)
+    bar = at.get("progress")[0]
+    assert "running · step 5/10 · epoch 1/1 · ETA 1:05 · 12.5 examples/s" in bar.proto.text
+    assert len(at.get("plotly_chart")) == 4  # loss, dev, PCGrad conflicts, gradient cosine
+    assert any(b.label == "Stop" for b in at.button)
+    button(at, "Start training").click().run()
+    errors = messages(at, "error")
+    assert any("Not started: another training is running: run 20260101-000000-busy" in e for e in errors), errors
+    assert [p.name for p in runs_dir.iterdir() if p.is_dir()] == ["20260101-000000-busy"]
+
+
+def test_train_refuses_a_bad_setting_by_name(runs_dir):
+    at = page("pages/1_Train.py").run()
+    at.multiselect(key="setting.tasks").set_value([])
+    button(at, "Start training").click().run()
+    assert any("Not started: setting tasks=[] is not allowed" in e for e in messages(at, "error"))
+    assert not any(p.is_dir() for p in runs_dir.iterdir())
+
+
+def test_finished_run_shows_the_seed_table_and_its_checkpoint(runs_dir):
+    fake_run(runs_dir, "20260101-000000-done", records=records(), step=5, total_steps=5, best_checkpoint="best",
+             results={"train": {"para_acc": 0.75, "sst_acc": 0.5, "sts_corr": 0.9, "average": 0.72},
+                      "dev": {"para_acc": 0.7, "sst_acc": 0.45, "sts_corr": 0.8, "average": 0.65}})
+    at = no_exception(page("pages/1_Train.py").run())
+    assert any("Checkpoint: **20260101-000000-done/best**" in s for s in messages(at, "success"))
+    table = at.dataframe[-1].value
+    assert list(table[""]) == ["Train", "Dev"] and list(table["Average"]) == [0.72, 0.65]
+    assert not any(b.label == "Stop" for b in at.button)
+
+
+def test_failed_run_shows_its_error_and_a_stopped_one_offers_resume(runs_dir):
+    fake_run(runs_dir, "20260101-000000-bad", state="failed", error="the sst loss became nan at step 3")
+    at = no_exception(page("pages/1_Train.py").run())
+    assert any("The run failed: the sst loss became nan at step 3" in e for e in messages(at, "error"))
+    stopped = fake_run(runs_dir, "20260102-000000-paused", state="stopped", step=7)
+    (stopped / "last").mkdir()
+    (stopped / "last" / "trainer_state.json").write_text("{}")
+    at = no_exception(page("pages/1_Train.py").run())
+    assert any("Stopped at step 7" in w for w in messages(at, "warning"))
+    assert any(b.label == "Resume" for b in at.button)
+
+
+def test_data_picker_counts_rows_and_warns_about_missing_files(tmp_path):
+    at = no_exception(page("pages/1_Train.py").run())
+    assert any("train: sst 400, para 400, sts 400" in m.value for m in at.markdown)  # the shipped sample
+    at.radio(key="data_source").set_value("another folder").run()
+    at.text_input(key="data_folder").set_value(str(tmp_path / "nowhere")).run()
+    assert any("nowhere: not a folder" in e for e in messages(at, "error"))
+    only_sst = tmp_path / "only-sst"
+    only_sst.mkdir()
+    (only_sst / "ids-sst-train.csv").write_text("\tid\tsentence\tsentiment\n0\ta\tgood\t3\n")
+    at.text_input(key="data_folder").set_value(str(only_sst)).run()
+    warning = " ".join(messages(at, "warning"))
+    assert "A run would fail: no usable data in: train para (quora-train.csv)" in warning
+
+
+# ---- playground -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def checkpoint(runs_dir, tiny_base) -> str:
+    run = fake_run(runs_dir, "20260101-000000-tiny")
+    encoder, tok = load_encoder(tiny_base, max_length=32)
+    torch.manual_seed(0)
+    save_checkpoint(MultitaskBert(encoder, ModelConfig()), tok, run / "best", base=str(tiny_base))
+    return "20260101-000000-tiny/best"
+
+
+def select(at: AppTest, key: str, label_part: str) -> None:
+    box = at.selectbox(key=key)
+    box.select_index(next(i for i, o in enumerate(box.options) if label_part in o)).run()
+
+
+def test_playground_sentiment_compare_and_bad_input(checkpoint):
+    at = no_exception(page("pages/2_Playground.py").run())
+    select(at, "ckpt_a", checkpoint)
+    at.text_area(key="sst_text").set_value("   ")
+    at.button(key="sst_go").click().run()
+    assert any("only whitespace" in w for w in messages(at, "warning"))
+    at.text_area(key="sst_text").set_value("A gorgeous, witty, seductive movie.")
+    at.button(key="sst_go").click().run()
+    labels = {"very negative", "negative", "neutral", "positive", "very positive"}
+    assert [m.value in labels for m in at.metric] == [True]
+    assert at.metric[0].label == f"Predicted · {checkpoint}"
+    at.toggle(key="compare").set_value(True).run()
+    select(at, "ckpt_b", "minilm-l6")
+    assert any("UNTRAINED task heads" in w for w in messages(at, "warning"))  # the base model says what it is
+    at.button(key="sst_go").click().run()
+    assert [m.label for m in at.metric] == [f"Predicted · {checkpoint}", "Predicted · minilm-l6"]
+    no_exception(at)
+
+
+def test_playground_pair_attention_and_long_input(checkpoint):
+    at = page("pages/2_Playground.py").run()
+    select(at, "ckpt_a", checkpoint)
+    at.text_input(key="pair_a").set_value("How old are you?")
+    at.text_input(key="pair_b").set_value("")
+    at.button(key="pair_go").click().run()
+    assert any("The second sentence is empty" in w for w in messages(at, "warning"))
+    at.text_input(key="pair_b").set_value("What is your age?").run()
+    at.button(key="pair_go").click().run()
+    values = {m.label: float(m.value) for m in at.metric}
+    assert 0 <= values["Paraphrase probability"] <= 1 and 0 <= values["Similarity (0–5)"] <= 5
+    at.text_input(key="attn_a").set_value("word " * 600)
+    at.button(key="attn_go").click().run()
+    no_exception(at)
+    assert any("602 tokens" in i and "cut" in i for i in messages(at, "info"))  # visible truncation
+    assert at.slider(key="attn_layer").max == 1 and at.slider(key="attn_head").max == 3
+    assert len(at.get("iframe")) == 1  # the bertviz view
+
+
+def test_playground_reports_a_checkpoint_that_cannot_load(runs_dir):
+    broken = fake_run(runs_dir, "20260101-000000-broken")
+    (broken / "best").mkdir()
+    (broken / "best" / "mtbert.json").write_text("{not json")
+    at = page("pages/2_Playground.py").run()
+    select(at, "ckpt_a", "20260101-000000-broken/best")
+    no_exception(at)
+    assert any("20260101-000000-broken/best cannot be loaded" in e for e in messages(at, "error"))
+
+
+# ---- runs ------------------------------------------------------------------------------------------
+
+def test_runs_page_table_overlay_and_confirmed_delete(runs_dir):
+    fake_run(runs_dir, "20260101-000000-a", records=records(3))
+    fake_run(runs_dir, "20260102-000000-b", records=records(6))
+    active_run(runs_dir, "20260103-000000-live")
+    at = no_exception(page("pages/3_Runs.py").run())
+    table = at.dataframe[0].value
+    assert list(table["run"]) == ["20260103-000000-live", "20260102-000000-b", "20260101-000000-a"]
+    assert list(table["gradient_method"]) == ["pcgrad"] * 3 and list(table["Average"]) == [0.63] * 3
+    assert len(at.get("plotly_chart")) == 2
+    at.selectbox(key="delete_choice").set_value("20260101-000000-a").run()
+    at.button(key="delete_ask").click().run()
+    assert any("Delete run **20260101-000000-a**" in w for w in messages(at, "warning"))
+    assert (runs_dir / "20260101-000000-a").is_dir()  # nothing happens before the confirmation
+    at.button(key="delete_yes").click().run()
+    assert not (runs_dir / "20260101-000000-a").exists()
+    at.selectbox(key="delete_choice").set_value("20260103-000000-live").run()
+    at.button(key="delete_ask").click().run()
+    at.button(key="delete_yes").click().run()
+    assert any("active; stop it before deleting" in e for e in messages(at, "error"))
+    assert (runs_dir / "20260103-000000-live").is_dir()
+
+
+def test_runs_page_without_runs():
+    at = no_exception(page("pages/3_Runs.py").run())
+    assert "No runs in" in at.caption[0].value
+
+
+def test_train_form_survives_a_visit_to_another_page():
+    at = page("app.py").run()
+    at.switch_page("pages/1_Train.py").run()
+    at.selectbox(key="preset").set_value("quick CPU demo").run()
+    at.radio(key="data_source").set_value("another folder").run()
+    at.switch_page("pages/3_Runs.py").run()
+    at.switch_page("pages/1_Train.py").run()
+    no_exception(at)
+    assert at.selectbox(key="preset").value == "quick CPU demo"
+    assert at.number_input(key="setting.max_steps").value == 40
+    assert at.radio(key="data_source").value == "another folder"

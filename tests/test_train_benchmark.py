@@ -1,0 +1,21 @@
+"""benchmarks/train.py runs end to end and writes its section without touching the others."""
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_train_benchmark_smoke(tmp_path):
+    out = tmp_path / "bench.md"
+    out.write_text("# Benchmarks\n\n## Encoder\n\nkeep me\n")
+    r = subprocess.run([sys.executable, "benchmarks/train.py", "--reps", "2", "--warmup", "0", "--batch-size", "2",
+                        "--max-length", "16", "--data-dir", "data/sample", "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert "keep me" in text and "## Training step: sum vs PCGrad (minilm, cpu)" in text
+    for method in ("sum (one backward)", "sum + telemetry", "pcgrad"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {method} |"))
+        ms = float(row.split("|")[2])
+        assert ms > 0
