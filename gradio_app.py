@@ -145,7 +145,13 @@ def build_app(choices: list[tuple[str, str]] | None = None) -> gr.Blocks:
             note = gr.Markdown()
             heatmap = gr.Plot(label="Attention weights")
             viz = gr.HTML()
-            go.click(attention, [ref, a, b, layer, head, kind], [heatmap, viz, note], api_name="attention")
+            inputs, outputs = [ref, a, b, layer, head, kind], [heatmap, viz, note]
+            go.click(attention, inputs, outputs, api_name="attention")
+
+            def redraw(*args):  # moving a slider redraws a view already shown, and is silent otherwise
+                return attention(*args) if args[1] and args[1].strip() else (gr.skip(),) * 3
+
+            gr.on([layer.release, head.release, kind.change], redraw, inputs, outputs, api_name="redraw")
         for event in (ref.change, app.load):
             event(describe, ref, about, api_name=False).then(ranges, ref, [layer, head], api_name=False)
     return app

@@ -83,10 +83,19 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def machine(device: str) -> str:
+def machine(device: str, threads: str | None = None) -> str:
     gpu = f", GPU {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
+    threads = threads or str(torch.get_num_threads())
     return (f"{platform.platform()}, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads (of {os.cpu_count()} logical CPUs), CPU {cpu_model()}{gpu}")
+            f"torch threads {threads} (of {os.cpu_count()} logical CPUs), CPU {cpu_model()}{gpu}")
+
+
+def load_average() -> str:
+    """The 1-minute load average: how busy the (shared) machine was, i.e. how noisy the timings are."""
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "unknown"
 
 
 def today() -> str:

@@ -30,7 +30,9 @@ from mtbert.checkpoint import load_base, resolve_base  # noqa: E402
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads, for both models")
+    p.add_argument("--threads", default="1",
+                   help="torch.set_num_threads for both models; a comma list (1,2) runs each in turn. Default 1: "
+                        "on a shared machine a second thread waits for a busy core at every op, which is noise")
     p.add_argument("--reps", type=int, default=15, help="timed repetitions per model (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed repetitions per model first")
     p.add_argument("--batches", type=int, default=4, help="distinct batches per repetition")
@@ -40,6 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke run: reps 3, warmup 1, batches 1")
     p.add_argument("--out", default=str(common.DOC), help="markdown file whose '## Encoder' section is rewritten")
     a = p.parse_args(argv)
+    a.threads = [int(t) for t in str(a.threads).split(",")]
     if a.quick:
         a.reps, a.warmup, a.batches = min(a.reps, 3), min(a.warmup, 1), min(a.batches, 1)
     return a
@@ -90,39 +93,41 @@ def train_fn(model, batches, pooled, amp):
 
 def main(argv=None) -> list[list[str]]:
     a = parse_args(argv)
-    torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     import transformers
 
     ours, tok = load_base("minilm-l6", max_length=a.max_length)
-    ref = transformers.BertModel.from_pretrained(str(resolve_base("minilm-l6")))
-    ours.to(a.device)
-    ref.to(a.device)
-    pooled_ours = lambda o: o.pooler_output  # noqa: E731
-    pooled_ref = lambda o: o.pooler_output  # noqa: E731
+    ref = transformers.BertModel.from_pretrained(str(resolve_base("minilm-l6")), local_files_only=True)
+    models = {"ours": ours.to(a.device).eval(), "ref": ref.to(a.device).eval()}
+    # training copies, so that the optimiser steps never touch the inference models
+    trained = {k: copy.deepcopy(m).train() for k, m in models.items()}
+    pooled = lambda out: out.pooler_output  # noqa: E731  (both return the tanh pooler output)
 
     amps = {"fp32": contextlib.nullcontext}
     if a.device.startswith("cuda"):
         amps["bf16 autocast"] = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
 
-    header = ["case", "precision", "batch (B x mean T)", "ours ms/batch", "reference ms/batch", "ratio ref/ours"]
+    header = ["case", "threads", "precision", "batch (B x mean T)", "ours ms/batch", "reference ms/batch",
+              "ratio ref/ours"]
     rows = []
-    for mode in ("inference", "train step"):
-        bs = a.infer_batch if mode == "inference" else a.train_batch
-        for data in ("sst", "quora"):
-            batches = make_batches(tok, data, bs, a.batches, a.device)
-            for prec, amp in amps.items():
-                if mode == "inference":
-                    fns = {"ours": infer_fn(ours.eval(), batches, pooled_ours, amp),
-                           "ref": infer_fn(ref.eval(), batches, pooled_ref, amp)}
-                else:  # fresh copies: the optimiser steps must not touch the inference models
-                    fns = {"ours": train_fn(copy.deepcopy(ours).train(), batches, pooled_ours, amp),
-                           "ref": train_fn(copy.deepcopy(ref).train(), batches, pooled_ref, amp)}
-                t = common.interleaved(fns, a.reps, a.warmup, a.device)
-                mo, mr = (common.median(t[k]) / len(batches) for k in ("ours", "ref"))
-                label = f"{mode}, {'SST singles' if data == 'sst' else 'Quora pairs'}"
-                rows.append([label, prec, shape(batches), f"{1e3 * mo:.1f}", f"{1e3 * mr:.1f}", f"{mr / mo:.2f}x"])
-                print(" | ".join(rows[-1]), flush=True)
+    load_before = common.load_average()
+    for threads in a.threads:
+        torch.set_num_threads(threads)
+        for mode in ("inference", "train step"):
+            for data in ("sst", "quora"):
+                bs = a.infer_batch if mode == "inference" else a.train_batch
+                batches = make_batches(tok, data, bs, a.batches, a.device)
+                for prec, amp in amps.items():
+                    if mode == "inference":
+                        fns = {k: infer_fn(m, batches, pooled, amp) for k, m in models.items()}
+                    else:
+                        fns = {k: train_fn(m, batches, pooled, amp) for k, m in trained.items()}
+                    t = common.interleaved(fns, a.reps, a.warmup, a.device)
+                    mo, mr = (common.median(t[k]) / len(batches) for k in ("ours", "ref"))
+                    label = f"{mode}, {'SST singles' if data == 'sst' else 'Quora pairs'}"
+                    rows.append([label, str(threads), prec, shape(batches), f"{1e3 * mo:.1f}", f"{1e3 * mr:.1f}",
+                                 f"{mr / mo:.2f}x"])
+                    print(" | ".join(rows[-1]), flush=True)
 
     table = common.markdown_table(header, rows)
     cmd = "python benchmarks/encoder.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -134,7 +139,9 @@ def main(argv=None) -> list[list[str]]:
             f"batches each, after {a.warmup} warm-up; ratio > 1 means ours is faster.\n\n"
             f"{table}\n\n"
             f"- command: `{cmd.strip()}`\n"
-            f"- machine: {common.machine(a.device)}\n"
+            f"- machine: {common.machine(a.device, ','.join(map(str, a.threads)))}\n"
+            f"- 1-minute load average before / after: {load_before} / {common.load_average()} "
+            f"(the machine is shared; above the core count, timings are noisy)\n"
             f"- date: {common.today()}\n")
     print()
     print(table)

@@ -1,9 +1,11 @@
 """Our own BERT encoder (the CS224N "minBERT" architecture), Hugging Face parameter names.
 
-One screen per idea: config -> embeddings -> self-attention -> layer -> encoder -> pooler.
-The only departure from `modeling_bert.py` is the fused query/key/value projection (one GEMM
-instead of three); `load_hf_state_dict` / `hf_state_dict` map it to and from the checkpoint's
-separate `query`, `key` and `value` weights, asserting every name and shape on the way.
+One screen per idea: config -> unpadding -> embeddings -> self-attention -> layer -> encoder.
+Two departures from `modeling_bert.py`, both for speed, neither changing the numbers:
+- the fused query/key/value projection (one GEMM instead of three); `load_hf_state_dict` /
+  `hf_state_dict` map it to and from the checkpoint's separate `query`, `key` and `value`
+  weights, asserting every name and shape on the way;
+- padded batches run unpadded outside attention (see `Unpadding`).
 """
 from __future__ import annotations
 
@@ -68,32 +70,24 @@ class BertOutput(NamedTuple):
     attentions: tuple[torch.Tensor, ...] | None  # num_layers x (B, nh, T, T), only if asked
 
 
-KNOBS = dict(unpad=True, mask="bool", dropout="custom", train_attn="sdpa", gather="flat")
-
-
-def dropout(x, p: float, training: bool):
-    if not training or p == 0.0:
-        return x
-    if KNOBS["dropout"] == "native":
-        return F.dropout(x, p, True)
-    keep = torch.empty_like(x).bernoulli_(1.0 - p).div_(1.0 - p)
-    return x * keep
-
-
 class Unpadding(NamedTuple):
-    idx: torch.Tensor  # (N,) flat index b * T + t of each real token
+    """Where the real tokens of a padded (B, T) batch are.
+
+    Dynamic padding still leaves about half of a batch of real sentences as padding, and every
+    Linear, LayerNorm and dropout of BERT works token by token: run them on the N real tokens,
+    (N, H), and scatter back to (B, T, ...) only where attention needs the batch layout.
+    Measured on CPU: about 2x faster inference, 1.5x faster training steps (docs/benchmarks.md).
+    """
+    idx: torch.Tensor  # (N,) flat positions b * T + t of the real tokens
     B: int
     T: int
 
-    def pad(self, x):  # (N, C) -> (B, T, C), zeros at padding
-        if KNOBS["gather"] == "flat":
-            out = x.new_zeros(self.B * self.T, x.size(-1)).index_copy_(0, self.idx, x)  # (B*T, C)
-        else:
-            out = x.new_zeros(self.B * self.T, x.size(-1)).index_copy(0, self.idx, x)  # (B*T, C)
-        return out.view(self.B, self.T, -1)
+    def unpad(self, x):  # (B, T, *rest) -> (N, *rest)
+        return x.reshape(self.B * self.T, *x.shape[2:]).index_select(0, self.idx)
 
-    def unpad(self, x):  # (B, T, ...) -> (N, C)
-        return x.reshape(self.B * self.T, -1).index_select(0, self.idx)
+    def pad(self, x):  # (N, C) -> (B, T, C), zeros at padding
+        out = x.new_zeros(self.B * self.T, x.size(-1)).index_copy_(0, self.idx, x)  # (B*T, C)
+        return out.view(self.B, self.T, -1)
 
 
 class BertEmbeddings(nn.Module):
@@ -103,12 +97,12 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.p = cfg.hidden_dropout_prob
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, input_ids, token_type_ids, position_ids):
-        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+    def forward(self, input_ids, token_type_ids, position_ids):  # ids (B, T) or unpadded (N,)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)  # (..., H)
         x = x + self.token_type_embeddings(token_type_ids)
-        return dropout(self.LayerNorm(x), self.p, self.training)
+        return self.dropout(self.LayerNorm(x))
 
 
 class BertSelfAttention(nn.Module):
@@ -121,30 +115,35 @@ class BertSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)  # rows: [query; key; value]
         self.dropout_p = cfg.attention_probs_dropout_prob
 
-    def forward(self, x, mask, u, output_attentions=False):
-        qkv = self.qkv(x)
+    def forward(self, x, mask, u: Unpadding | None, output_attentions=False):
+        qkv = self.qkv(x)  # (B, T, 3H), or (N, 3H) when unpadded
         if u is not None:
-            qkv = u.pad(qkv)
-        B, T, H3 = qkv.shape
-        H = H3 // 3
+            qkv = u.pad(qkv)  # (B, T, 3H), zeros at padding (masked out as keys below)
+        B, T, _ = qkv.shape
         q, k, v = qkv.view(B, T, 3, self.n_head, self.head_size).unbind(2)  # 3 x (B, T, nh, hs)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs)
         p = self.dropout_p if self.training else 0.0
-        probs = None
-        if not output_attentions and (p == 0.0 or KNOBS["train_attn"] == "sdpa"):
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        else:  # the explicit path, to hand the probabilities to bertviz
-            scores = (q * (1.0 / math.sqrt(self.head_size))) @ k.transpose(-2, -1)  # (B, nh, T, T)
+        # On CPU, SDPA with dropout falls back to its math kernel anyway; the explicit one is as
+        # fast or faster (it skips SDPA's fully-masked-row checks). It also yields the probabilities.
+        if output_attentions or (p > 0.0 and x.device.type == "cpu"):
+            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_size)  # (B, nh, T, T)
             if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
             probs = scores.softmax(dim=-1)
-            y = dropout(probs, p, self.training) @ v  # (B, nh, T, hs)
-        y = y.transpose(1, 2)
-        return (u.unpad(y) if u is not None else y.reshape(B, T, H)), probs
+            y = F.dropout(probs, p, self.training) @ v  # (B, nh, T, hs)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, nh, T, hs)
+            probs = None
+        y = y.transpose(1, 2)  # (B, T, nh, hs); SDPA's CPU kernel already lays it out so: no copy below
+        if u is not None:
+            return u.unpad(y).flatten(1), probs  # (N, H)
+        return y.reshape(B, T, self.n_head * self.head_size), probs  # (B, T, H)
 
 
 class BertLayer(nn.Module):
-    """Attention -> add & norm -> feed-forward (intermediate, output) -> add & norm (post-LN)."""
+    """Attention -> add & norm -> feed-forward (intermediate, output) -> add & norm (post-LN).
+
+    Everything but the attention itself is position-wise: x is (B, T, H) or unpadded (N, H)."""
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
@@ -154,14 +153,14 @@ class BertLayer(nn.Module):
         self.intermediate = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
         self.output = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
         self.output_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.p = cfg.hidden_dropout_prob
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
         self.act = ACTIVATIONS[cfg.hidden_act]
 
-    def forward(self, x, mask, u, output_attentions=False):
+    def forward(self, x, mask, u: Unpadding | None, output_attentions=False):
         a, probs = self.attention(x, mask, u, output_attentions)
-        x = self.attention_norm(x + dropout(self.attention_output(a), self.p, self.training))
-        h = self.output(self.act(self.intermediate(x)))  # (B, T, 4H) -> (B, T, H)
-        x = self.output_norm(x + dropout(h, self.p, self.training))
+        x = self.attention_norm(x + self.dropout(self.attention_output(a)))
+        h = self.output(self.act(self.intermediate(x)))  # (..., 4H) -> (..., H)
+        x = self.output_norm(x + self.dropout(h))
         return x, probs
 
 
@@ -183,28 +182,26 @@ class BertModel(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None,
                 output_attentions=False) -> BertOutput:
+        """last_hidden_state is (B, T, H); at padding it is zeros (callers mask padding anyway),
+        except with output_attentions, which runs everything padded, as Hugging Face does, so
+        that bertviz sees the attention of every position."""
         B, T = input_ids.shape
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        pos = torch.arange(T, device=input_ids.device).expand(B, T)
+        ids = (input_ids, token_type_ids, torch.arange(T, device=input_ids.device).expand(B, T))  # 3 x (B, T)
         mask = u = None
         if attention_mask is not None and not bool(attention_mask.all()):
-            mask = attention_mask[:, None, None, :].bool()
-            if KNOBS["mask"] == "add":
-                mask = (1.0 - attention_mask[:, None, None, :].to(self.pooler.weight.dtype)) * torch.finfo(self.pooler.weight.dtype).min  # (B, 1, 1, T)
-            if KNOBS["unpad"] and not output_attentions:
+            mask = attention_mask[:, None, None, :].bool()  # (B, 1, 1, T), built once for all layers
+            if not output_attentions:
                 u = Unpadding(attention_mask.flatten().nonzero().squeeze(1), B, T)
-        if u is not None:
-            x = self.embeddings(*(t.flatten()[u.idx] for t in (input_ids, token_type_ids, pos)))
-        else:
-            x = self.embeddings(input_ids, token_type_ids, pos)  # (B, T, H)
+                ids = tuple(u.unpad(t) for t in ids)  # 3 x (N,)
+        x = self.embeddings(*ids)  # (B, T, H), or (N, H) when unpadded
         all_probs = []
         for layer in self.layers:
             x, probs = layer(x, mask, u, output_attentions)
-            if output_attentions:
-                all_probs.append(probs)
+            all_probs.append(probs)
         if u is not None:
-            x = u.pad(x)
+            x = u.pad(x)  # (B, T, H)
         pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, H), from the [CLS] token
         return BertOutput(x, pooled, tuple(all_probs) if output_attentions else None)
 

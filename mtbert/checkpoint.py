@@ -94,8 +94,19 @@ def download_from_hub(repo_id: str, revision: str | None = None, token: str | No
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=wanted, token=token))
     except RepositoryNotFoundError as e:
         raise CheckpointError(f"Hub repo {repo_id}: not found (or private and no HF_TOKEN given)") from e
-    except (HfHubHTTPError, OSError) as e:
+    except (HfHubHTTPError, OSError, *_network_errors()) as e:
         raise CheckpointError(f"Hub repo {repo_id}: download failed: {_scrub(str(e), token)}") from e
+
+
+def _network_errors() -> tuple:
+    """The HTTP client's own errors (unreachable Hub, timeouts): huggingface_hub 2.x uses httpx2."""
+    errors = []
+    for mod in ("httpx2", "httpx"):
+        try:
+            errors.append(__import__(mod).HTTPError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
 
 
 def _scrub(text: str, token: str | None) -> str:
@@ -164,6 +175,7 @@ def save_checkpoint(model: MultitaskBert, tokenizer: Tokenizer, folder: str | Pa
     """Write a checkpoint folder atomically: built beside the target, then renamed over it."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_partial(folder)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         meta = {"format": "mtbert-checkpoint", "version": 1, "model": model.cfg.to_dict(),
@@ -252,6 +264,14 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _remove_partial(folder: Path) -> None:
+    """Half-written temporaries of earlier saves killed mid-way; `.NAME.old` is kept while it is
+    the only complete copy (a kill between the two renames of `_replace_dir`)."""
+    for d in folder.parent.glob(f".{folder.name}.*"):
+        if d.is_dir() and (d.name != f".{folder.name}.old" or folder.exists()):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _replace_dir(tmp: Path, folder: Path) -> None:

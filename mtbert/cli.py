@@ -179,8 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     data = sub.add_parser("data", help="data commands (fetch, check)", description="Data commands.")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
-    from . import fetch
+    from . import fetch, hub
     fetch.add_cli(data_sub)
+    hub.add_cli(sub)
     return parser
 
 

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -138,7 +139,8 @@ def model_card(folder: str | Path, repo_id: str, license: str = DEFAULT_LICENSE)
              "paraphrase detection (Quora Question Pairs) and semantic textual similarity (STS-B, 0–5).", "",
              f"- **Base model:** {base_text}",
              f"- **Tasks trained:** {', '.join(TASKS[t][0].lower() + f' ({t})' for t in tasks)}",
-             f"- **Encoder:** {'fine-tuned weights included' if has_encoder else 'not included (frozen base; heads only)'}",
+             "- **Encoder:** " + ("fine-tuned weights included" if has_encoder
+                                  else "not included (frozen base; heads only)"),
              f"- **Pooling:** {model_cfg.get('pooling', '?')}, pair encoding: {model_cfg.get('pair_encoding', '?')}",
              f"- **Licence:** {license}", ""]
     if meta.get("step") is not None or meta.get("run_id"):
@@ -199,16 +201,22 @@ def _staged(folder: Path, repo_id: str, license: str):
     """A temporary copy of the checkpoint plus its card. Hard links where possible: they cost
     nothing, and the trainer replacing best/ or last/ meanwhile cannot change what is sent."""
     with tempfile.TemporaryDirectory(prefix="mtbert-push-") as tmp:
-        for _ in range(3):
+        for attempt in range(3):
+            time.sleep(0.2 * attempt)
             stage = Path(tempfile.mkdtemp(dir=tmp))
-            before = folder.stat().st_ino
-            for f in checkpoint_files(folder):
-                try:
-                    os.link(f, stage / f.name)
-                except OSError:
-                    shutil.copy2(f, stage / f.name)
-            if folder.stat().st_ino == before:  # save_checkpoint swaps the whole folder in at once
-                break
+            try:
+                before = folder.stat().st_ino
+                for f in checkpoint_files(folder):
+                    try:
+                        os.link(f, stage / f.name)
+                    except OSError as e:
+                        if isinstance(e, FileNotFoundError):
+                            raise
+                        shutil.copy2(f, stage / f.name)  # another file system: a copy, same snapshot
+                if folder.stat().st_ino == before:  # save_checkpoint swaps a whole new folder in
+                    break
+            except FileNotFoundError:  # caught between the two renames of such a swap
+                continue
         else:
             raise HubError(f"{folder}: kept changing while being read (a training run is saving it); try again")
         model_card(stage, repo_id, license).save(stage / "README.md")
@@ -289,8 +297,10 @@ def _explain(e: Exception, repo_id: str, endpoint: str, token: str) -> HubError 
 
 
 def _first_line(e: Exception, token: str | None) -> str:
-    lines = [ln for ln in str(e).splitlines() if ln.strip()]
-    return scrub(lines[0] if lines else type(e).__name__, token)
+    """What the Hub said (its own message when it gave one), else the error's first line; scrubbed."""
+    said = getattr(e, "server_message", None)
+    lines = [ln for ln in str(said or e).splitlines() if ln.strip()]
+    return scrub(" ".join(lines) if said else lines[0] if lines else type(e).__name__, token)
 
 
 # ---- Hub checkpoints for a deployment --------------------------------------------------------

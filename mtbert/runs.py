@@ -301,6 +301,9 @@ def resume_run(run_dir) -> Path:
         raise RunError(f"run {run_dir.name} is still {st['state']}; nothing to resume")
     if not (run_dir / "last" / "trainer_state.json").is_file():
         raise RunError(f"run {run_dir.name} has no last/ checkpoint with trainer state to resume from")
+    deadline = time.time() + 10
+    while (active_run() or Path()).name == run_dir.name and time.time() < deadline:
+        time.sleep(0.2)  # the trainer marks itself stopped a moment before it lets go of the lock
     _refuse_if_active()
     return _launch(run_dir, ["--resume", str(run_dir)])
 

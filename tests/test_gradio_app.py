@@ -103,7 +103,8 @@ def test_pair_scores_from_the_hub_checkpoint(served):
     model, tok, _ = load_checkpoint(served["local"])
     want = pg.pair_scores(model, tok, a, b)
     assert para == pytest.approx(want["paraphrase"], abs=1e-3) and sim == pytest.approx(want["similarity"], abs=1e-3)
-    files = {r.path.split("/resolve/")[-1].split("/", 1)[-1] for r in served["server"].requests if "/resolve/" in r.path}
+    files = {r.path.split("/resolve/")[-1].split("/", 1)[-1]
+             for r in served["server"].requests if "/resolve/" in r.path}
     assert "heads.safetensors" in files  # it really came from the (stand-in) Hub
 
 
@@ -120,6 +121,19 @@ def test_attention_heatmap_and_bertviz_view(served):
     assert "head_view" in frame or "bertviz" in frame
     for token in view.tokens[1:4]:
         assert json.dumps(token)[1:-1] in frame.replace("&quot;", '"')
+
+
+def test_moving_a_slider_redraws_only_a_view_already_asked_for(served):
+    client, a = served["client"], "The movie was not bad at all."
+    fig, frame, _ = client.predict(served["local"], a, "", 0, 2, "model", api_name="/redraw")
+    model, tok, _ = load_checkpoint(served["local"])
+    want = pg.attention(model, tok, a).attentions[0][0, 2]
+    plot = json.loads(fig["plot"]) if isinstance(fig.get("plot"), str) else fig["plot"]
+    assert torch.allclose(torch.tensor(plot["data"][0]["z"]), want, atol=1e-6) and "<iframe" in frame
+    # no sentence yet: nothing is drawn and no error pops up
+    skipped = client.predict(served["local"], "", "", 1, 0, "head", api_name="/redraw")
+    assert len(skipped) == 3 and all(x["__type__"] == "update" and not set(x.get("props", {})) - {"__type__"}
+                                     for x in skipped)  # gr.skip(): empty updates, the outputs stay as they are
 
 
 def test_bad_input_comes_back_as_the_playground_message(served):

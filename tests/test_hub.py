@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -114,6 +115,31 @@ def test_second_push_updates_the_existing_repo(stub_hub, checkpoint, tmp_path):
     assert "| Dev | – | 0.500 | – | 0.500 |" in text and "| Train |" not in text
 
 
+def test_a_folder_replaced_during_the_push_is_read_again(stub_hub, checkpoint, tmp_path, monkeypatch):
+    """The trainer swaps a whole new best/ in (save_checkpoint renames folders); a push reading the
+    old one at that moment starts over, so what is sent is one version, never a mix."""
+    folder = tmp_path / "best"
+    shutil.copytree(checkpoint, folder)
+    real, calls = hub.checkpoint_files, []
+
+    def files_then_swap(f):
+        out = real(f)
+        if not calls:
+            new, old = tmp_path / ".best.new", tmp_path / ".best.old"
+            shutil.copytree(folder, new)
+            (new / "metrics.json").write_text('{"dev": {"average": 0.9}}')
+            os.replace(folder, old)
+            os.replace(new, folder)
+            shutil.rmtree(old)
+        calls.append(f)
+        return out
+
+    monkeypatch.setattr(hub, "checkpoint_files", files_then_swap)
+    hub.push_checkpoint(folder, "tester/swapped", token=TOKEN)
+    assert len(calls) == 2
+    assert json.loads(stub_hub.repo("tester/swapped").files["metrics.json"]) == {"dev": {"average": 0.9}}
+
+
 def test_card_of_a_checkpoint_without_training_records(tiny_base, tmp_path):
     encoder, tok = load_encoder(tiny_base)
     folder = save_checkpoint(MultitaskBert(encoder, ModelConfig()), tok, tmp_path / "plain", base=str(tiny_base))
@@ -189,6 +215,7 @@ def test_refused_token_is_a_clear_error_without_the_token(checkpoint, monkeypatc
             hub.push_checkpoint(checkpoint, "tester/refused", token=wrong)
     assert any(r.headers.get("authorization") == f"Bearer {wrong}" for r in server.requests)
     assert "401" in str(e.value) and "token" in str(e.value)
+    assert "Invalid credentials in Authorization header (Bearer ***)" in str(e.value)  # the Hub's words, scrubbed
     assert wrong not in str(e.value) and e.value.__cause__ is None and e.value.__context__ is None
     assert wrong not in repr(e.value.args)
 
@@ -267,6 +294,7 @@ def test_cli_push_failure_is_one_line_and_an_exit_code(stub_hub, checkpoint, mon
     assert hub.main(["push", "--checkpoint", str(checkpoint), "--repo-id", "tester/x"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: push to tester/x failed: the token was refused (401)")
+    assert "Bearer ***" in err  # the stand-in quoted the token back; it was scrubbed
     assert wrong not in err and "Traceback" not in err
     assert hub.main(["push", "--checkpoint", str(checkpoint.parent / "nope"), "--repo-id", "tester/x"]) == 1
     assert "no such checkpoint folder" in capsys.readouterr().err

@@ -215,7 +215,8 @@ def test_start_refuse_stop_resume_a_real_run(runs_dir, tiny_base):
     st = wait_for(lambda: (s := runs.read_status(d))["state"] != "running" and s, what="the stop")
     assert st["state"] == "stopped", st
     stopped_at = st["step"]
-    assert (d / "last" / "trainer_state.json").is_file() and runs.active_run() is None
+    assert (d / "last" / "trainer_state.json").is_file()
+    wait_for(lambda: runs.active_run() is None, what="the lock's release")  # written after the status
 
     runs.resume_run(d)
     wait_for(lambda: runs.read_status(d).get("step", 0) > stopped_at, what="steps after the resume")
@@ -235,7 +236,7 @@ def test_a_run_that_fails_shows_its_error(runs_dir, tmp_path):
     st = wait_for(lambda: (s := runs.read_status(d))["state"] not in runs.LIVE_STATES and s, what="the failure")
     assert st["state"] == "failed"
     assert "no-such-model" in st["error"]
-    assert runs.active_run() is None
+    wait_for(lambda: runs.active_run() is None, what="the lock's release")
 
 
 # ---- checkpoint paths ------------------------------------------------------------------------------
