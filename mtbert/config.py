@@ -62,6 +62,7 @@ class TrainConfig:
     full_eval_at_s: list = field(default_factory=list)  # training-time marks for a full-dev evaluation
     eval_subset: int | None = None  # dev examples per task (None: all)
     train_eval_subset: int | None = 1000  # train examples per task for the final Train row
+    final_full_eval: bool = True  # with eval_subset: evaluate the best checkpoint on the whole dev set at the end
     eval_batch_size: int = 64
     # data
     data_dir: str | None = None  # None: the shipped sample (data/sample)

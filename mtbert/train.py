@@ -495,7 +495,7 @@ class Trainer:
             dev = meta["metrics"].get("dev", {})
         else:
             dev = self.last_dev
-        if self.cfg.eval_subset:  # checkpoints were chosen on a dev subset; report the whole dev set
+        if self.cfg.eval_subset and self.cfg.final_full_eval:  # chosen on a dev subset; report the whole dev set
             dev = self._evaluate("dev", self.dev_full, full=True)
         train = self._evaluate("train", self.train_eval_data)
         results = {"train": train, "dev": dev}
