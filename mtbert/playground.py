@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_base, load_checkpoint
+from .checkpoint import download_from_hub, load_base, load_checkpoint
 from .model import ModelConfig, MultitaskBert
-from .runs import BASE_MODELS, ROOT, safe_checkpoint_path
+from .runs import BASE_MODELS, ROOT, CheckpointRef, list_checkpoints, safe_checkpoint_path
 
 SST_LABELS = ("very negative", "negative", "neutral", "positive", "very positive")
 MAX_CHARS = 100_000  # beyond this even tokenising is wasted work: the model reads <= 512 tokens
@@ -33,11 +33,44 @@ class InputError(ValueError):
 
 # ---- models ---------------------------------------------------------------------------------
 
-def load_model(ref: str, device: str = "cpu") -> tuple[MultitaskBert, object, dict]:
-    """(model, tokenizer, meta) for a checkpoint name/path or a plain base model name.
+# the picker's last entry: a checkpoint folder the user types (checked by safe_checkpoint_path)
+TYPED_PATH = CheckpointRef("", "", "path", "another checkpoint folder (type its path)")
 
-    A plain base model gets freshly initialised heads: meta['untrained_heads'] is True and its
-    task outputs mean nothing (attention and embeddings are the pretrained ones)."""
+
+def offered_hub_checkpoints() -> list[str]:
+    """The Hub repo ids this deployment offers (MTBERT_HUB_CHECKPOINT); none when it is unset or
+    malformed (checkpoint_choices reports a malformed one)."""
+    from .hub import HubError, hub_checkpoints
+
+    try:
+        return hub_checkpoints()
+    except HubError:
+        return []
+
+
+def checkpoint_choices() -> tuple[list[CheckpointRef], str | None]:
+    """What the playground offers, and a problem to show (a malformed MTBERT_HUB_CHECKPOINT) or
+    None: the Hub checkpoints the deployment names first, then the local ones
+    (runs.list_checkpoints), then TYPED_PATH."""
+    from .hub import HubError, hub_checkpoints
+
+    try:
+        hub_ids, problem = hub_checkpoints(), None
+    except HubError as e:
+        hub_ids, problem = [], str(e)
+    hub = [CheckpointRef(r, r, "hub", f"{r} (Hugging Face Hub)") for r in hub_ids]
+    return hub + list_checkpoints() + [TYPED_PATH], problem
+
+
+def load_model(ref: str, device: str = "cpu", token: str | None = None) -> tuple[MultitaskBert, object, dict]:
+    """(model, tokenizer, meta) for a checkpoint name/path, one of the offered Hub checkpoints,
+    or a plain base model name.
+
+    A folder loads only from inside checkpoints/ or the runs folder (safe_checkpoint_path); a Hub
+    repo id only when MTBERT_HUB_CHECKPOINT names it (fetched from the Hub even if a local folder
+    happens to carry the same name; `token` for a private one, else HF_TOKEN). A plain base
+    model gets freshly initialised heads: meta['untrained_heads'] is True and its task outputs
+    mean nothing (attention and embeddings are the pretrained ones)."""
     if ref in BASE_MODELS:
         encoder, tok = load_base(ref)
         with torch.random.fork_rng():  # the same untrained heads every time, global RNG untouched
@@ -45,7 +78,11 @@ def load_model(ref: str, device: str = "cpu") -> tuple[MultitaskBert, object, di
             model = MultitaskBert(encoder, ModelConfig())
         meta = {"base_model": ref, "untrained_heads": True, "metrics": {}, "path": ref}
         return model.to(device).eval(), tok, meta
-    model, tok, meta = load_checkpoint(safe_checkpoint_path(ref), device=device)
+    if ref in offered_hub_checkpoints():
+        model, tok, meta = load_checkpoint(download_from_hub(ref, token=token), device=device)
+        meta["hub_id"] = ref
+    else:
+        model, tok, meta = load_checkpoint(safe_checkpoint_path(ref), device=device)
     meta["untrained_heads"] = False
     return model, tok, meta
 
@@ -56,7 +93,8 @@ def describe_model(meta: dict) -> str:
                 "its sentiment, paraphrase and similarity outputs are random, not predictions")
     dev = (meta.get("metrics") or {}).get("dev") or {}
     scores = ", ".join(f"{k} {v:.3f}" for k, v in dev.items() if isinstance(v, (int, float)))
-    return f"base {meta.get('base_model')}, {meta.get('model', {}).get('pooling', '?')} pooling" + (
+    hub = f"{meta['hub_id']} from the Hugging Face Hub: " if meta.get("hub_id") else ""
+    return hub + f"base {meta.get('base_model')}, {meta.get('model', {}).get('pooling', '?')} pooling" + (
         f"; dev: {scores}" if scores else "")
 
 

@@ -399,11 +399,16 @@ def safe_checkpoint_path(user_path: str) -> Path:
         raise RunError(f"{text}: '..' is not allowed in a checkpoint path")
     roots = [CHECKPOINTS_DIR.resolve(), runs_dir().resolve()]
     candidates = [p] if p.is_absolute() else [Path.cwd() / p, ROOT / p]
+    leads_out = None
     for c in candidates:
         if not c.exists():
             continue
         real = c.resolve()
         if not any(real.is_relative_to(r) for r in roots):
+            if any(c.absolute().is_relative_to(r) for r in (*roots, CHECKPOINTS_DIR, runs_dir())):
+                # inside an allowed place by its name, outside once its links are followed
+                leads_out = RunError(f"{text}: a symbolic link leading outside the allowed places: "
+                                     + ", ".join(str(r) for r in roots))
             continue
         if not real.is_dir() or not (real / "mtbert.json").is_file():
             raise RunError(f"{text}: not a checkpoint folder (no mtbert.json)")
@@ -411,8 +416,49 @@ def safe_checkpoint_path(user_path: str) -> Path:
             if not any(f.resolve().is_relative_to(r) for r in roots):
                 raise RunError(f"{text}: {f.name} links outside the allowed folders")
         return real
-    raise RunError(f"{text}: no checkpoint there; allowed places: "
-                   + ", ".join(str(r) for r in roots))
+    raise leads_out or RunError(f"{text}: no checkpoint there; allowed places: "
+                                + ", ".join(str(r) for r in roots))
+
+
+def secret_token(secrets) -> str | None:
+    """HF_TOKEN from Streamlit's secrets (`st.secrets`, any mapping), or None when there is no
+    secrets file or no such key: the push then falls back to the HF_TOKEN environment variable
+    and the stored login (mtbert.hub.resolve_token)."""
+    try:
+        token = secrets.get("HF_TOKEN") if secrets is not None else None
+    except FileNotFoundError:  # Streamlit's "no secrets.toml" error is one
+        return None
+    return str(token) if token else None
+
+
+def token_source(secrets) -> str | None:
+    """Where a push from the studio takes its token, in words (never the token), or None."""
+    if secret_token(secrets):
+        return "HF_TOKEN in the Streamlit secrets"
+    if os.environ.get("HF_TOKEN"):
+        return "the HF_TOKEN environment variable"
+    from huggingface_hub import get_token
+    return "your stored Hugging Face login (hf auth login)" if get_token() else None
+
+
+def push_checkpoint(path: str, repo_id: str, token: str | None = None, private: bool = False) -> str:
+    """The studio's Push: a checkpoint folder inside checkpoints/ or the runs folder (the same
+    check as loading one) to the Hub repo `repo_id`; returns the repo's URL. Raises RunError for
+    the path, mtbert.hub.HubError for everything else, never with the token in the message."""
+    from . import hub
+
+    folder = safe_checkpoint_path(path)
+    repo_id = str(repo_id or "").strip()
+    if not repo_id:
+        raise hub.HubError("type the Hub repo to push to, as USER/NAME")
+    token = hub.resolve_token(token)
+    try:
+        return hub.push_checkpoint(folder, repo_id, token=token, private=private)
+    except hub.HubError:
+        raise
+    except Exception as e:  # anything hub.py does not explain: its text may quote the token
+        failure = hub.HubError(f"push to {repo_id} failed: " + hub.scrub(f"{type(e).__name__}: {e}", token))
+    raise failure  # outside the handler: the original error is not attached as context
 
 
 # ---- the settings form ------------------------------------------------------------------------

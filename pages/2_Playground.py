@@ -10,23 +10,32 @@ st.set_page_config(page_title="Playground · mtbert", layout="wide")
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def load(path: str):
-    return pg.load_model(path)
+def load(path: str, _token: str | None = None):
+    return pg.load_model(path, token=_token)
 
 
 def pick(label: str, refs: list, key: str):
     """A checkpoint picker; returns (name, model, tokenizer, meta) or None after showing why not."""
     ref = st.selectbox(label, refs, format_func=str, key=key)
+    name = path = ref.path
+    if ref.kind == "path":
+        path = name = st.text_input("Checkpoint folder", key=f"{key}_path", placeholder="runs/<run-id>/best",
+                                    help="A checkpoint folder inside checkpoints/ or the runs folder").strip()
+        if not path:
+            st.info("Type the path of a checkpoint folder inside checkpoints/ or the runs folder.")
+            return None
+    else:
+        name = ref.name
     try:
-        model, tok, meta = load(ref.path)
+        model, tok, meta = load(path, runs.secret_token(st.secrets))
     except (CheckpointError, runs.RunError, OSError) as e:
-        st.error(f"{ref.name} cannot be loaded: {e}")
+        st.error(f"{name} cannot be loaded: {e}")
         return None
     if meta.get("untrained_heads"):
         st.warning(pg.describe_model(meta), icon=":material/warning:")
     else:
         st.caption(pg.describe_model(meta))
-    return ref.name, model, tok, meta
+    return name, model, tok, meta
 
 
 def show_input_error(e: pg.InputError) -> None:
@@ -34,7 +43,9 @@ def show_input_error(e: pg.InputError) -> None:
 
 
 st.title("Playground")
-refs = runs.list_checkpoints()
+refs, problem = pg.checkpoint_choices()
+if problem:
+    st.error(problem)
 compare = st.toggle("Compare two checkpoints side by side", key="compare")
 cols = st.columns(2 if compare else 1)
 models = []

@@ -1,0 +1,74 @@
+"""Write a run's results into docs/results.md: the seed-layout table (Train and Dev rows), every
+dev evaluation over training time, and what PCGrad saw — all read from the run folder.
+
+    python scripts/report_run.py runs/<run-id> --section "Recipe: MiniLM, 60 minutes on 2 CPU cores"
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.common import machine, markdown_table, write_section  # noqa: E402
+
+COLS = (("para_acc", "Paraphrase acc"), ("sst_acc", "SST acc"), ("sts_corr", "STS corr"), ("average", "Average"))
+
+
+def fmt(m: dict, k: str) -> str:
+    v = m.get(k)
+    return f"{v:.3f}" if isinstance(v, (int, float)) else "–"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run_dir")
+    ap.add_argument("--section", default="Recipe")
+    ap.add_argument("--command", default=None, help="the command that produced the run")
+    ap.add_argument("--wall", default=None, help="wall time as measured outside (e.g. /usr/bin/time)")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
+    args = ap.parse_args(argv)
+    run = Path(args.run_dir)
+    cfg = json.loads((run / "config.json").read_text())
+    status = json.loads((run / "status.json").read_text())
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    steps = [r for r in recs if r["type"] == "step"]
+    evals = [r for r in recs if r["type"] == "eval"]
+    res = status.get("results") or {}
+    table = markdown_table(["", *[t for _, t in COLS]],
+                           [[name.capitalize(), *[fmt(res.get(name, {}), k) for k, _ in COLS]]
+                            for name in ("train", "dev") if name in res])
+    curve = markdown_table(["training time (min)", "step", "dev examples", *[t for _, t in COLS]],
+                           [[f"{e['train_time_s'] / 60:.1f}", str(e["step"]),
+                             "all" if e.get("full") else f"{min(e.get('examples', {}).values() or [0])}/task",
+                             *[fmt(e, k) for k, _ in COLS]] for e in evals if e["split"] == "dev"])
+    cos = {}
+    for r in steps:
+        for pair, c in (r.get("cos") or {}).items():
+            if c is not None:
+                cos.setdefault(pair, []).append(c)
+    conflict_steps = sum(1 for r in steps if r.get("conflicts", 0) > 0)
+    projections = sum(r.get("projections", 0) for r in steps)
+    times = [r["step_time"] for r in steps]
+    pcgrad = (f"{len(steps)} steps, median step {statistics.median(times):.2f} s; steps with at least one "
+              f"conflicting task pair: {conflict_steps} ({100 * conflict_steps / max(1, len(steps)):.0f} %); "
+              f"PCGrad projections: {projections}; mean gradient cosine: "
+              + ", ".join(f"{p} {statistics.mean(v):+.3f}" for p, v in cos.items()))
+    settings = ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in ("name",))
+    body = (f"{table}\n\nTrain row: {cfg.get('train_eval_subset') or 'all'} train examples per task; Dev row: the "
+            f"whole CS224N dev sets (Quora: 20,212 pairs). Both rows describe the best checkpoint (by dev "
+            f"average).\n\nDev evaluations during training:\n\n{curve}\n\nTraining: {pcgrad}.\n\n"
+            f"Command: `{args.command or 'python -m mtbert train --config ...'}`"
+            f"{'; wall time ' + args.wall if args.wall else ''}; training time "
+            f"{sum(times) / 60:.1f} min (evaluation not counted).\n\nMachine: {machine('cpu')}.\n\n"
+            f"Settings: {settings}")
+    print(body)
+    write_section(args.out, args.section, body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
