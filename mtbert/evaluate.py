@@ -11,8 +11,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from .data import Example, make_batch
 
-SEED_COLUMNS = (("para_acc", "Paraphrase acc"), ("sst_acc", "SST acc"), ("sts_corr", "STS corr"),
-                ("average", "Average"))
+from .report import SEED_COLUMNS, seed_table  # noqa: F401  (re-exported)
 
 
 def _to_device(batch: dict, device) -> dict:
@@ -82,17 +81,6 @@ def evaluate(model, tokenizer, data: dict[str, list[Example]], batch_size: int =
     main = [out[k] for k in ("para_acc", "sst_acc", "sts_corr") if k in out and not math.isnan(out[k])]
     out["average"] = float(np.mean(main)) if main else float("nan")
     return out
-
-
-def seed_table(rows: dict[str, dict]) -> str:
-    """The seed report's layout: one row per split (Train, Dev, ...), Paraphrase acc | SST acc | STS corr | Average."""
-    lines = ["|  | " + " | ".join(title for _, title in SEED_COLUMNS) + " |",
-             "|---|" + "---|" * len(SEED_COLUMNS)]
-    for name, m in rows.items():
-        cells = [f"{m[k]:.3f}" if isinstance(m.get(k), (int, float)) and not math.isnan(m[k]) else "–"
-                 for k, _ in SEED_COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def write_predictions(path: str | Path, ids: list[str], preds: list) -> None:

@@ -19,6 +19,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .report import seed_table
+
 HUB_CHECKPOINT_ENV = "MTBERT_HUB_CHECKPOINT"
 DEFAULT_LICENSE = "apache-2.0"  # the licence of the base encoders (MiniLM, BERT) a checkpoint derives from
 EXCLUDED = ("trainer_state.*", "README.md")  # resume state stays local; the card is generated
@@ -82,19 +84,6 @@ def base_model_id(name: str | None) -> str | None:
     return name
 
 
-def results_table(rows: dict[str, dict]) -> str:
-    """The seed report's table, as `mtbert.evaluate.seed_table` prints it (a test keeps the two
-    equal); written out here because importing that module costs torch and scipy (seconds) for a
-    push that needs neither."""
-    columns = (("para_acc", "Paraphrase acc"), ("sst_acc", "SST acc"), ("sts_corr", "STS corr"),
-               ("average", "Average"))
-    lines = ["|  | " + " | ".join(title for _, title in columns) + " |", "|---|" + "---|" * len(columns)]
-    for name, m in rows.items():
-        cells = [f"{m[k]:.3f}" if isinstance(m.get(k), (int, float)) and m[k] == m[k] else "–" for k, _ in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def _fmt(v) -> str:
     if isinstance(v, list):
         return ", ".join(map(str, v)) or "–"
@@ -154,7 +143,7 @@ def model_card(folder: str | Path, repo_id: str, license: str = DEFAULT_LICENSE)
                       "below say the pipeline works, not how good the model can be." if cfg else ""), ""]
     rows = {name: m for name, m in (("Train", train), ("Dev", dev)) if m}
     lines += ["## Results", ""]
-    lines += [results_table(rows), ""] if rows else ["No evaluation was recorded with this checkpoint.", ""]
+    lines += [seed_table(rows), ""] if rows else ["No evaluation was recorded with this checkpoint.", ""]
     if cfg:
         lines += ["## Training settings", "", "| setting | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(cfg[k])} |" for k in CARD_SETTINGS if k in cfg]

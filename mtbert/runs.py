@@ -20,13 +20,12 @@ from pathlib import Path
 
 from . import lock
 from .io import atomic_write_json
+from .report import SEED_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINTS_DIR = ROOT / "checkpoints"
 BASE_MODELS = ("minilm-l6",)
 LIVE_STATES = ("queued", "running")
-SEED_COLUMNS = (("para_acc", "Paraphrase acc"), ("sst_acc", "SST acc"), ("sts_corr", "STS corr"),
-                ("average", "Average"))
 LOG_TAIL_LINES = 15
 MAX_POINTS = 1500  # per chart series
 

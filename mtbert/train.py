@@ -28,6 +28,7 @@ from .evaluate import evaluate
 from .gradients import make_method
 from .io import JsonlWriter, atomic_write_json
 from .model import TASKS, ModelConfig, MultitaskBert
+from .runs import runs_dir
 
 STATE_TENSORS, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"
 
@@ -36,12 +37,8 @@ class TrainingError(Exception):
     """A run that cannot go on: bad data, a non-finite loss, an unwritable folder."""
 
 
-def runs_root() -> Path:
-    return Path(os.environ.get("MTBERT_RUNS_DIR", "runs"))
-
-
 def new_run_dir(name: str, root: Path | None = None) -> Path:
-    root = root or runs_root()
+    root = root or runs_dir()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40] or "run"
     d, i = root / f"{stamp}-{safe}", 1

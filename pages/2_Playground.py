@@ -17,15 +17,13 @@ def load(path: str, _token: str | None = None):
 def pick(label: str, refs: list, key: str):
     """A checkpoint picker; returns (name, model, tokenizer, meta) or None after showing why not."""
     ref = st.selectbox(label, refs, format_func=str, key=key)
-    name = path = ref.path
-    if ref.kind == "path":
-        path = name = st.text_input("Checkpoint folder", key=f"{key}_path", placeholder="runs/<run-id>/best",
+    name, path = ref.name, ref.path
+    if ref.kind == "path":  # typed by the user: load_model only takes it inside the allowed folders
+        name = path = st.text_input("Checkpoint folder", key=f"{key}_path", placeholder="runs/<run-id>/best",
                                     help="A checkpoint folder inside checkpoints/ or the runs folder").strip()
         if not path:
             st.info("Type the path of a checkpoint folder inside checkpoints/ or the runs folder.")
             return None
-    else:
-        name = ref.name
     try:
         model, tok, meta = load(path, runs.secret_token(st.secrets))
     except (CheckpointError, runs.RunError, OSError) as e:

@@ -1,7 +1,9 @@
-"""Runs: every run with its settings and final scores, overlaid curves, and deleting old runs."""
+"""Runs: every run with its settings and final scores, overlaid curves, pushing a checkpoint to the
+Hugging Face Hub, and deleting old runs."""
 import streamlit as st
 
 from mtbert import runs
+from mtbert.hub import HubError
 
 st.set_page_config(page_title="Runs · mtbert", layout="wide")
 st.title("Runs")
@@ -24,6 +26,30 @@ if chosen:
     left, right = st.columns(2)
     left.plotly_chart(runs.overlay_figure(records, "loss"), key="overlay_loss")
     right.plotly_chart(runs.overlay_figure(records, "dev"), key="overlay_dev")
+
+st.subheader("Push a checkpoint to the Hugging Face Hub")
+pushable = [c for c in runs.list_checkpoints() if c.kind in ("run", "shipped")]
+if not pushable:
+    st.caption("No checkpoint to push yet: a run writes best/ at its first evaluation.")
+else:
+    token_from = runs.token_source(st.secrets)
+    st.caption("Uploads the checkpoint (without the trainer's resume state) with a generated model card. "
+               + (f"Token: {token_from}." if token_from else
+                  "No token found: set HF_TOKEN in the Streamlit secrets or the environment, or run "
+                  "`hf auth login`."))
+    left, mid, right = st.columns([3, 3, 1], vertical_alignment="bottom")
+    ref = left.selectbox("Checkpoint", pushable, format_func=str, key="push_checkpoint")
+    repo_id = mid.text_input("Hub repo", key="push_repo", placeholder="user/name")
+    private = right.checkbox("private", key="push_private", help="Create the repo private (an existing repo "
+                                                                  "keeps its visibility)")
+    if st.button("Push to the Hub", icon=":material/cloud_upload:", key="push_go"):
+        try:
+            with st.spinner(f"Pushing {ref.name} to {repo_id}…"):
+                url = runs.push_checkpoint(ref.path, repo_id, token=runs.secret_token(st.secrets), private=private)
+        except (runs.RunError, HubError) as e:
+            st.error(f"Not pushed: {e}")
+        else:
+            st.success(f"Pushed {ref.name} to {url}")
 
 st.subheader("Delete a run")
 victim = st.selectbox("Run", names, index=None, placeholder="choose a run", key="delete_choice")

@@ -149,13 +149,6 @@ def test_card_of_a_checkpoint_without_training_records(tiny_base, tmp_path):
     assert "No evaluation was recorded" in text and data.eval_results is None
 
 
-def test_card_table_is_the_seed_table():
-    from mtbert.evaluate import seed_table
-    rows = {"Train": METRICS["train"], "Dev": {**METRICS["dev"], "sts_corr": float("nan"), "sst_acc": None},
-            "Test": {"average": 1}}
-    assert hub.results_table(rows) == seed_table(rows)
-
-
 # ---- pull -----------------------------------------------------------------------------------
 
 def test_pull_by_repo_id_predicts_exactly_as_the_pushed_checkpoint(stub_hub, checkpoint, monkeypatch):
