@@ -304,7 +304,16 @@ def resume_run(run_dir) -> Path:
     while (active_run() or Path()).name == run_dir.name and time.time() < deadline:
         time.sleep(0.2)  # the trainer marks itself stopped a moment before it lets go of the lock
     _refuse_if_active()
-    return _launch(run_dir, ["--resume", str(run_dir)])
+    # queued from now on, as a start is: the page must not keep offering Resume (a second press
+    # would be refused by the lock) while the new trainer imports torch
+    before = _read_json(run_dir / "status.json", {}) or {}
+    atomic_write_json(run_dir / "status.json", {**before, "state": "queued", "pid": None, "error": None,
+                                                "updated_at": time.time()})
+    try:
+        return _launch(run_dir, ["--resume", str(run_dir)])
+    except LockHeld:
+        atomic_write_json(run_dir / "status.json", {**before, "updated_at": time.time()})
+        raise
 
 
 def _is_trainer(pid: int) -> bool:
