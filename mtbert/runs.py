@@ -23,7 +23,8 @@ from .io import atomic_write_json
 from .report import SEED_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
-CHECKPOINTS_DIR = ROOT / "checkpoints"
+# shipped checkpoints; MTBERT_CHECKPOINTS_DIR points elsewhere (a deployment's own, or none for a test)
+CHECKPOINTS_DIR = Path(os.environ.get("MTBERT_CHECKPOINTS_DIR") or ROOT / "checkpoints").absolute()
 BASE_MODELS = ("minilm-l6",)
 LIVE_STATES = ("queued", "running")
 LOG_TAIL_LINES = 15

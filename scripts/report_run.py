@@ -43,7 +43,7 @@ def main(argv=None) -> int:
                             for name in ("train", "dev") if name in res])
     curve = markdown_table(["training time (min)", "step", "dev examples", *[t for _, t in COLS]],
                            [[f"{e['train_time_s'] / 60:.1f}", str(e["step"]),
-                             "all" if e.get("full") else f"{min(e.get('examples', {}).values() or [0])}/task",
+                             "all" if e.get("full") else f"≤ {max(e.get('examples', {}).values() or [0])} per task",
                              *[fmt(e, k) for k, _ in COLS]] for e in evals if e["split"] == "dev"])
     cos = {}
     for r in steps:

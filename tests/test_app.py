@@ -267,3 +267,40 @@ def test_train_form_survives_a_visit_to_another_page():
     assert at.selectbox(key="preset").value == "quick CPU demo"
     assert at.number_input(key="setting.max_steps").value == 40
     assert at.radio(key="data_source").value == "another folder"
+
+
+# ---- the Hub push section and checkpoint paths (more in test_studio_reliability.py) -------------
+
+def test_runs_page_push_section_names_where_the_token_comes_from_never_the_token(runs_dir, tiny_base, monkeypatch):
+    from mtbert import runs
+
+    monkeypatch.setattr(runs, "CHECKPOINTS_DIR", runs_dir.parent / "no-shipped")
+    fake_run(runs_dir, "20260101-000000-early")  # no checkpoint yet
+    at = no_exception(page("pages/3_Runs.py").run())
+    assert "No checkpoint to push yet" in " ".join(c.value for c in at.caption)
+    run = fake_run(runs_dir, "20260102-000000-tiny")
+    encoder, tok = load_encoder(tiny_base, max_length=32)
+    save_checkpoint(MultitaskBert(encoder, ModelConfig()), tok, run / "best", base=str(tiny_base))
+    token = "hf_EnvToken0123456789abcdefSECRET"
+    monkeypatch.setenv("HF_TOKEN", token)
+    at = no_exception(page("pages/3_Runs.py").run())
+    assert at.selectbox(key="push_checkpoint").options == ["20260102-000000-tiny/best"]
+    captions = " ".join(c.value for c in at.caption)
+    assert "Token: the HF_TOKEN environment variable." in captions and token not in captions
+    at.text_input(key="push_repo").set_value("")
+    at.button(key="push_go").click().run()
+    assert any("Not pushed: type the Hub repo to push to, as USER/NAME" in e for e in messages(at, "error"))
+
+
+def test_playground_offers_a_typed_folder_and_refuses_one_outside(runs_dir, checkpoint, monkeypatch, tmp_path):
+    from mtbert import runs
+
+    monkeypatch.setattr(runs, "CHECKPOINTS_DIR", tmp_path / "no-shipped")
+    at = no_exception(page("pages/2_Playground.py").run())
+    select(at, "ckpt_a", "another checkpoint folder (type its path)")
+    at.text_input(key="ckpt_a_path").set_value(f"runs/{checkpoint}").run()
+    no_exception(at)
+    assert any(c.value.startswith("base ") for c in at.caption)  # loaded: the model's description
+    at.text_input(key="ckpt_a_path").set_value(str(tmp_path)).run()
+    assert any(e.startswith(f"{tmp_path} cannot be loaded: ") and "no checkpoint there; allowed places" in e
+               for e in messages(at, "error"))

@@ -45,6 +45,7 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
     d.mkdir()
     monkeypatch.setenv("MTBERT_RUNS_DIR", str(d))
     monkeypatch.delenv("MTBERT_HUB_CHECKPOINT", raising=False)
+    monkeypatch.setattr(runs, "CHECKPOINTS_DIR", tmp_path / "shipped")  # none: the real MiniLM stays unloaded
     monkeypatch.chdir(tmp_path)  # relative paths typed in the UI start here; nothing lands in the repo
     yield d
     st.cache_resource.clear()
@@ -90,7 +91,8 @@ def page_text(at: AppTest) -> str:
         for child in getattr(node, "children", {}).values():
             walk(child)
 
-    walk(at._tree)
+    walk(at.main)
+    walk(at.sidebar)
     return "\n".join(out)
 
 
@@ -233,8 +235,7 @@ def fill_train_form(at: AppTest, tiny_base: Path, name: str) -> None:
     at.selectbox(key="setting.gradient_method").set_value("pcgrad")
     at.checkbox(key="setting.final_full_eval").uncheck()
     for k, v in TRAIN.items():
-        at.number_input(key=f"setting.{k}").set_value(v)
-    at.run()
+        at.number_input(key=f"setting.{k}").set_value(v)  # sent with the form's submit button
 
 
 def test_stop_and_resume_from_the_train_page_lose_nothing(runs_dir, tiny_base):
@@ -293,6 +294,8 @@ def test_stop_and_resume_from_the_train_page_lose_nothing(runs_dir, tiny_base):
     wait_for(lambda: runs.active_run() is None, what="the lock's release")
     at.run()
     assert any(f"Checkpoint: **{run.name}/best**" in s for s in messages(at, "success"))
+    print(f"\nstopped at step {stopped_at} (step {in_flight} recorded when Stop was pressed), "
+          f"resumed, finished at step {total}; every step recorded once")
 
 
 # ---- the Hub in the studio -------------------------------------------------------------------
@@ -334,7 +337,8 @@ def test_push_button_sends_the_checkpoint_with_the_token_from_secrets(stub_hub, 
     assert set(repo.files) == set(local) | {"README.md"}
     assert {n: repo.files[n] for n in local} == local and repo.private is True
     assert any(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in stub_hub.requests)  # secrets' token
-    assert TOKEN not in page_text(at)
+    text = page_text(at)
+    assert "tester/from-studio" in text and TOKEN not in text  # the page as sent to the browser
     sent = b"".join(r.body for r in stub_hub.requests) + b"".join(repo.files.values())
     assert TOKEN.encode() not in sent
 
@@ -347,7 +351,8 @@ def test_push_button_explains_failures_without_the_token(run_checkpoint, monkeyp
         errors = messages(at, "error")
         assert any(e.startswith("Not pushed: push to tester/refused failed: the token was refused (401)")
                    for e in errors), errors
-        assert wrong not in page_text(at)
+        text = page_text(at)
+        assert "tester/refused" in text and wrong not in text
         assert server.repos == {}
 
         at = push_page("20260101-000000-tiny/best", "tester/none")  # no secret, no HF_TOKEN, no login
@@ -393,6 +398,7 @@ def test_playground_reports_a_malformed_hub_setting_and_keeps_the_local_checkpoi
     at = no_exception(page("pages/2_Playground.py").run())
     assert any("MTBERT_HUB_CHECKPOINT: 'not/a/repo' is not a Hub model repo id" in e for e in messages(at, "error"))
     assert at.selectbox(key="ckpt_a").options[0] == "20260101-000000-tiny/best"
-    assert any(c.startswith("base minilm-l6, cls pooling; dev: sst_acc 0.250") for c in messages(at, "caption"))
+    assert any(c.startswith("base minilm-l6, cls pooling; dev: ") and "sst_acc 0.250" in c
+               for c in messages(at, "caption"))  # the local checkpoint loaded
     with pytest.raises(runs.RunError):
         pg.load_model("tester/ok")  # a malformed setting offers nothing from the Hub
