@@ -174,9 +174,11 @@ def checkpoint(runs_dir, tiny_base) -> str:
     return "20260101-000000-tiny/best"
 
 
-def select(at: AppTest, key: str, label_part: str) -> None:
+def select(at: AppTest, key: str, name: str) -> None:
+    """Pick the option whose label is `name` or starts with `name (` (the shipped `minilm-l6-heads`
+    must not be taken for the base model `minilm-l6`)."""
     box = at.selectbox(key=key)
-    box.select_index(next(i for i, o in enumerate(box.options) if label_part in o)).run()
+    box.select_index(next(i for i, o in enumerate(box.options) if o == name or o.startswith(name + " ("))).run()
 
 
 def test_playground_sentiment_compare_and_bad_input(checkpoint):
