@@ -401,7 +401,7 @@ class Trainer:
             self.metrics = JsonlWriter(self.run_dir / "metrics.jsonl") if self.is_main else None
             self.set_status(total_steps=self.total_steps, step=self.step, epoch=self.epoch)
             state = self._loop()
-            self.set_status(state=state, eta_s=0.0)
+            self.set_status(state=state, eta_s=0.0, step=self.step, epoch=self.epoch)
             self.log(f"[done] {state} at step {self.step}; run folder {self.run_dir}")
             return state
         except BaseException as e:

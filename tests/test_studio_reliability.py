@@ -238,7 +238,20 @@ def fill_train_form(at: AppTest, tiny_base: Path, name: str) -> None:
         at.number_input(key=f"setting.{k}").set_value(v)  # sent with the form's submit button
 
 
-def test_stop_and_resume_from_the_train_page_lose_nothing(runs_dir, tiny_base):
+def test_stop_and_resume_from_the_train_page_lose_nothing(runs_dir, tiny_base, monkeypatch):
+    # the trainer the page starts is born frozen (SIGSTOP), so that however fast this machine is,
+    # the checks below happen while it is alive and Stop lands in the middle of the run
+    frozen: list[int] = []
+    spawn = runs._spawn
+
+    def spawn_frozen(run_dir, args):
+        proc = spawn(run_dir, args)
+        if not frozen:  # the first trainer only; the resumed one runs freely
+            os.kill(proc.pid, signal.SIGSTOP)
+            frozen.append(proc.pid)
+        return proc
+
+    monkeypatch.setattr(runs, "_spawn", spawn_frozen)
     # a crashed trainer's lock (its PID is gone) must not block the studio
     (runs_dir / ".lock").write_text(json.dumps({"pid": dead_pid(), "run_id": "20260101-000000-crashed"}))
     at = no_exception(page("pages/1_Train.py").run())
@@ -248,18 +261,23 @@ def test_stop_and_resume_from_the_train_page_lose_nothing(runs_dir, tiny_base):
     assert not messages(at, "error")
     run = Path(at.session_state["watch"])
     assert run.parent == runs_dir and run.name.endswith("-studio")
-    owner = lock.read_lock(runs_dir / ".lock")
-    assert owner["run_id"] == run.name and owner["pid"] != os.getpid()  # the stale lock was taken over
+    pid, = frozen
+    try:
+        owner = lock.read_lock(runs_dir / ".lock")
+        assert owner == {"pid": pid, "run_id": run.name}  # the stale lock was taken over
 
-    # a second browser session meanwhile: Start is refused, naming the live run; nothing is created
-    other = page("pages/1_Train.py").run()
-    button(other, "Start training").click().run()
-    assert any(f"Not started: another training is running: run {run.name}" in e for e in messages(other, "error"))
-    assert sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) == [run.name]
+        # a second browser session meanwhile: Start is refused, naming the live run; nothing is created
+        other = page("pages/1_Train.py").run()
+        fill_train_form(other, tiny_base, "second")
+        button(other, "Start training").click().run()
+        errors = messages(other, "error")
+        assert any(f"Not started: another training is running: run {run.name}" in e for e in errors), errors
+        assert sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) == [run.name]
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
-    # pause the trainer mid-run (however fast this machine is), press Stop, let it go on
-    wait_for(lambda: len(metrics_steps(run)) >= 2, every=0.005, what="two training steps")
-    pid = owner["pid"]
+    # freeze it again once two steps are recorded, press Stop, let it go on
+    wait_for(lambda: len(metrics_steps(run)) >= 2, every=0.002, what="two training steps")
     os.kill(pid, signal.SIGSTOP)
     try:
         in_flight = max(metrics_steps(run))
@@ -273,7 +291,7 @@ def test_stop_and_resume_from_the_train_page_lose_nothing(runs_dir, tiny_base):
     assert status["state"] == "stopped", status
     stopped_at = status["step"]
     total = status["total_steps"]
-    assert in_flight <= stopped_at <= in_flight + 1 < total  # it finished the step in flight, no more
+    assert in_flight <= stopped_at <= in_flight + 1 < total, (in_flight, status)  # the step in flight, no more
     saved = json.loads((run / "last" / "trainer_state.json").read_text())
     assert saved["step"] == stopped_at
     assert metrics_steps(run) == list(range(1, stopped_at + 1))
