@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .bert import BertConfig, BertModel
-from .io import finite, fsync_dir
+from .io import finite, fsync_path
 from .model import ModelConfig, MultitaskBert
 from .tokenizer import DEFAULT_MAX_LENGTH, Tokenizer
 
@@ -194,7 +194,7 @@ def save_checkpoint(model: MultitaskBert, tokenizer: Tokenizer, folder: str | Pa
         if write_extra is not None:  # e.g. the trainer's resume state, inside the same atomic swap
             write_extra(tmp)
         for f in tmp.iterdir():
-            _fsync(f)
+            fsync_path(f)
         _replace_dir(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -258,14 +258,6 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(finite(obj), indent=2, sort_keys=True) + "\n")
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _remove_partial(folder: Path) -> None:
     """Half-written temporaries of earlier saves killed mid-way; `.NAME.old` is kept while it is
     the only complete copy (a kill between the two renames of `_replace_dir`)."""
@@ -282,6 +274,6 @@ def _replace_dir(tmp: Path, folder: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
         os.replace(folder, old)
     os.replace(tmp, folder)
-    fsync_dir(folder.parent)
+    fsync_path(folder.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
