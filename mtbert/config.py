@@ -64,6 +64,8 @@ class TrainConfig:
     train_eval_subset: int | None = 1000  # train examples per task for the final Train row
     final_full_eval: bool = True  # with eval_subset: evaluate the best checkpoint on the whole dev set at the end
     eval_batch_size: int = 64
+    # fit the Quora decision threshold on the dev eval subset at each evaluation (see docs/results.md)
+    calibrate_para: bool = False
     # data
     data_dir: str | None = None  # None: the shipped sample (data/sample)
     quora_train: str | None = None  # override the Quora train file (e.g. the quora-full stand-in)

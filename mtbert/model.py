@@ -10,6 +10,7 @@ cross-encoding of pairs ([CLS] a [SEP] b [SEP]), and the seed's failed STS varia
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -32,6 +33,9 @@ class ModelConfig:
     sts_loss: str = "cosine_mse"
     dropout: float = 0.1
     num_sentiment_classes: int = 5
+    # added to the duplicate logit at prediction time only (not in the loss): a decision threshold
+    # fitted on dev when the training pairs' label mix differs from the data predicted on
+    para_logit_offset: float = 0.0
 
     def __post_init__(self):
         for name in ("para_encoding", "sts_encoding"):
@@ -44,6 +48,8 @@ class ModelConfig:
                                  f"choose one of {', '.join(allowed)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} is not allowed; choose a value in [0, 1)")
+        if not math.isfinite(self.para_logit_offset):
+            raise ValueError(f"para_logit_offset={self.para_logit_offset} is not allowed; choose a finite number")
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -137,11 +143,11 @@ class MultitaskBert(nn.Module):
 
     @torch.inference_mode()
     def predict(self, task: str, batch: dict) -> torch.Tensor:
-        """sst: class 0..4; para: probability of duplicate; sts: score clipped to 0..5."""
+        """sst: class probabilities; para: probability of duplicate (offset applied); sts: score clipped to 0..5."""
         if task == "sst":
             return self.sst_logits(batch).softmax(-1)
         if task == "para":
-            return torch.sigmoid(self.para_logit(batch))
+            return torch.sigmoid(self.para_logit(batch) + self.cfg.para_logit_offset)
         if task == "sts":
             return self.sts_score(batch).clamp(0.0, 5.0)
         raise ValueError(f"task={task!r} is not allowed; choose one of {', '.join(TASKS)}")

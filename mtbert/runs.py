@@ -480,7 +480,7 @@ SECTIONS = {
                      "lr_decay", "grad_clip", "bucket"),
     "Budget": ("max_steps", "time_budget_s", "train_subset"),
     "Evaluation": ("eval_every", "eval_every_s", "full_eval_at_s", "eval_subset", "train_eval_subset",
-                   "eval_batch_size"),
+                   "eval_batch_size", "calibrate_para"),
     "Machine": ("device", "bf16", "seed"),
 }
 DATA_SETTINGS = ("data_dir", "quora_train")  # set by the data picker, not the form
@@ -500,6 +500,8 @@ HELP = {
     "sts_encoding": "empty: as pair_encoding; else this encoding for STS only",
     "full_eval_at_s": "comma-separated seconds of training time at which to evaluate on the whole dev set",
     "bf16": "bfloat16 autocast, on CUDA only",
+    "calibrate_para": "fit the Quora duplicate threshold on the dev eval subset (for train data "
+                      "whose duplicate rate differs from dev's, like the stand-in Quora set)",
 }
 
 

@@ -16,6 +16,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -24,7 +25,7 @@ from . import lock
 from .checkpoint import load_base, load_checkpoint, save_checkpoint
 from .config import CHOICES, PRESETS, TrainConfig  # noqa: F401  (re-exported for the studio)
 from .data import SAMPLE_DIR, Example, load_split, make_batch
-from .evaluate import evaluate
+from .evaluate import evaluate, shift_para_probs
 from .gradients import make_method
 from .io import JsonlWriter, atomic_write_json
 from .model import TASKS, ModelConfig, MultitaskBert
@@ -312,16 +313,45 @@ class Trainer:
 
     # -- evaluation --
 
-    def _evaluate(self, split: str, data: dict, full: bool = False) -> dict:
+    def _evaluate(self, split: str, data: dict, full: bool = False, calibrate: bool = False) -> dict:
         t0 = time.time()
-        m = evaluate(self.model, self.tok, data, self.cfg.eval_batch_size, self.device, self.amp)
+        raw, extra = {}, {}
+        sizes = {t: len(v) for t, v in data.items()}
+        if full and self.cfg.calibrate_para and "para" in data and split == "dev":
+            extra = self._calibrated_full_para(data["para"], raw, refit=calibrate)
+            data = {t: v for t, v in data.items() if t != "para"}
+        m = evaluate(self.model, self.tok, data, self.cfg.eval_batch_size, self.device, self.amp,
+                     calibrate_para=calibrate and self.cfg.calibrate_para, raw_out=raw)
+        if extra:
+            m.update(extra)
+            main = [m[k] for k in ("para_acc", "sst_acc", "sts_corr") if k in m and m[k] == m[k]]
+            m["average"] = float(np.mean(main)) if main else float("nan")
         self._record({"type": "eval", "split": split, "step": self.step, "epoch": self.epoch, "time": time.time(),
-                      "train_time_s": self.train_time, "full": full, "examples": {t: len(v) for t, v in data.items()},
+                      "train_time_s": self.train_time, "full": full, "examples": sizes,
                       **m})
         shown = " ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
         self.log(f"[eval] {split}{' (full)' if full else ''} step {self.step} "
                  f"({self.train_time / 60:.1f} min of training, eval took {time.time() - t0:.0f} s): {shown}")
         return m
+
+    def _calibrated_full_para(self, examples: list, raw: dict, refit: bool) -> dict:
+        """Quora on the whole dev set with the threshold fitted on the eval subset only; also the
+        accuracy on the pairs the fit never saw and at the plain 0.5 threshold, so the gain is visible."""
+        fit_on = self.dev_data.get("para", [])
+        if refit and fit_on:  # mid-run: the weights moved since the last fit
+            evaluate(self.model, self.tok, {"para": fit_on}, self.cfg.eval_batch_size, self.device, self.amp,
+                     calibrate_para=True)
+        m = evaluate(self.model, self.tok, {"para": examples}, self.cfg.eval_batch_size, self.device, self.amp,
+                     raw_out=raw)
+        seen = {e.id for e in fit_on}
+        held = np.array([e.id not in seen for e in examples])
+        y = np.array([e.label for e in examples]) > 0.5
+        offset = self.model.cfg.para_logit_offset
+        plain = shift_para_probs(raw["para"], -offset) > 0.5
+        return {"para_acc": m["para_acc"], "para_logit_offset": offset,
+                "para_acc_heldout": float(((raw["para"] > 0.5) == y)[held].mean()) if held.any() else float("nan"),
+                "para_heldout_examples": int(held.sum()),
+                "para_acc_uncalibrated": float((plain == y).mean())}
 
     def _dev_eval(self) -> None:
         if not self.is_main:  # evaluation and checkpoints happen once, on rank 0
@@ -329,7 +359,7 @@ class Trainer:
             if self.cfg.eval_every_s:
                 self.next_eval_s = self.train_time + self.cfg.eval_every_s
             return
-        m = self._evaluate("dev", self.dev_data)
+        m = self._evaluate("dev", self.dev_data, calibrate=True)
         if m["average"] == m["average"] and m["average"] > self.best_avg:
             self.best_avg = m["average"]
             self._save("best", metrics={"dev": m, "step": self.step})
@@ -456,7 +486,7 @@ class Trainer:
                         self._dev_eval()
                     while self.pending_full and self.train_time >= self.pending_full[0]:
                         self.pending_full.pop(0)
-                        self._evaluate("dev", self.dev_full, full=True)
+                        self._evaluate("dev", self.dev_full, full=True, calibrate=True)
                     if time.time() - last_status > 1.0:
                         remaining = self.total_steps - self.step
                         eta = remaining * ema

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -41,10 +42,22 @@ def main(argv=None) -> int:
     table = markdown_table(["", *[t for _, t in COLS]],
                            [[name.capitalize(), *[fmt(res.get(name, {}), k) for k, _ in COLS]]
                             for name in ("train", "dev") if name in res])
-    curve = markdown_table(["training time (min)", "step", "dev examples", *[t for _, t in COLS]],
+    dev_evals = [e for e in evals if e["split"] == "dev"]
+    calibrated = any("para_acc_uncalibrated" in e for e in dev_evals)
+    extra = [("para_acc_uncalibrated", "Paraphrase acc at 0.5")] if calibrated else []
+    curve = markdown_table(["training time (min)", "step", "dev examples", *[t for _, t in COLS + tuple(extra)]],
                            [[f"{e['train_time_s'] / 60:.1f}", str(e["step"]),
                              "all" if e.get("full") else f"≤ {max(e.get('examples', {}).values() or [0])} per task",
-                             *[fmt(e, k) for k, _ in COLS]] for e in evals if e["split"] == "dev"])
+                             *[fmt(e, k) for k, _ in COLS + tuple(extra)]] for e in dev_evals])
+    dev = res.get("dev", {})
+    threshold = ""
+    if "para_logit_offset" in dev:
+        p = 1 / (1 + math.exp(dev["para_logit_offset"]))
+        threshold = (f"\n\nQuora decision threshold: fitted on the dev evaluation subset "
+                     f"({cfg.get('eval_subset')} pairs) at the best checkpoint's evaluation — duplicate when "
+                     f"P ≥ {p:.3f} (logit offset {dev['para_logit_offset']:+.2f}). Whole dev set at that threshold: "
+                     f"{fmt(dev, 'para_acc')}; on the {dev.get('para_heldout_examples', '?')} dev pairs the fit never saw: "
+                     f"{fmt(dev, 'para_acc_heldout')}; at the plain 0.5 threshold: {fmt(dev, 'para_acc_uncalibrated')}.")
     cos = {}
     for r in steps:
         for pair, c in (r.get("cos") or {}).items():
@@ -60,7 +73,7 @@ def main(argv=None) -> int:
     settings = ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in ("name",))
     body = (f"{table}\n\nTrain row: {cfg.get('train_eval_subset') or 'all'} train examples per task; Dev row: the "
             f"whole CS224N dev sets (Quora: 20,212 pairs). Both rows describe the best checkpoint (by dev "
-            f"average).\n\nDev evaluations during training:\n\n{curve}\n\nTraining: {pcgrad}.\n\n"
+            f"average).{threshold}\n\nDev evaluations during training:\n\n{curve}\n\nTraining: {pcgrad}.\n\n"
             f"Command: `{args.command or 'python -m mtbert train --config ...'}`"
             f"{'; wall time ' + args.wall if args.wall else ''}; training time "
             f"{sum(times) / 60:.1f} min (evaluation not counted).\n\nMachine: {machine('cpu')}.\n\n"

@@ -15,7 +15,8 @@ from scipy.stats import pearsonr, spearmanr
 from mtbert.checkpoint import (CheckpointError, load_base, load_checkpoint, load_encoder, save_checkpoint,
                                sha256_file)
 from mtbert.data import Example, make_batch
-from mtbert.evaluate import evaluate, predict_examples, seed_table, task_metrics
+from mtbert.evaluate import (evaluate, fit_para_offset, predict_examples, predict_raw, seed_table,
+                             shift_para_probs, task_metrics)
 from mtbert.model import ModelConfig, MultitaskBert
 
 SST = [Example("s1", "a gorgeous, witty film", None, 4), Example("s2", "dull", None, 0),
@@ -95,6 +96,58 @@ def test_evaluation_metrics_match_direct_computation():
     assert m["sts_spearman"] == pytest.approx(spearmanr(scores, y)[0])
     table = seed_table({"Dev": {"para_acc": 0.5, "sst_acc": 0.25, "sts_corr": 0.75, "average": 0.5}})
     assert "| Dev | 0.500 | 0.250 | 0.750 | 0.500 |" in table and "Paraphrase acc" in table
+
+
+def logit(p):
+    return float(np.log(p / (1 - p)))
+
+
+def test_fitted_para_threshold_hand_cases():
+    # separable only between 0.7 and 0.8: the cut is the midpoint of their logits
+    off = fit_para_offset(np.array([0.6, 0.7, 0.8, 0.9]), [0, 0, 1, 1])
+    assert off == pytest.approx(-(logit(0.7) + logit(0.8)) / 2)
+    assert ((shift_para_probs(np.array([0.6, 0.7, 0.8, 0.9]), off) > 0.5) == [0, 0, 1, 1]).all()
+    # 0.5 is already as good as any cut: keep it (offset 0)
+    assert fit_para_offset(np.array([0.2, 0.8]), [0, 1]) == pytest.approx(0.0)
+    # one class only, or nothing: no evidence for moving the threshold
+    assert fit_para_offset(np.array([0.3, 0.9]), [1, 1]) == 0.0 and fit_para_offset(np.array([]), []) == 0.0
+    # ties never get split: (0.7, 0) and (0.7, 1) fall on the same side of the cut
+    pred = shift_para_probs(np.array([0.7, 0.7, 0.95]), fit_para_offset(np.array([0.7, 0.7, 0.95]), [0, 1, 1])) > 0.5
+    assert pred[0] == pred[1] and (pred == [0, 1, 1]).mean() == pytest.approx(2 / 3)
+
+
+def test_fitted_para_threshold_is_optimal_on_random_data():
+    rng = np.random.default_rng(1)
+    y = rng.random(400) < 0.37
+    p = 1 / (1 + np.exp(-(rng.normal(size=400) + 1.5 * y + 1.0)))  # over-predicts duplicates
+    off = fit_para_offset(p, y)
+    acc = ((shift_para_probs(p, off) > 0.5) == y).mean()
+    grid = [((shift_para_probs(p, o) > 0.5) == y).mean() for o in np.linspace(-6, 6, 2001)]
+    assert acc >= max(grid) - 1e-12 and acc > ((p > 0.5) == y).mean()
+
+
+def test_para_offset_applies_at_prediction_and_travels_with_the_checkpoint(tiny_base, tmp_path):
+    model, tok = model_for(tiny_base, pooling="mean", para_features="concat_diff_prod")
+    ex = [Example(str(i), f"what is {w}", f"how is {w}", float(i % 2)) for i, w in enumerate("abcdefgh")]
+    plain = predict_raw(model, tok, "para", ex)
+    m = evaluate(model, tok, {"para": ex}, calibrate_para=True)
+    off = model.cfg.para_logit_offset
+    assert m["para_logit_offset"] == off and m["para_acc"] >= m["para_acc_uncalibrated"]
+    shifted = predict_raw(model, tok, "para", ex)
+    np.testing.assert_allclose(shifted, shift_para_probs(plain, off), atol=1e-5)
+    # the loss never sees the offset: it is a decision rule, not a trained weight
+    batch = make_batch("para", ex, tok, "separate")
+    model.eval()
+    loss = model.loss("para", batch)
+    model.cfg.para_logit_offset = 0.0
+    assert model.loss("para", batch).item() == pytest.approx(loss.item())
+    model.cfg.para_logit_offset = off
+    save_checkpoint(model, tok, tmp_path / "ck", base=str(tiny_base))
+    loaded, ltok, _ = load_checkpoint(tmp_path / "ck")
+    assert loaded.cfg.para_logit_offset == pytest.approx(off)
+    np.testing.assert_allclose(predict_raw(loaded, ltok, "para", ex), shifted, atol=1e-6)
+    with pytest.raises(ValueError, match="para_logit_offset"):
+        ModelConfig(para_logit_offset=float("nan"))
 
 
 def test_evaluate_batched_equals_one_at_a_time(tiny_base):

@@ -92,6 +92,25 @@ def test_run_writes_folder_telemetry_and_checkpoints(tiny_base, tmp_path):
     assert not (run.parent / ".lock").exists()
 
 
+def test_calibrated_quora_threshold_is_fitted_on_the_subset_and_reported_on_the_rest(tiny_base, tmp_path):
+    run = tmp_path / "runs" / "cal"
+    cfg = tiny_cfg(tiny_base, epochs=2, calibrate_para=True, eval_subset=6, full_eval_at_s=[1e-6])
+    assert Trainer(cfg, run, progress=False).run() == "finished"
+    evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    subset = [e for e in evals if e["split"] == "dev" and not e["full"]]
+    full = [e for e in evals if e["split"] == "dev" and e["full"]]
+    assert subset and all("para_logit_offset" in e and "para_acc_uncalibrated" in e for e in subset)
+    assert all(e["para_acc"] >= e["para_acc_uncalibrated"] for e in subset)  # fitted on these very pairs
+    assert len(full) == 2  # the first-step mark and the final report
+    n_dev = full[-1]["examples"]["para"]
+    assert all(e["para_heldout_examples"] == n_dev - 6 for e in full)
+    assert all(0.0 <= e["para_acc_heldout"] <= 1.0 for e in full)
+    best = json.loads((run / "best" / "mtbert.json").read_text())
+    chosen = json.loads((run / "best" / "metrics.json").read_text())
+    # the final report uses the best checkpoint's own threshold, not a refit
+    assert best["model"]["para_logit_offset"] == chosen["dev"]["para_logit_offset"] == full[-1]["para_logit_offset"]
+
+
 def test_stop_then_resume_gives_the_same_losses_as_an_uninterrupted_run(tiny_base, tmp_path):
     cfg = tiny_cfg(tiny_base, epochs=2, lr_decay="linear", warmup_steps=2, bucket=True)
     full = tmp_path / "runs" / "full"
