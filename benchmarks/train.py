@@ -81,9 +81,11 @@ def main(argv=None) -> int:
     times = interleaved({n: step_fn(n) for n in methods}, args.reps, args.warmup, args.device)
     examples = args.batch_size * 5  # sst: 1 sentence per example; para, sts: 2 each
     base = median(times["sum (one backward)"])
-    rows = [[n, f"{median(ts) * 1000:.0f}", f"{examples / median(ts):.1f}", f"{median(ts) / base:.2f}"]
-            for n, ts in times.items()]
-    table = markdown_table(["method", "step time (ms, median)", "sentences/s", "time vs one backward"], rows)
+    per_step = args.batch_size * len(TASKS)  # training examples: a sentence or a pair each
+    rows = [[n, f"{median(ts) * 1000:.0f}", f"{per_step / median(ts):.1f}", f"{examples / median(ts):.1f}",
+             f"{median(ts) / base:.2f}"] for n, ts in times.items()]
+    table = markdown_table(["method", "step time (ms, median)", "examples/s", "sentences/s",
+                            "time vs one backward"], rows)
     print(table)
     n_params = sum(p.numel() for p in params) / 1e6
     body = (f"{table}\n\nModel: {args.model} ({n_params:.1f} M trainable parameters), batch {args.batch_size} "

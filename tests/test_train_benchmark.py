@@ -17,5 +17,7 @@ def test_train_benchmark_smoke(tmp_path):
     assert "keep me" in text and "## Training step: sum vs PCGrad (minilm, cpu)" in text
     for method in ("sum (one backward)", "sum + telemetry", "pcgrad"):
         row = next(line for line in text.splitlines() if line.startswith(f"| {method} |"))
-        ms = float(row.split("|")[2])
+        ms, per_s = float(row.split("|")[2]), float(row.split("|")[3])
         assert ms > 0
+        # batch 2 x 3 tasks per step; the table rounds ms to an integer and examples/s to 0.1
+        assert 6000 / (ms + 0.5) - 0.05 <= per_s <= 6000 / max(ms - 0.5, 1e-9) + 0.05
