@@ -10,7 +10,6 @@ import os
 import re
 import tempfile
 import threading
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,18 +110,9 @@ def check_text(text, what: str = "sentence") -> str:
     return text
 
 
-_COUNTERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
 def token_count(tokenizer, a: str, b: str | None = None) -> int:
     """Tokens of the input before truncation, [CLS]/[SEP] included."""
-    counter = _COUNTERS.get(tokenizer)
-    if counter is None:  # a copy of the tokenizer that never truncates, made once per tokenizer
-        from tokenizers import Tokenizer as HFTokenizer
-        counter = HFTokenizer.from_str(tokenizer._tk.to_str())
-        counter.no_truncation()
-        _COUNTERS[tokenizer] = counter
-    return len(counter.encode(a, b).ids if b is not None else counter.encode(a).ids)
+    return tokenizer.count(a, b)
 
 
 def truncation_note(tokenizer, texts: dict[str, str], joint: bool = False) -> str | None:
@@ -195,7 +185,7 @@ def attention(model, tokenizer, a: str, b: str | None = None) -> AttentionView:
     a = check_text(a, "first sentence" if b is not None else "sentence")
     if b is not None:
         b = check_text(b, "second sentence")
-    enc = tokenizer._tk.encode(a, b) if b is not None else tokenizer._tk.encode(a)
+    enc = tokenizer.encode_one(a, b)
     ids = torch.tensor([enc.ids])
     types = torch.tensor([enc.type_ids])
     encoder = getattr(model, "encoder", model)

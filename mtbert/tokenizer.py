@@ -20,6 +20,7 @@ class Tokenizer:
 
     def __init__(self, tk: _HFTokenizer, max_length: int = DEFAULT_MAX_LENGTH):
         self._tk = tk
+        self._counter: _HFTokenizer | None = None
         self.max_length = max_length
         self.pad_id = tk.token_to_id("[PAD]") if tk.token_to_id("[PAD]") is not None else 0
         self.vocab_size = tk.get_vocab_size()
@@ -42,6 +43,18 @@ class Tokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         return self._tk.encode(text).tokens
+
+    def encode_one(self, a: str, b: str | None = None):
+        """One sentence, or a pair as [CLS] a [SEP] b [SEP], truncated: a `tokenizers.Encoding`
+        (tokens, ids, type_ids) for views that show the tokens themselves."""
+        return self._tk.encode(a, b) if b is not None else self._tk.encode(a)
+
+    def count(self, a: str, b: str | None = None) -> int:
+        """Tokens of the input before truncation, [CLS]/[SEP] included."""
+        if self._counter is None:  # a copy that never truncates, made once
+            self._counter = _HFTokenizer.from_str(self._tk.to_str())
+            self._counter.no_truncation()
+        return len((self._counter.encode(a, b) if b is not None else self._counter.encode(a)).ids)
 
     def encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Encode a batch: `texts` alone, or `(texts[i], pairs[i])` as `[CLS] a [SEP] b [SEP]`."""

@@ -13,11 +13,7 @@ import csv
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -25,6 +21,7 @@ import pytest
 from playwright.sync_api import expect
 
 from mtbert import runs
+from streamlit_server import streamlit_app
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -36,12 +33,6 @@ pytestmark = pytest.mark.slow
 
 if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
     pytest.skip("no /usr/bin/chromium (apt-get install -y chromium); CI must have it", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -77,37 +68,14 @@ def tiny_data(tmp_path_factory) -> Path:
 def studio(tmp_path_factory, js_dir):
     """A real `streamlit run app.py` on a free port, with its own empty runs folder."""
     runs_dir = tmp_path_factory.mktemp("runs")
-    port = free_port()
     env = {**os.environ, "MTBERT_RUNS_DIR": str(runs_dir), "MTBERT_BERTVIZ_JS": str(js_dir)}
-    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true",
-                             "--browser.gatherUsageStats", "false"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            log.seek(0)
-            pytest.fail(f"streamlit did not come up:\n{log.read()[-3000:]}")
-        time.sleep(0.5)
-    yield url, runs_dir
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with streamlit_app(env, tmp_path_factory.mktemp("log") / "streamlit.log", start_timeout=60) as url:
+        yield url, runs_dir
     # a run the test started and left behind must not outlive it
     from mtbert import lock
     owner = lock.read_lock(runs_dir / ".lock")
     if owner:
         os.kill(owner["pid"], 15)
-    log.close()
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -29,6 +25,7 @@ from mtbert import playground as pg
 from mtbert.checkpoint import load_encoder, save_checkpoint
 from mtbert.config import TrainConfig
 from mtbert.model import ModelConfig, MultitaskBert
+from streamlit_server import streamlit_app
 
 REPO = Path(__file__).resolve().parents[1]
 SESSIONS = 8
@@ -47,12 +44,6 @@ PAIRS = [("How do I learn to cook?", "What is the best way to learn cooking?"),
          ("Can I learn Python in a month?", "Where do penguins live?")]
 FINISHED = ForwardMsg.ScriptFinishedStatus.Value("FINISHED_SUCCESSFULLY")
 TIMEOUT = 300  # seconds for one page run; generous for a loaded machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_checkpoint(tiny_base: Path, folder: Path, seed: int) -> None:
@@ -79,33 +70,8 @@ def studio(tmp_path_factory, tiny_base):
     (root / "no-shipped").mkdir()
     env = {**os.environ, "MTBERT_RUNS_DIR": str(root / "runs"), "MTBERT_CHECKPOINTS_DIR": str(root / "no-shipped")}
     env.pop("MTBERT_HUB_CHECKPOINT", None)
-    port = free_port()
-    log = open(root / "streamlit.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true",
-                             "--browser.gatherUsageStats", "false"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            log.seek(0)
-            proc.kill()
-            pytest.fail(f"streamlit did not come up:\n{log.read()[-3000:]}")
-        time.sleep(0.5)
-    yield url, root / "runs"
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+    with streamlit_app(env, root / "streamlit.log") as url:
+        yield url, root / "runs"
 
 
 class Session:

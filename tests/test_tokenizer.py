@@ -132,3 +132,15 @@ def test_dynamic_padding_and_attention_mask(ours, reference):
 def test_mismatched_pair_lengths_fail(ours):
     with pytest.raises(ValueError, match="2 first sentences but 1 second"):
         ours.encode(["a", "b"], ["c"])
+
+
+def test_encode_one_and_untruncated_count(ours, reference):
+    long_b = "why " * 200
+    one = ours.encode_one("How old are you?", long_b)
+    batch = ours.encode(["How old are you?"], [long_b])
+    assert one.ids == batch["input_ids"][0].tolist() and one.type_ids == batch["token_type_ids"][0].tolist()
+    assert one.tokens[0] == "[CLS]" and len(one.ids) == 128  # truncated like training
+    # count sees the whole input, as the reference tokenizer does without truncation
+    assert ours.count("How old are you?", long_b) == len(reference("How old are you?", long_b)["input_ids"]) > 128
+    assert ours.count(LONG) == len(reference(LONG)["input_ids"])
+    assert ours.encode_one(LONG).ids == ours.encode([LONG])["input_ids"][0].tolist()  # counting left truncation on
