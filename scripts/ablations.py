@@ -83,11 +83,14 @@ def main(argv=None) -> int:
     header = ["variant", "Paraphrase acc", "SST acc", "STS corr", "Average", "steps",
               "steps with a conflict", "projections", "mean gradient cosine"]
     table = markdown_table(header, rows)
+    calibration = (" The Quora threshold (`calibrate_para`) is fitted on the same dev pairs it is scored on, "
+                   "alike for every variant." if base.get("calibrate_para") else "")
     body = (f"{table}\n\nEach run: the base configuration `{_shown(args.config)}` with one setting "
             f"changed, {args.budget:.0f} s of training on {args.subset} train examples per task, scored on the same "
             f"{args.eval_subset} dev examples per task (best of the evaluations). Conflicts and cosines are "
-            f"measured on the shared encoder's gradients every step (PCGrad projects only in its own run; `sum` "
-            f"and round-robin runs report what PCGrad would have seen).\n\nMachine: {machine('cpu')}. "
+            f"measured on the shared encoder's gradients every step (PCGrad projects only in the runs that use it; the `sum` "
+            f"run reports what PCGrad would have seen; a round-robin step holds one task, so it has no pairs to "
+            f"compare).{calibration}\n\nMachine: {machine('cpu')}. "
             f"Measured {today()}.\n\nCommand: `python scripts/ablations.py "
             f"{' '.join(argv if argv is not None else sys.argv[1:])}`")
     print(table)

@@ -45,8 +45,15 @@ def main(argv=None) -> int:
     dev_evals = [e for e in evals if e["split"] == "dev"]
     calibrated = any("para_acc_uncalibrated" in e for e in dev_evals)
     extra = [("para_acc_uncalibrated", "Paraphrase acc at 0.5")] if calibrated else []
+    best_file = run / "best" / "metrics.json"
+    best_step = json.loads(best_file.read_text()).get("step") if best_file.is_file() else None
+    final = dev_evals[-1] if dev_evals and dev_evals[-1].get("full") and status.get("results") else None
+
+    def step_label(e: dict) -> str:  # the closing full-dev evaluation scores the best checkpoint
+        return f"{e['step']} (best checkpoint: step {best_step})" if e is final and best_step else str(e["step"])
+
     curve = markdown_table(["training time (min)", "step", "dev examples", *[t for _, t in COLS + tuple(extra)]],
-                           [[f"{e['train_time_s'] / 60:.1f}", str(e["step"]),
+                           [[f"{e['train_time_s'] / 60:.1f}", step_label(e),
                              "all" if e.get("full") else f"≤ {max(e.get('examples', {}).values() or [0])} per task",
                              *[fmt(e, k) for k, _ in COLS + tuple(extra)]] for e in dev_evals])
     dev = res.get("dev", {})

@@ -1,0 +1,34 @@
+"""scripts/report_run.py turns a real run folder into the results section, numbers read, not retyped."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from mtbert.train import Trainer
+from test_train import tiny_cfg
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_report_of_a_calibrated_run(tiny_base, tmp_path):
+    run = tmp_path / "runs" / "r"
+    cfg = tiny_cfg(tiny_base, epochs=2, calibrate_para=True, eval_subset=6, full_eval_at_s=[1e-6])
+    assert Trainer(cfg, run, progress=False).run() == "finished"
+    out = tmp_path / "results.md"
+    out.write_text("# Results\n\n## Other\n\nkeep me\n")
+    r = subprocess.run([sys.executable, "scripts/report_run.py", str(run), "--section", "Recipe X", "--out", str(out),
+                        "--command", "python -m mtbert train --config c.yaml", "--wall", "0:01:02"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert "keep me" in text and "## Recipe X" in text and "wall time 0:01:02" in text
+    results = json.loads((run / "status.json").read_text())["results"]
+    for name in ("train", "dev"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name.capitalize()} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")][1:]
+        assert cells == [f"{results[name][k]:.3f}" for k in ("para_acc", "sst_acc", "sts_corr", "average")]
+    dev = results["dev"]
+    assert f"on the {dev['para_heldout_examples']} dev pairs the fit never saw: {dev['para_acc_heldout']:.3f}" in text
+    best_step = json.loads((run / "best" / "metrics.json").read_text())["step"]
+    assert f"(best checkpoint: step {best_step})" in text
+    assert "Paraphrase acc at 0.5" in text
