@@ -80,8 +80,7 @@ def fit_para_offset(probs: np.ndarray, labels) -> float:
     y = np.asarray(labels, dtype=np.float64) > 0.5
     if len(y) == 0 or y.all() or not y.any():
         return 0.0
-    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
-    logit = np.log(p) - np.log1p(-p)
+    logit = _logit(probs)
     order = np.argsort(logit)
     s, ys = logit[order], y[order]
     # predicting "duplicate" for everything above cut k: correct = negatives below + positives above
@@ -96,9 +95,19 @@ def fit_para_offset(probs: np.ndarray, labels) -> float:
     return float(-threshold)
 
 
-def shift_para_probs(probs: np.ndarray, offset: float) -> np.ndarray:
+def _logit(probs) -> np.ndarray:
     p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
-    return 1.0 / (1.0 + np.exp(-(np.log(p) - np.log1p(-p) + offset)))
+    return np.log(p) - np.log1p(-p)
+
+
+def shift_para_probs(probs: np.ndarray, offset: float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-(_logit(probs) + offset)))
+
+
+def seed_average(m: dict) -> float:
+    """The seed's Average: the mean of the task scores present."""
+    main = [m[k] for k in ("para_acc", "sst_acc", "sts_corr") if k in m and not math.isnan(m[k])]
+    return float(np.mean(main)) if main else float("nan")
 
 
 def evaluate(model, tokenizer, data: dict[str, list[Example]], batch_size: int = 64, device="cpu",
@@ -125,8 +134,7 @@ def evaluate(model, tokenizer, data: dict[str, list[Example]], batch_size: int =
         if raw_out is not None:
             raw_out[task] = raw
         out.update(task_metrics(task, raw, examples))
-    main = [out[k] for k in ("para_acc", "sst_acc", "sts_corr") if k in out and not math.isnan(out[k])]
-    out["average"] = float(np.mean(main)) if main else float("nan")
+    out["average"] = seed_average(out)
     return out
 
 

@@ -25,7 +25,7 @@ from . import lock
 from .checkpoint import load_base, load_checkpoint, save_checkpoint
 from .config import CHOICES, PRESETS, TrainConfig  # noqa: F401  (re-exported for the studio)
 from .data import SAMPLE_DIR, Example, load_split, make_batch
-from .evaluate import evaluate, shift_para_probs
+from .evaluate import evaluate, seed_average, shift_para_probs
 from .gradients import make_method
 from .io import JsonlWriter, atomic_write_json
 from .model import TASKS, ModelConfig, MultitaskBert
@@ -324,8 +324,7 @@ class Trainer:
                      calibrate_para=calibrate and self.cfg.calibrate_para, raw_out=raw)
         if extra:
             m.update(extra)
-            main = [m[k] for k in ("para_acc", "sst_acc", "sts_corr") if k in m and m[k] == m[k]]
-            m["average"] = float(np.mean(main)) if main else float("nan")
+            m["average"] = seed_average(m)
         self._record({"type": "eval", "split": split, "step": self.step, "epoch": self.epoch, "time": time.time(),
                       "train_time_s": self.train_time, "full": full, "examples": sizes,
                       **m})
