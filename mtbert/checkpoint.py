@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .bert import BertConfig, BertModel
-from .io import finite, fsync_path
+from .io import atomic_write_bytes, finite, fsync_path
 from .model import ModelConfig, MultitaskBert
 from .tokenizer import DEFAULT_MAX_LENGTH, Tokenizer
 
@@ -245,6 +245,19 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[MultitaskBer
     meta["metrics"] = _read_json(folder / "metrics.json", {})
     meta["path"] = str(folder)
     return model.to(device).eval(), tok, meta
+
+
+def set_para_logit_offset(folder: str | Path, offset: float) -> None:
+    """Store a fitted Quora threshold in a checkpoint's mtbert.json (atomically; weights untouched)."""
+    path = Path(folder) / "mtbert.json"
+    try:
+        meta = json.loads(path.read_text())
+        meta["model"]["para_logit_offset"] = float(offset)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{folder}: not an mtbert checkpoint (no mtbert.json)") from e
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: unusable ({e})") from e
+    atomic_write_bytes(path, (json.dumps(finite(meta), indent=2, sort_keys=True) + "\n").encode())
 
 
 def _read_json(path: Path, default):

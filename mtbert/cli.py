@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -141,6 +142,46 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _add_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="fit a checkpoint's Quora duplicate threshold on labelled pairs",
+                       description="Fit the Quora decision threshold of a checkpoint trained without "
+                                   "calibrate_para: on --fit randomly picked labelled pairs of --input, "
+                                   "scored on the rest, then stored in the checkpoint's mtbert.json "
+                                   "(weights untouched). Use dev pairs, never test pairs.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (it is updated in place)")
+    p.add_argument("--input", required=True, help="labelled CS224N Quora file, e.g. quora-dev.csv")
+    p.add_argument("--fit", type=int, default=2000, help="pairs to fit on (default: 2000); the rest are held out")
+    p.add_argument("--seed", type=int, default=0, help="which pairs are picked (default: 0)")
+    p.add_argument("--dry-run", action="store_true", help="report, but do not write the checkpoint")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=_cmd_calibrate)
+
+
+def _cmd_calibrate(args) -> int:
+    from .checkpoint import CheckpointError, load_checkpoint, set_para_logit_offset
+    from .data import DataError, read_task_file
+    from .evaluate import calibrate_para
+    try:
+        if not Path(args.checkpoint).is_dir():
+            raise CheckpointError(f"{args.checkpoint}: not a checkpoint folder (calibrate writes into one)")
+        examples, report = read_task_file("para", args.input, labelled=True)
+        print(f"[data] {report.summary()}", file=sys.stderr)
+        model, tok, _ = load_checkpoint(args.checkpoint)
+        r = calibrate_para(model, tok, examples, args.fit, args.seed, args.batch_size)
+        if not args.dry_run:
+            set_para_logit_offset(args.checkpoint, r["offset"])
+    except (CheckpointError, DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    threshold = 1 / (1 + math.exp(r["offset"]))
+    print(f"fitted on {r['fit_pairs']} pairs: duplicate when P >= {threshold:.3f} (logit offset {r['offset']:+.3f}; "
+          f"was {r['previous_offset']:+.3f})")
+    print(f"accuracy on the {r['heldout_pairs']} held-out pairs: {r['acc_heldout']:.3f} fitted, "
+          f"{r['acc_heldout_previous']:.3f} before, {r['acc_heldout_at_0.5']:.3f} at 0.5")
+    print("dry run: checkpoint not changed" if args.dry_run else f"stored in {Path(args.checkpoint) / 'mtbert.json'}")
+    return 0
+
+
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="write id,prediction CSV for a CS224N file",
                        description="Predict one task for every usable row of a CS224N file (labelled or not). "
@@ -176,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_evaluate(sub)
+    _add_calibrate(sub)
     _add_predict(sub)
     data = sub.add_parser("data", help="data commands (fetch, check)", description="Data commands.")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")

@@ -46,6 +46,7 @@ class TrainConfig:
     batch_size: int = 8
     lr: float = 1e-5
     head_lr: float | None = None  # None: same as lr
+    layer_lr_decay: float = 1.0  # encoder layer l of L gets lr * decay^(L-1-l), the embeddings lr * decay^L
     optimizer: str = "adam"
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -116,6 +117,9 @@ class TrainConfig:
             if v is not None and not (isinstance(v, (int, float)) and v > 0):
                 raise ValueError(f"setting {name}={v!r} is not allowed; allowed values: a number > 0"
                                  + (" or none" if name != "lr" else ""))
+        if not (isinstance(self.layer_lr_decay, (int, float)) and 0.0 < self.layer_lr_decay <= 1.0):
+            raise ValueError(f"setting layer_lr_decay={self.layer_lr_decay!r} is not allowed; "
+                             "allowed values: 0 < layer_lr_decay <= 1 (1: one lr for the whole encoder)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"setting dropout={self.dropout} is not allowed; allowed values: 0 <= dropout < 1")
         if self.weight_decay < 0 or self.warmup_steps < 0:

@@ -104,6 +104,30 @@ def shift_para_probs(probs: np.ndarray, offset: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(_logit(probs) + offset)))
 
 
+def calibrate_para(model, tokenizer, examples: list[Example], fit: int, seed: int = 0, batch_size: int = 64,
+                   device="cpu") -> dict:
+    """Fit model.cfg.para_logit_offset on `fit` labelled Quora pairs (a seeded random pick) and
+    score the fitted threshold on the pairs the fit never saw: for a checkpoint trained without
+    `calibrate_para`. Sets the offset on the model; returns what it measured."""
+    if not 0 < fit < len(examples):
+        raise ValueError(f"fit={fit} is not allowed; allowed values: 1..{len(examples) - 1} "
+                         f"(there are {len(examples)} labelled pairs and some must be held out)")
+    previous = model.cfg.para_logit_offset
+    model.cfg.para_logit_offset = 0.0
+    raw = predict_raw(model, tokenizer, "para", examples, batch_size, device)
+    y = np.array([e.label for e in examples], dtype=np.float64) > 0.5
+    picked = np.zeros(len(examples), dtype=bool)
+    picked[np.random.default_rng(seed).permutation(len(examples))[:fit]] = True
+    offset = fit_para_offset(raw[picked], y[picked])
+    model.cfg.para_logit_offset = offset
+    acc = lambda probs, mask: float(((probs[mask] > 0.5) == y[mask]).mean())
+    shifted = shift_para_probs(raw, offset)
+    return {"offset": offset, "previous_offset": previous, "fit_pairs": int(picked.sum()),
+            "heldout_pairs": int((~picked).sum()), "acc_fit": acc(shifted, picked),
+            "acc_heldout": acc(shifted, ~picked), "acc_heldout_at_0.5": acc(raw, ~picked),
+            "acc_heldout_previous": acc(shift_para_probs(raw, previous), ~picked)}
+
+
 def seed_average(m: dict) -> float:
     """The seed's Average: the mean of the task scores present."""
     main = [m[k] for k in ("para_acc", "sst_acc", "sts_corr") if k in m and not math.isnan(m[k])]

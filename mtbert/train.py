@@ -137,6 +137,27 @@ def lr_lambda(cfg: TrainConfig, total_steps: int, clock=None):
     return f
 
 
+def encoder_groups(encoder, lr: float, decay: float = 1.0) -> list[dict]:
+    """Optimizer groups for the trainable encoder weights, the top layer first (its lr is the one logged).
+
+    decay < 1 is layer-wise lr decay: layer l of L gets lr * decay^(L-1-l) and the embeddings
+    lr * decay^L, so the lower layers keep more of what pre-training put there. decay == 1 keeps
+    one group (the layout that runs saved before this setting existed resume into).
+    """
+    trainable = lambda mod: [p for p in mod.parameters() if p.requires_grad]
+    if decay == 1.0:
+        params = trainable(encoder)
+        return [{"params": params, "lr": lr}] if params else []
+    L = len(encoder.layers)
+    parts = [(encoder.layers[l], lr * decay ** (L - 1 - l)) for l in reversed(range(L))]
+    parts.append((encoder.embeddings, lr * decay ** L))
+    seen = {id(p) for mod, _ in parts for p in mod.parameters()}
+    rest = [p for p in trainable(encoder) if id(p) not in seen]  # the pooler sits above the top layer
+    groups = [{"params": rest, "lr": lr}] if rest else []
+    groups += [{"params": trainable(mod), "lr": g_lr} for mod, g_lr in parts if trainable(mod)]
+    return groups
+
+
 def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("setting device=cuda is not allowed here: no CUDA device found; allowed values: auto, cpu")
@@ -219,9 +240,8 @@ class Trainer:
 
         enc = [p for p in self.model.encoder.parameters() if p.requires_grad]
         heads = [p for h in self.model.heads().values() for p in h.parameters()]
-        groups = [{"params": heads, "lr": cfg.head_lr or cfg.lr}]
-        if enc:
-            groups.insert(0, {"params": enc, "lr": cfg.lr})
+        groups = encoder_groups(self.model.encoder, cfg.lr, cfg.layer_lr_decay)
+        groups.append({"params": heads, "lr": cfg.head_lr or cfg.lr})
         opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[cfg.optimizer]
         extra = {"fused": True} if self.device.type == "cuda" else {}
         self.opt = opt_cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)

@@ -289,3 +289,35 @@ def test_hub_source_fetches_only_the_needed_files(monkeypatch, tiny_base, tmp_pa
     assert calls["allow"] == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                               "vocab.txt"]  # safetensors preferred; no TF/Flax/Rust/CoreML weights
     assert enc.config.hidden_size == 32 and tok.vocab_size == 30522
+
+
+def test_calibrate_command_fits_on_a_random_pick_scores_the_rest_and_stores_only_the_offset(tiny_base, tmp_path,
+                                                                                            capsys):
+    from mtbert.cli import main
+    from mtbert.data import read_task_file
+    model, tok = model_for(tiny_base, pooling="mean", para_features="concat_diff_prod")
+    ck = save_checkpoint(model, tok, tmp_path / "ck", base=str(tiny_base))
+    quora = Path(__file__).resolve().parents[1] / "data" / "sample" / "quora-dev.csv"
+    ex, _ = read_task_file("para", quora, labelled=True)
+    weights = (ck / "model.safetensors").read_bytes()
+    args = ["calibrate", "--checkpoint", str(ck), "--input", str(quora), "--fit", "120", "--seed", "5"]
+
+    assert main(args + ["--dry-run"]) == 0
+    assert "dry run" in capsys.readouterr().out
+    assert load_checkpoint(ck)[0].cfg.para_logit_offset == 0.0
+
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    off = load_checkpoint(ck)[0].cfg.para_logit_offset
+    assert (ck / "model.safetensors").read_bytes() == weights
+    # the same fit, by hand: the seeded pick, the optimal offset on it, accuracy on the rest
+    raw, y = predict_raw(model, tok, "para", ex), np.array([e.label for e in ex]) > 0.5
+    pick = np.zeros(len(ex), bool)
+    pick[np.random.default_rng(5).permutation(len(ex))[:120]] = True
+    assert off == pytest.approx(fit_para_offset(raw[pick], y[pick]))
+    held = float(((shift_para_probs(raw, off)[~pick] > 0.5) == y[~pick]).mean())
+    assert f"accuracy on the {len(ex) - 120} held-out pairs: {held:.3f} fitted" in out
+    assert f"(logit offset {off:+.3f}; was +0.000)" in out
+
+    assert main(args[:-4] + ["--fit", str(len(ex))]) == 1
+    assert f"fit={len(ex)} is not allowed; allowed values: 1..{len(ex) - 1}" in capsys.readouterr().err

@@ -112,7 +112,7 @@ def test_calibrated_quora_threshold_is_fitted_on_the_subset_and_reported_on_the_
 
 
 def test_stop_then_resume_gives_the_same_losses_as_an_uninterrupted_run(tiny_base, tmp_path):
-    cfg = tiny_cfg(tiny_base, epochs=2, lr_decay="linear", warmup_steps=2, bucket=True)
+    cfg = tiny_cfg(tiny_base, epochs=2, lr_decay="linear", warmup_steps=2, bucket=True, layer_lr_decay=0.8)
     full = tmp_path / "runs" / "full"
     Trainer(cfg, full, progress=False).run()
     part = tmp_path / "runs" / "part"
@@ -187,6 +187,28 @@ def test_frozen_mode_trains_heads_only(tiny_base, tmp_path):
     for name in ("sst_head", "para_head", "sts_head"):
         assert not torch.equal(getattr(initial, name).weight, getattr(model, name).weight), name
     assert meta["base_model"] == str(tiny_base)
+
+
+def test_layer_lr_decay_gives_each_layer_its_own_learning_rate(tiny_base, tmp_path):
+    cfg = tiny_cfg(tiny_base, max_steps=2, lr=1e-3, head_lr=5e-3, layer_lr_decay=0.5, freeze_word_embeddings=True)
+    assert Trainer(cfg, tmp_path / "runs" / "lld", progress=False).run() == "finished"
+    t = Trainer(cfg, tmp_path / "runs" / "lld2", progress=False)
+    t._setup()  # the optimizer as built (run() swaps in the best checkpoint's weights at the end)
+    lr_of = {id(p): g["initial_lr"] for g in t.opt.param_groups for p in g["params"]}
+    enc = t.model.encoder
+    L = len(enc.layers)
+    assert L >= 2
+    for l, layer in enumerate(enc.layers):
+        assert {lr_of[id(p)] for p in layer.parameters()} == {1e-3 * 0.5 ** (L - 1 - l)}
+    assert id(enc.embeddings.word_embeddings.weight) not in lr_of  # frozen: in no group
+    assert {lr_of[id(p)] for n, p in enc.embeddings.named_parameters() if p.requires_grad} == {1e-3 * 0.5 ** L}
+    assert {lr_of[id(p)] for h in t.model.heads().values() for p in h.parameters()} == {5e-3}
+    n_trainable = sum(1 for p in t.model.parameters() if p.requires_grad)
+    assert len(lr_of) == n_trainable == sum(len(g["params"]) for g in t.opt.param_groups)  # each once
+    first = next(r for r in steps(tmp_path / "runs" / "lld").values())
+    assert first["lr"] == 1e-3  # the logged lr is the top layer's
+    with pytest.raises(ValueError, match="layer_lr_decay=1.5 is not allowed; allowed values: 0 < layer_lr_decay <= 1"):
+        tiny_cfg(tiny_base, layer_lr_decay=1.5)
 
 
 def test_round_robin_and_task_subset(tiny_base, tmp_path):
