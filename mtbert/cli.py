@@ -26,18 +26,25 @@ def _add_train(sub) -> None:
         default = f.default if not callable(getattr(f, "default_factory", None)) else f.default_factory()
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         if f.name in CHOICES:
-            g.add_argument(flag, dest=f.name, choices=CHOICES[f.name], default=None, help=f"default: {default}")
+            g.add_argument(flag, dest=f.name, choices=CHOICES[f.name], default=argparse.SUPPRESS,
+                           help=f"default: {default}")
         elif "bool" in kind:
-            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=f"default: {default}")
         elif f.name == "tasks":
-            g.add_argument(flag, dest="tasks", default=None, help="comma-separated subset of sst,para,sts "
-                                                                  "(default: all three)")
+            g.add_argument(flag, dest="tasks", default=argparse.SUPPRESS,
+                           help="comma-separated subset of sst,para,sts (default: all three)")
         else:
             conv = int if kind.startswith("int") else float if kind.startswith("float") else str
-            g.add_argument(flag, dest=f.name, type=_optional(conv), default=None,
+            g.add_argument(flag, dest=f.name, type=_optional(conv), default=argparse.SUPPRESS,
                            help=f"default: {default}" + (" ('none' for no limit)" if "None" in kind else ""))
     p.set_defaults(func=_cmd_train, _fields=[f.name for f in fields(TrainConfig)])
+
+
+def given_settings(args) -> dict:
+    """The settings flags given on the command line, and only those (argparse.SUPPRESS keeps the
+    others out), so `--time-budget-s none` clears a value the config file set."""
+    return {k: v for k, v in vars(args).items() if k in args._fields}
 
 
 def _optional(conv):
@@ -52,7 +59,7 @@ def _cmd_train(args) -> int:
 
     from .config import TrainConfig, read_config_file
     from .train import Trainer, TrainingError, new_run_dir
-    flags = {k: getattr(args, k) for k in args._fields if getattr(args, k) is not None}
+    flags = given_settings(args)
     try:
         if args.resume:
             run_dir = Path(args.resume)

@@ -251,14 +251,18 @@ def test_invalid_settings_name_the_setting_and_allowed_values(bad, needle):
 
 
 def test_cli_settings_from_yaml_and_flags(tmp_path):
-    (tmp_path / "c.yaml").write_text("lr: 2.0e-5\ngradient_method: pcgrad\ntasks: [sst, sts]\n")
-    from mtbert.cli import build_parser
-    args = build_parser().parse_args(["train", "--config", str(tmp_path / "c.yaml"), "--lr", "3e-5"])
+    (tmp_path / "c.yaml").write_text("lr: 2.0e-5\ngradient_method: pcgrad\ntasks: [sst, sts]\n"
+                                     "time_budget_s: 600\neval_every_s: 60\nbucket: true\n")
+    from mtbert.cli import build_parser, given_settings
     from mtbert.config import read_config_file
-    merged = {**read_config_file(args.config), **{k: getattr(args, k) for k in args._fields
-                                                   if getattr(args, k) is not None}}
-    cfg = TrainConfig.from_dict(merged)
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "c.yaml"), "--lr", "3e-5",
+                                      "--time-budget-s", "none", "--no-bucket", "--layer-lr-decay", "0.9"])
+    flags = given_settings(args)
+    assert flags == {"lr": 3e-5, "time_budget_s": None, "bucket": False, "layer_lr_decay": 0.9}
+    cfg = TrainConfig.from_dict({**read_config_file(args.config), **flags})
     assert cfg.lr == 3e-5 and cfg.gradient_method == "pcgrad" and cfg.tasks == ["sst", "sts"]
+    # 'none' clears the file's budget; what was not given keeps the file's value
+    assert cfg.time_budget_s is None and cfg.eval_every_s == 60 and cfg.bucket is False
     r = subprocess.run([sys.executable, "-m", "mtbert", "train", "--schedule", "zigzag"],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "parallel" in r.stderr and "round-robin" in r.stderr
