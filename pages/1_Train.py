@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from mtbert import runs
+from mtbert import charts, runs
 from mtbert.config import PRESETS
 from mtbert.data import SAMPLE_DIR, SHARED_DIR, DataError, TASKS
 
@@ -167,12 +167,12 @@ def monitor(run_dir: Path) -> None:
                 st.error(str(e))
     records = tail.records
     left, right = st.columns(2)
-    left.plotly_chart(runs.loss_figure(records), key="loss_chart")
-    right.plotly_chart(runs.dev_figure(records), key="dev_chart")
+    left.plotly_chart(charts.loss_figure(records), key="loss_chart")
+    right.plotly_chart(charts.dev_figure(records), key="dev_chart")
     if any(r.get("type") == "step" and "conflicts" in r for r in records):
         left, right = st.columns(2)
-        left.plotly_chart(runs.pcgrad_figure(records), key="pcgrad_chart")
-        right.plotly_chart(runs.cosine_figure(records), key="cosine_chart")
+        left.plotly_chart(charts.pcgrad_figure(records), key="pcgrad_chart")
+        right.plotly_chart(charts.cosine_figure(records), key="cosine_chart")
 
 
 monitor(watch)

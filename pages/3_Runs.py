@@ -2,7 +2,7 @@
 Hugging Face Hub, and deleting old runs."""
 import streamlit as st
 
-from mtbert import runs
+from mtbert import charts, runs
 from mtbert.hub import HubError
 
 st.set_page_config(page_title="Runs · mtbert", layout="wide")
@@ -24,8 +24,8 @@ chosen = st.multiselect("Runs to overlay", names, default=names[:3], key="overla
 if chosen:
     records = {n: runs.read_metrics(runs.runs_dir() / n)[0] for n in chosen}
     left, right = st.columns(2)
-    left.plotly_chart(runs.overlay_figure(records, "loss"), key="overlay_loss")
-    right.plotly_chart(runs.overlay_figure(records, "dev"), key="overlay_dev")
+    left.plotly_chart(charts.overlay_figure(records, "loss"), key="overlay_loss")
+    right.plotly_chart(charts.overlay_figure(records, "dev"), key="overlay_dev")
 
 st.subheader("Push a checkpoint to the Hugging Face Hub")
 pushable = [c for c in runs.list_checkpoints() if c.kind in ("run", "shipped")]

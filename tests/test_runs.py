@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mtbert import lock, runs
+from mtbert import charts, lock, runs
 from mtbert.config import PRESETS, TrainConfig
 
 
@@ -326,28 +326,28 @@ def test_progress_line():
 
 def test_charts_carry_the_runs_numbers():
     recs = [step(i, conflicts=i % 2, projections=2 * (i % 2)) for i in range(1, 5)] + [evaluation(4, average=0.6)]
-    loss = runs.loss_figure(recs)
+    loss = charts.loss_figure(recs)
     by_name = {t.name: t for t in loss.data}
     assert list(by_name["sst raw"].y) == pytest.approx([1.5, 1.4, 1.3, 1.2])
     assert by_name["sst smoothed"].y[0] == pytest.approx(1.5)  # bias-corrected EMA starts at the first value
-    pc = {t.name: t for t in runs.pcgrad_figure(recs).data}
+    pc = {t.name: t for t in charts.pcgrad_figure(recs).data}
     assert list(pc["conflicting pairs"].y) == [1, 0, 1, 0]
     assert list(pc["conflicts, running total"].y) == [1, 1, 2, 2]
     assert list(pc["projections, running total"].y) == [2, 2, 4, 4]
-    cos = {t.name: list(t.y) for t in runs.cosine_figure(recs).data}
+    cos = {t.name: list(t.y) for t in charts.cosine_figure(recs).data}
     assert cos["sst/para"] == [-0.1] * 4
-    dev = {t.name: list(t.y) for t in runs.dev_figure(recs).data}
+    dev = {t.name: list(t.y) for t in charts.dev_figure(recs).data}
     assert dev["Average"] == [0.6]
-    over = runs.overlay_figure({"a": recs, "b": recs[:2]}, "loss")
+    over = charts.overlay_figure({"a": recs, "b": recs[:2]}, "loss")
     assert [len(t.x) for t in over.data] == [4, 2]
     with pytest.raises(ValueError, match="kind='x' is not allowed"):
-        runs.overlay_figure({}, "x")
+        charts.overlay_figure({}, "x")
     many = [step(i) for i in range(1, 5001)]
-    assert len(runs.loss_figure(many).data[0].x) <= runs.MAX_POINTS  # thinned for the browser
+    assert len(charts.loss_figure(many).data[0].x) <= charts.MAX_POINTS  # thinned for the browser
 
 
 def test_ema_matches_its_definition():
-    assert runs.ema([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
+    assert charts.ema([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
     s1 = 0.1 * 1.0
     s2 = 0.9 * s1 + 0.1 * 3.0
-    assert runs.ema([1.0, 3.0]) == pytest.approx([1.0, s2 / (1 - 0.81)])
+    assert charts.ema([1.0, 3.0]) == pytest.approx([1.0, s2 / (1 - 0.81)])

@@ -1,0 +1,143 @@
+"""The Train and Runs pages' charts of a run's metrics.jsonl records (plotly figures, no Streamlit)."""
+from __future__ import annotations
+
+import math
+
+from .report import SEED_COLUMNS
+from .runs import _num
+
+MAX_POINTS = 1500  # per chart series
+_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def ema(values: list[float], alpha: float = 0.9) -> list[float]:
+    """Exponential moving average, bias-corrected so the first points are not pulled to zero."""
+    out, s = [], 0.0
+    for i, v in enumerate(values, 1):
+        s = alpha * s + (1 - alpha) * v
+        out.append(s / (1 - alpha ** i))
+    return out
+
+
+def step_series(records: list[dict], key: str) -> dict[str, tuple[list, list]]:
+    """name -> (steps, values) for a per-task/per-pair dict field of step records (loss, cos, grad_norm)."""
+    out: dict[str, tuple[list, list]] = {}
+    for r in records:
+        if r.get("type") != "step" or not isinstance(r.get(key), dict):
+            continue
+        for name, v in r[key].items():
+            if _num(v) is not None:
+                xs, ys = out.setdefault(name, ([], []))
+                xs.append(r.get("step"))
+                ys.append(float(v))
+    return out
+
+
+def loss_figure(records: list[dict], alpha: float = 0.9):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for i, (task, (xs, ys)) in enumerate(step_series(records, "loss").items()):
+        color = _COLORS[i % len(_COLORS)]
+        xs, ys, smooth = _thin(xs, ys, ema(ys, alpha))
+        fig.add_scatter(x=xs, y=ys, name=f"{task} raw", mode="lines", line=dict(color=color, width=1),
+                        opacity=0.35, legendgroup=task)
+        fig.add_scatter(x=xs, y=smooth, name=f"{task} smoothed", mode="lines",
+                        line=dict(color=color, width=2.5), legendgroup=task)
+    return _layout(fig, "Training loss per task", "step", "loss")
+
+
+def dev_figure(records: list[dict]):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    dev = [r for r in records if r.get("type") == "eval" and r.get("split") == "dev"]
+    for i, (key, title) in enumerate(SEED_COLUMNS):
+        for full in (False, True):  # evaluations during training (maybe on a subset), the final full one
+            pts = [(r.get("step"), _num(r.get(key))) for r in dev
+                   if bool(r.get("full")) == full and _num(r.get(key)) is not None]
+            if pts:
+                fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts],
+                                name=f"{title} (full dev set)" if full else title,
+                                mode="markers" if full else "lines+markers", legendgroup=key,
+                                marker=dict(symbol="star", size=12) if full else None,
+                                line=dict(color=_COLORS[i % len(_COLORS)], dash="dash" if key == "average" else None))
+    return _layout(fig, "Dev metrics per evaluation", "step", "score")
+
+
+def pcgrad_figure(records: list[dict]):
+    """Conflicting task pairs and projections per step (bars), with running totals (lines)."""
+    import plotly.graph_objects as go
+
+    steps = [r for r in records if r.get("type") == "step" and "conflicts" in r]
+    conflicts = [r.get("conflicts") or 0 for r in steps]
+    projections = [r.get("projections") or 0 for r in steps]
+    xs, conflicts, projections, total_c, total_p = _thin([r.get("step") for r in steps], conflicts, projections,
+                                                         _cumsum(conflicts), _cumsum(projections))
+    fig = go.Figure()
+    fig.add_bar(x=xs, y=conflicts, name="conflicting pairs", marker_color=_COLORS[3])
+    fig.add_bar(x=xs, y=projections, name="projections", marker_color=_COLORS[4])
+    fig.add_scatter(x=xs, y=total_c, name="conflicts, running total", yaxis="y2",
+                    mode="lines", line=dict(color=_COLORS[3]))
+    fig.add_scatter(x=xs, y=total_p, name="projections, running total", yaxis="y2",
+                    mode="lines", line=dict(color=_COLORS[4], dash="dot"))
+    fig.update_layout(barmode="group", yaxis=dict(rangemode="tozero"),
+                      yaxis2=dict(title="running total", overlaying="y", side="right", rangemode="tozero",
+                                  tickformat="d", showgrid=False))
+    return _layout(fig, "PCGrad: conflicting task pairs per step", "step", "count")
+
+
+def cosine_figure(records: list[dict]):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for i, (pair, (xs, ys)) in enumerate(step_series(records, "cos").items()):
+        xs, ys = _thin(xs, ys)
+        fig.add_scatter(x=xs, y=ys, name=pair, mode="lines", line=dict(color=_COLORS[i % len(_COLORS)]))
+    fig.add_hline(y=0, line=dict(color="grey", width=1, dash="dot"))
+    fig.update_yaxes(range=[-1, 1])
+    return _layout(fig, "Task-gradient cosine (< 0: conflict)", "step", "cosine")
+
+
+def overlay_figure(runs: dict[str, list[dict]], kind: str = "loss", alpha: float = 0.9):
+    """Several runs on one chart: smoothed total loss (kind='loss') or dev average (kind='dev')."""
+    import plotly.graph_objects as go
+
+    if kind not in ("loss", "dev"):
+        raise ValueError(f"kind={kind!r} is not allowed; choose one of loss, dev")
+    fig = go.Figure()
+    for i, (name, records) in enumerate(runs.items()):
+        if kind == "loss":
+            pts = [(r.get("step"), _num(r.get("loss_total"))) for r in records if r.get("type") == "step"]
+            pts = [p for p in pts if p[1] is not None]
+            ys = ema([p[1] for p in pts], alpha)
+            pts, ys = _thin(pts, ys)
+        else:
+            pts = [(r.get("step"), _num(r.get("average"))) for r in records
+                   if r.get("type") == "eval" and r.get("split") == "dev"]
+            pts = [p for p in pts if p[1] is not None]
+            ys = [p[1] for p in pts]
+        fig.add_scatter(x=[p[0] for p in pts], y=ys, name=name, mode="lines" if kind == "loss" else "lines+markers",
+                        line=dict(color=_COLORS[i % len(_COLORS)]))
+    title = "Total training loss (smoothed)" if kind == "loss" else "Dev average per evaluation"
+    return _layout(fig, title, "step", "loss" if kind == "loss" else "dev average")
+
+
+def _thin(*series: list, max_points: int = MAX_POINTS) -> tuple[list, ...]:
+    """Every k-th point of equally long series, so a long run's charts stay light to send each second."""
+    k = max(1, math.ceil(len(series[0]) / max_points))
+    return tuple(s[::k] for s in series) if k > 1 else series
+
+
+def _cumsum(xs: list) -> list:
+    out, s = [], 0
+    for x in xs:
+        s += x
+        out.append(s)
+    return out
+
+
+def _layout(fig, title: str, x: str, y: str):
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=340,
+                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
+    return fig
