@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -40,6 +41,10 @@ class TrainConfig:
     para_features: str = "concat"
     sts_loss: str = "cosine_mse"
     dropout: float = 0.1
+    # each task's loss is scaled by its weight before the gradients are formed (sum and PCGrad alike)
+    sst_weight: float = 1.0
+    para_weight: float = 1.0
+    sts_weight: float = 1.0
     max_length: int = 128
     # optimisation (the seed: Adam, lr 1e-5, batch 8, 10 epochs)
     epochs: int = 10
@@ -117,6 +122,11 @@ class TrainConfig:
             if v is not None and not (isinstance(v, (int, float)) and v > 0):
                 raise ValueError(f"setting {name}={v!r} is not allowed; allowed values: a number > 0"
                                  + (" or none" if name != "lr" else ""))
+        for name in ("sst_weight", "para_weight", "sts_weight"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"setting {name}={v!r} is not allowed; allowed values: a number > 0 "
+                                 "(leave the task out of tasks to not train it)")
         if not (isinstance(self.layer_lr_decay, (int, float)) and 0.0 < self.layer_lr_decay <= 1.0):
             raise ValueError(f"setting layer_lr_decay={self.layer_lr_decay!r} is not allowed; "
                              "allowed values: 0 < layer_lr_decay <= 1 (1: one lr for the whole encoder)")

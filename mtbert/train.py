@@ -405,7 +405,7 @@ class Trainer:
             raise TrainingError(f"{what} at step {self.step + 1} (lr {self.sched.get_last_lr()[0]:.2e}); "
                                 "training stopped. Lower the learning rate or keep grad_clip on; "
                                 "the last good checkpoint is in last/")
-        stats = self.method.backward(losses)
+        stats = self.method.backward({t: v * getattr(self.cfg, f"{t}_weight") for t, v in losses.items()})
         if self.cfg.grad_clip:
             params = [p for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
             total = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)

@@ -211,6 +211,28 @@ def test_layer_lr_decay_gives_each_layer_its_own_learning_rate(tiny_base, tmp_pa
         tiny_cfg(tiny_base, layer_lr_decay=1.5)
 
 
+def test_task_weight_scales_that_tasks_gradient_and_not_the_logged_loss(tiny_base, tmp_path):
+    # plain SGD, no clipping, one task: the first update is -lr * w * grad, so w=3 moves every weight 3x as far
+    def first_update(w, name):
+        cfg = tiny_cfg(tiny_base, tasks=["sst"], max_steps=1, optimizer="sgd", lr=0.1, grad_clip=None,
+                       sst_weight=w, gradient_method="sum", dropout=0.0)
+        t = Trainer(cfg, tmp_path / name / "run", progress=False)
+        t._setup()
+        t.metrics = type("Sink", (), {"write": lambda self, rec: None})()  # run() would open metrics.jsonl
+        before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+        rec = t._train_step(["sst"])
+        return {n: p.detach() - before[n] for n, p in t.model.named_parameters()}, rec["loss"]["sst"]
+    one, loss1 = first_update(1.0, "a")
+    three, loss3 = first_update(3.0, "b")
+    assert loss1 == loss3  # the same batch; the weight is not in the logged loss
+    moved = [n for n in one if one[n].abs().max() > 0]
+    assert "sst_head.weight" in moved and any(n.startswith("encoder.") for n in moved)
+    for n in moved:
+        torch.testing.assert_close(three[n], 3 * one[n], rtol=1e-3, atol=1e-6)  # p_new - p_old rounds at |p|
+    with pytest.raises(ValueError, match="para_weight=0 is not allowed; allowed values: a number > 0"):
+        tiny_cfg(tiny_base, para_weight=0)
+
+
 def test_round_robin_and_task_subset(tiny_base, tmp_path):
     run = tmp_path / "runs" / "rr"
     Trainer(tiny_cfg(tiny_base, epochs=1, schedule="round-robin", tasks=["para", "sts"]), run,
