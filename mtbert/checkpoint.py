@@ -257,7 +257,7 @@ def set_para_logit_offset(folder: str | Path, offset: float) -> None:
         raise CheckpointError(f"{folder}: not an mtbert checkpoint (no mtbert.json)") from e
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: unusable ({e})") from e
-    atomic_write_bytes(path, (json.dumps(finite(meta), indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, _json_text(meta).encode())
 
 
 def _read_json(path: Path, default):
@@ -267,8 +267,12 @@ def _read_json(path: Path, default):
         return default
 
 
+def _json_text(obj) -> str:
+    return json.dumps(finite(obj), indent=2, sort_keys=True) + "\n"
+
+
 def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(finite(obj), indent=2, sort_keys=True) + "\n")
+    path.write_text(_json_text(obj))
 
 
 def _remove_partial(folder: Path) -> None:
