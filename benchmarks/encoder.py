@@ -30,6 +30,8 @@ from mtbert.checkpoint import load_base, resolve_base  # noqa: E402
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--base-model", default="minilm-l6",
+                   help="the packaged MiniLM, or a folder holding the same weights (e.g. a float16 copy)")
     p.add_argument("--threads", default="1",
                    help="torch.set_num_threads for both models; a comma list (1,2) runs each in turn. Default 1: "
                         "on a shared machine a second thread waits for a busy core at every op, which is noise")
@@ -96,8 +98,9 @@ def main(argv=None) -> list[list[str]]:
     torch.manual_seed(0)
     import transformers
 
-    ours, tok = load_base("minilm-l6", max_length=a.max_length)
-    ref = transformers.BertModel.from_pretrained(str(resolve_base("minilm-l6")), local_files_only=True)
+    ours, tok = load_base(a.base_model, max_length=a.max_length)
+    ref = transformers.BertModel.from_pretrained(str(resolve_base(a.base_model)), local_files_only=True,
+                                                 dtype=torch.float32)
     models = {"ours": ours.to(a.device).eval(), "ref": ref.to(a.device).eval()}
     # training copies, so that the optimiser steps never touch the inference models
     trained = {k: copy.deepcopy(m).train() for k, m in models.items()}
@@ -150,8 +153,10 @@ def main(argv=None) -> list[list[str]]:
             f"- date: {common.today()}\n")
     print()
     print(table)
-    common.write_section(a.out, "Encoder", body)
-    print(f"\nwrote the '## Encoder' section of {a.out}")
+    # one section per device kind, so a GPU run leaves the CPU table in place
+    heading = "Encoder" if a.device == "cpu" else f"Encoder ({a.device})"
+    common.write_section(a.out, heading, body)
+    print(f"\nwrote the '## {heading}' section of {a.out}")
     return rows
 
 

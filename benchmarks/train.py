@@ -28,10 +28,10 @@ from mtbert.tokenizer import Tokenizer  # noqa: E402
 SIZES = {"bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)}
 
 
-def build(model_name: str, max_length: int):
+def build(model_name: str, max_length: int, base_model: str = "minilm-l6"):
     if model_name == "minilm":
-        return load_base("minilm-l6", max_length)
-    tok = Tokenizer.from_folder(resolve_base("minilm-l6"), max_length)  # same uncased vocab as bert-base
+        return load_base(base_model, max_length)
+    tok = Tokenizer.from_folder(resolve_base(base_model), max_length)  # same uncased vocab as bert-base
     torch.manual_seed(0)
     return BertModel(BertConfig(**SIZES[model_name])), tok
 
@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", choices=("minilm", "bert-base"), default="minilm")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--base-model", default="minilm-l6",
+                    help="for --model minilm: the packaged weights, or a folder holding them (e.g. a float16 copy)")
     ap.add_argument("--batch-size", type=int, default=16, help="per task")
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--reps", type=int, default=6)
@@ -52,7 +54,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     amp = torch.bfloat16 if device.type == "cuda" else None
 
-    encoder, tok = build(args.model, args.max_length)
+    encoder, tok = build(args.model, args.max_length, args.base_model)
     model = MultitaskBert(encoder, ModelConfig(pooling="mean", para_features="concat_diff_prod")).to(device).train()
     data = {t: ex for t, (ex, _) in load_split(args.data_dir, "dev", TASKS).items()}
     batches = [{t: make_batch(t, data[t][i * args.batch_size:(i + 1) * args.batch_size], tok) for t in TASKS}
