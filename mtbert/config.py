@@ -52,6 +52,8 @@ class TrainConfig:
     lr: float = 1e-5
     head_lr: float | None = None  # None: same as lr
     layer_lr_decay: float = 1.0  # encoder layer l of L gets lr * decay^(L-1-l), the embeddings lr * decay^L
+    # evaluate (and keep as best) an exponential moving average of the weights; None: the weights themselves
+    ema_decay: float | None = None
     optimizer: str = "adam"
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -130,6 +132,10 @@ class TrainConfig:
         if not (isinstance(self.layer_lr_decay, (int, float)) and 0.0 < self.layer_lr_decay <= 1.0):
             raise ValueError(f"setting layer_lr_decay={self.layer_lr_decay!r} is not allowed; "
                              "allowed values: 0 < layer_lr_decay <= 1 (1: one lr for the whole encoder)")
+        if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float))
+                                               and 0.0 < self.ema_decay < 1.0):
+            raise ValueError(f"setting ema_decay={self.ema_decay!r} is not allowed; "
+                             "allowed values: none (no average) or 0 < ema_decay < 1 (e.g. 0.999)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"setting dropout={self.dropout} is not allowed; allowed values: 0 <= dropout < 1")
         if self.weight_decay < 0 or self.warmup_steps < 0:

@@ -476,7 +476,8 @@ SECTIONS = {
                         "pair_encoding", "para_encoding", "sts_encoding", "para_features", "sts_loss",
                         "dropout", "max_length"),
     "Optimisation": ("epochs", "batch_size", "lr", "head_lr", "layer_lr_decay", "optimizer", "weight_decay",
-                     "warmup_steps", "lr_decay", "grad_clip", "bucket", "sst_weight", "para_weight", "sts_weight"),
+                     "warmup_steps", "lr_decay", "grad_clip", "bucket", "sst_weight", "para_weight", "sts_weight",
+                     "ema_decay"),
     "Budget": ("max_steps", "time_budget_s", "train_subset"),
     "Evaluation": ("eval_every", "eval_every_s", "full_eval_at_s", "eval_subset", "train_eval_subset",
                    "eval_batch_size", "calibrate_para"),
@@ -493,6 +494,8 @@ HELP = {
     "sst_weight": "the SST loss's weight in the sum (the logged loss is unweighted)",
     "layer_lr_decay": "1: one lr for the encoder; below 1: each layer down gets this factor of the lr "
                       "of the layer above (the top layer gets lr)",
+    "ema_decay": "empty: evaluate the weights as trained; else evaluate and keep as best a moving "
+                 "average of them (e.g. 0.999: about the last 1,000 steps)",
     "max_steps": "empty: no limit; stops early when reached",
     "time_budget_s": "empty: no limit; stops after this many seconds of training",
     "train_subset": "empty: all; else train on this many examples per task",

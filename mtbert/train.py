@@ -6,6 +6,7 @@ process and reads that folder.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -158,6 +159,35 @@ def encoder_groups(encoder, lr: float, decay: float = 1.0) -> list[dict]:
     return groups
 
 
+class WeightAverage:
+    """An exponential moving average of the trainable weights, kept in a copy of the model that
+    evaluation and the best checkpoint use (the training weights go on unchanged). Dev accuracy
+    swings between evaluations (SST by up to .02); the average smooths the last ~1/(1-decay) steps.
+    The decay warms up as min(decay, (1+n)/(10+n)), so the pretrained start fades out quickly."""
+
+    def __init__(self, model: MultitaskBert, decay: float):
+        self.decay, self.n = decay, 0
+        self.model = copy.deepcopy(model)
+        self.model.requires_grad_(False)
+        pairs = [(a, p) for a, p in zip(self.model.parameters(), model.parameters()) if p.requires_grad]
+        self.avg, self.live = [a for a, _ in pairs], [p for _, p in pairs]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.n += 1
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        torch._foreach_lerp_(self.avg, self.live, 1.0 - d)  # avg += (1-d) (w - avg), one fused pass
+
+    def state_tensors(self) -> dict:
+        return {f"ema.{i}": a.detach().cpu().contiguous() for i, a in enumerate(self.avg)}
+
+    @torch.no_grad()
+    def load_state(self, tensors: dict, n: int) -> None:
+        for i, a in enumerate(self.avg):
+            a.copy_(tensors[f"ema.{i}"])
+        self.n = n
+
+
 def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("setting device=cuda is not allowed here: no CUDA device found; allowed values: auto, cpu")
@@ -245,6 +275,9 @@ class Trainer:
         opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[cfg.optimizer]
         extra = {"fused": True} if self.device.type == "cuda" else {}
         self.opt = opt_cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+        # after the freezing above, so that only trained weights are averaged
+        self.ema = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay else None
+        self.eval_model = self.ema.model if self.ema else self.model
         self.method = make_method(cfg.gradient_method, enc + heads, seed=cfg.seed, telemetry=True,
                                   all_reduce=dist.average_ if dist.active() else None)
 
@@ -282,11 +315,14 @@ class Trainer:
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         for k, v in self.method.state_dict().items():
             tensors[f"method.{k}"] = v
+        if self.ema:
+            tensors.update(self.ema.state_tensors())
         save_file(tensors, str(folder / STATE_TENSORS))
         sched = self.sched.state_dict()  # plain numbers; lr_lambdas are None for functions
         state = {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                  "best_avg": None if self.best_avg == -math.inf else self.best_avg,
-                 "train_time": self.train_time, "streams": {t: s.state() for t, s in self.streams.items()},
+                 "train_time": self.train_time, "ema_updates": self.ema.n if self.ema else None,
+                 "streams": {t: s.state() for t, s in self.streams.items()},
                  "scheduler": sched, "param_groups": opt["param_groups"], "python_random": repr(random.getstate()),
                  "config": self.cfg.to_dict()}
         (folder / STATE_JSON).write_text(json.dumps(state, indent=2))
@@ -306,6 +342,11 @@ class Trainer:
         torch.set_rng_state(tensors["rng.torch"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        if self.ema:
+            if "ema.0" not in tensors:
+                raise TrainingError(f"cannot resume {self.run_dir} with ema_decay set: {folder} holds no "
+                                    "weight average (the run was started without ema_decay)")
+            self.ema.load_state(tensors, state["ema_updates"])
         for t, s in self.streams.items():
             s.load_state(state["streams"][t])
         self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
@@ -317,12 +358,14 @@ class Trainer:
     # -- saving --
 
     def _save(self, name: str, metrics: dict | None = None, with_state: bool = False) -> None:
+        """last/ holds the training weights (for resuming); best/ the weights that were evaluated."""
         if name == "last":
             self.last_saved_step = self.step
         if not self.is_main:
             return
         try:
-            save_checkpoint(self.model, self.tok, self.run_dir / name, base=self.cfg.base_model,
+            model = self.model if name == "last" else self.eval_model
+            save_checkpoint(model, self.tok, self.run_dir / name, base=self.cfg.base_model,
                             metrics=metrics, include_encoder=self.cfg.mode == "finetune",
                             extra={"run_id": self.run_dir.name, "step": self.step, "train_config": self.cfg.to_dict()},
                             write_extra=self._write_state if with_state else None)
@@ -340,7 +383,7 @@ class Trainer:
         if full and self.cfg.calibrate_para and "para" in data and split == "dev":
             extra = self._calibrated_full_para(data["para"], raw, refit=calibrate)
             data = {t: v for t, v in data.items() if t != "para"}
-        m = evaluate(self.model, self.tok, data, self.cfg.eval_batch_size, self.device, self.amp,
+        m = evaluate(self.eval_model, self.tok, data, self.cfg.eval_batch_size, self.device, self.amp,
                      calibrate_para=calibrate and self.cfg.calibrate_para, raw_out=raw)
         if extra:
             m.update(extra)
@@ -358,14 +401,14 @@ class Trainer:
         accuracy on the pairs the fit never saw and at the plain 0.5 threshold, so the gain is visible."""
         fit_on = self.dev_data.get("para", [])
         if refit and fit_on:  # mid-run: the weights moved since the last fit
-            evaluate(self.model, self.tok, {"para": fit_on}, self.cfg.eval_batch_size, self.device, self.amp,
+            evaluate(self.eval_model, self.tok, {"para": fit_on}, self.cfg.eval_batch_size, self.device, self.amp,
                      calibrate_para=True)
-        m = evaluate(self.model, self.tok, {"para": examples}, self.cfg.eval_batch_size, self.device, self.amp,
+        m = evaluate(self.eval_model, self.tok, {"para": examples}, self.cfg.eval_batch_size, self.device, self.amp,
                      raw_out=raw)
         seen = {e.id for e in fit_on}
         held = np.array([e.id not in seen for e in examples])
         y = np.array([e.label for e in examples]) > 0.5
-        offset = self.model.cfg.para_logit_offset
+        offset = self.eval_model.cfg.para_logit_offset
         plain = shift_para_probs(raw["para"], -offset) > 0.5
         return {"para_acc": m["para_acc"], "para_logit_offset": offset,
                 "para_acc_heldout": float(((raw["para"] > 0.5) == y)[held].mean()) if held.any() else float("nan"),
@@ -412,6 +455,8 @@ class Trainer:
             stats["grad_norm_total"] = float(total)
         lr = self.sched.get_last_lr()[0]
         self.opt.step()
+        if self.ema:
+            self.ema.update()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
@@ -479,7 +524,7 @@ class Trainer:
         if self.progress and self.is_main:
             from tqdm import tqdm
             bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True, mininterval=0.5)
-        ema, last_status = None, 0.0
+        step_avg, last_status = None, 0.0
         self.pending_full = [x for x in cfg.full_eval_at_s if x > self.train_time]
         self.next_eval_s = self.train_time + (cfg.eval_every_s or 0)
         try:
@@ -495,7 +540,7 @@ class Trainer:
                     t0 = time.perf_counter()
                     rec = self._train_step(self.plan.tasks_at(self.step_in_epoch))
                     self.train_time += time.perf_counter() - t0
-                    ema = rec["step_time"] if ema is None else 0.9 * ema + 0.1 * rec["step_time"]
+                    step_avg = rec["step_time"] if step_avg is None else 0.9 * step_avg + 0.1 * rec["step_time"]
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix({t: f"{v:.3f}" for t, v in rec["loss"].items()}, refresh=False)
@@ -508,7 +553,7 @@ class Trainer:
                         self._evaluate("dev", self.dev_full, full=True, calibrate=True)
                     if time.time() - last_status > 1.0:
                         remaining = self.total_steps - self.step
-                        eta = remaining * ema
+                        eta = remaining * step_avg
                         if cfg.time_budget_s:
                             eta = min(eta, max(0.0, cfg.time_budget_s - self.train_time))
                         self.set_status(step=self.step, epoch=self.epoch, eta_s=eta,
@@ -538,6 +583,7 @@ class Trainer:
         best = self.run_dir / "best"
         if (best / "mtbert.json").is_file():
             self.model, self.tok, meta = load_checkpoint(best, device=str(self.device))
+            self.eval_model = self.model
             dev = meta["metrics"].get("dev", {})
         else:
             dev = self.last_dev

@@ -15,7 +15,8 @@ import torch
 from mtbert import lock
 from mtbert.config import TrainConfig
 from mtbert.data import Example
-from mtbert.train import Plan, TaskStream, Trainer, TrainingError
+from mtbert.checkpoint import load_checkpoint
+from mtbert.train import Plan, TaskStream, Trainer, TrainingError, WeightAverage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -231,6 +232,74 @@ def test_task_weight_scales_that_tasks_gradient_and_not_the_logged_loss(tiny_bas
         torch.testing.assert_close(three[n], 3 * one[n], rtol=1e-3, atol=1e-6)  # p_new - p_old rounds at |p|
     with pytest.raises(ValueError, match="para_weight=0 is not allowed; allowed values: a number > 0"):
         tiny_cfg(tiny_base, para_weight=0)
+
+
+def test_weight_average_is_the_warmed_up_exponential_average():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    model[1].bias.requires_grad_(False)  # frozen: never averaged
+    wa = WeightAverage(model, decay=0.9)
+    expected = [p.detach().clone() for p in model.parameters()]
+    for n in range(1, 30):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        wa.update()
+        d = min(0.9, (1 + n) / (10 + n))  # 0.18, 0.27, ... then 0.9 from n = 80/9 on
+        expected = [e if not p.requires_grad else d * e + (1 - d) * p.detach()
+                    for e, p in zip(expected, model.parameters())]
+    for a, e in zip(wa.model.parameters(), expected):
+        torch.testing.assert_close(a, e)
+    assert not torch.equal(wa.model[1].bias, model[1].bias)  # the frozen copy kept its value
+    with pytest.raises(ValueError, match="ema_decay=1.0 is not allowed; allowed values: none .* 0 < ema_decay < 1"):
+        TrainConfig(ema_decay=1.0)
+
+
+def test_ema_run_evaluates_and_keeps_the_average_and_resumes_exactly(tiny_base, tmp_path):
+    """best/ holds the average at its step (not the training weights), and a stopped run resumes its average."""
+    class Snapshots(Trainer):
+        def _setup(self):
+            super()._setup()
+            self.snaps = [[p.detach().clone() for p in self.ema.live]]  # the average starts here
+
+        def _train_step(self, tasks):
+            rec = super()._train_step(tasks)
+            self.snaps.append([p.detach().clone() for p in self.ema.live])
+            return rec
+    cfg = tiny_cfg(tiny_base, epochs=2, ema_decay=0.8, eval_every=1, final_full_eval=False)
+    full = Snapshots(cfg, tmp_path / "runs" / "full", progress=False)
+    full.run()
+    chosen = json.loads((tmp_path / "runs" / "full" / "best" / "metrics.json").read_text())["step"]
+    avg = full.snaps[0]
+    for n, snap in enumerate(full.snaps[1:chosen + 1], start=1):
+        d = min(0.8, (1 + n) / (10 + n))
+        avg = [d * a + (1 - d) * w for a, w in zip(avg, snap)]
+    best, _, _ = load_checkpoint(tmp_path / "runs" / "full" / "best")
+    last, _, _ = load_checkpoint(tmp_path / "runs" / "full" / "last")
+    best_p, last_p = dict(best.named_parameters()), dict(last.named_parameters())
+    averaged = {id(a) for a in full.ema.avg}
+    ema_names = [n for n, a in full.ema.model.named_parameters() if id(a) in averaged]
+    assert len(ema_names) == len(full.ema.avg) > 0
+    for n, want in zip(ema_names, avg):
+        torch.testing.assert_close(best_p[n], want, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(best_p[n], last_p[n]) for n in ema_names)  # last/: the training weights
+
+    StopAt.stop_at = 5
+    part = tmp_path / "runs" / "part"
+    assert StopAt(cfg, part, progress=False).run() == "stopped"
+    assert Trainer(cfg, part, resume=True, progress=False).run() == "finished"
+    evals = lambda run: [(r["step"], r["average"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                         if r["type"] == "eval" and r["split"] == "dev"]  # noqa: E731
+    assert evals(part) == evals(tmp_path / "runs" / "full")  # the average's evaluations, resumed exactly
+    with pytest.raises(TrainingError, match="holds no weight average"):
+        Trainer(tiny_cfg(tiny_base, epochs=3, ema_decay=0.8, eval_every=1), full_no_ema(tiny_base, tmp_path),
+                resume=True, progress=False).run()
+
+
+def full_no_ema(tiny_base, tmp_path) -> Path:
+    run = tmp_path / "runs3" / "plain"
+    StopAt.stop_at = 2
+    StopAt(tiny_cfg(tiny_base, epochs=3), run, progress=False).run()
+    return run
 
 
 def test_round_robin_and_task_subset(tiny_base, tmp_path):
