@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     ap.add_argument("--section", default="Recipe")
     ap.add_argument("--command", default=None, help="the command that produced the run")
     ap.add_argument("--wall", default=None, help="wall time as measured outside (e.g. /usr/bin/time)")
+    ap.add_argument("--machine", default=None,
+                    help="the machine the run was made on, when not this one (default: this machine's CPU)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
     args = ap.parse_args(argv)
     run = Path(args.run_dir)
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
             f"average).{threshold}\n\nDev evaluations during training:\n\n{curve}\n\nTraining: {pcgrad}.\n\n"
             f"Command: `{args.command or 'python -m mtbert train --config ...'}`"
             f"{'; wall time ' + args.wall if args.wall else ''}; training time "
-            f"{sum(times) / 60:.1f} min (evaluation not counted).\n\nMachine: {machine('cpu')}.\n\n"
+            f"{sum(times) / 60:.1f} min (evaluation not counted).\n\nMachine: {args.machine or machine('cpu')}.\n\n"
             f"Settings: {settings}")
     print(body)
     write_section(args.out, args.section, body)

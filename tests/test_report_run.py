@@ -32,3 +32,8 @@ def test_report_of_a_calibrated_run(tiny_base, tmp_path):
     best_step = json.loads((run / "best" / "metrics.json").read_text())["step"]
     assert f"(best checkpoint: step {best_step})" in text
     assert "Paraphrase acc at 0.5" in text
+    assert "Machine: Linux" in text  # this machine, by default
+    r = subprocess.run([sys.executable, "scripts/report_run.py", str(run), "--section", "Recipe X", "--out", str(out),
+                        "--machine", "one NVIDIA H200 (lent)"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "Machine: one NVIDIA H200 (lent)." in out.read_text()
