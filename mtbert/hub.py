@@ -34,7 +34,8 @@ TASKS = {
 # settings shown in the card; paths (data_dir, quora_train) are left out: they name the author's disk
 CARD_SETTINGS = ("mode", "tasks", "schedule", "gradient_method", "pooling", "pair_encoding", "para_encoding",
                  "sts_encoding", "para_features", "sts_loss", "dropout", "max_length", "epochs", "batch_size",
-                 "lr", "head_lr", "optimizer", "weight_decay", "warmup_steps", "lr_decay", "grad_clip",
+                 "lr", "head_lr", "layer_lr_decay", "ema_decay", "sst_weight", "para_weight", "sts_weight",
+                 "optimizer", "weight_decay", "warmup_steps", "lr_decay", "grad_clip",
                  "max_steps", "time_budget_s", "train_subset", "freeze_word_embeddings", "bf16", "seed")
 
 
