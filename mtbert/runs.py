@@ -495,7 +495,8 @@ HELP = {
     "layer_lr_decay": "1: one lr for the encoder; below 1: each layer down gets this factor of the lr "
                       "of the layer above (the top layer gets lr)",
     "ema_decay": "empty: evaluate the weights as trained; else evaluate and keep as best a moving "
-                 "average of them (e.g. 0.999: about the last 1,000 steps)",
+                 "average of them (e.g. 0.999; it warms up, averaging about the last tenth of the "
+                 "steps so far until that is 1/(1-decay))",
     "max_steps": "empty: no limit; stops early when reached",
     "time_budget_s": "empty: no limit; stops after this many seconds of training",
     "train_subset": "empty: all; else train on this many examples per task",

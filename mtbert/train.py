@@ -163,7 +163,8 @@ class WeightAverage:
     """An exponential moving average of the trainable weights, kept in a copy of the model that
     evaluation and the best checkpoint use (the training weights go on unchanged). Dev accuracy
     swings between evaluations (SST by up to .02); the average smooths the last ~1/(1-decay) steps.
-    The decay warms up as min(decay, (1+n)/(10+n)), so the pretrained start fades out quickly."""
+    The decay warms up as min(decay, (1+n)/(10+n)), so the pretrained start fades out quickly (and
+    until step ~10/(1-decay) the average spans roughly the last n/10 steps)."""
 
     def __init__(self, model: MultitaskBert, decay: float):
         self.decay, self.n = decay, 0
@@ -183,6 +184,7 @@ class WeightAverage:
 
     @torch.no_grad()
     def load_state(self, tensors: dict, n: int) -> None:
+        """`n`: the updates so far, i.e. the training step (one update per step from the start)."""
         for i, a in enumerate(self.avg):
             a.copy_(tensors[f"ema.{i}"])
         self.n = n
@@ -321,8 +323,7 @@ class Trainer:
         sched = self.sched.state_dict()  # plain numbers; lr_lambdas are None for functions
         state = {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                  "best_avg": None if self.best_avg == -math.inf else self.best_avg,
-                 "train_time": self.train_time, "ema_updates": self.ema.n if self.ema else None,
-                 "streams": {t: s.state() for t, s in self.streams.items()},
+                 "train_time": self.train_time, "streams": {t: s.state() for t, s in self.streams.items()},
                  "scheduler": sched, "param_groups": opt["param_groups"], "python_random": repr(random.getstate()),
                  "config": self.cfg.to_dict()}
         (folder / STATE_JSON).write_text(json.dumps(state, indent=2))
@@ -346,7 +347,7 @@ class Trainer:
             if "ema.0" not in tensors:
                 raise TrainingError(f"cannot resume {self.run_dir} with ema_decay set: {folder} holds no "
                                     "weight average (the run was started without ema_decay)")
-            self.ema.load_state(tensors, state["ema_updates"])
+            self.ema.load_state(tensors, state["step"])
         for t, s in self.streams.items():
             s.load_state(state["streams"][t])
         self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
