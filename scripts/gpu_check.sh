@@ -11,7 +11,7 @@ $PY -c "import torch,transformers,tokenizers,safetensors,scipy,yaml,numpy;print(
 if [ ! -d ../shared/data/cs224n ]; then
   mkdir -p ../shared/data/quora-full && cp -r .gpu/cs224n ../shared/data/ && cp .gpu/qqp-extra-labelled.csv ../shared/data/quora-full/
 fi
-echo "== train benchmark bert-base"; timeout 150 $PY benchmarks/train.py --model bert-base --device $DEV --reps $REPS --warmup 3
+echo "== train benchmark bert-base"; timeout 150 $PY benchmarks/train.py --model bert-base --base-model .gpu/minilm --device $DEV --reps $REPS --warmup 3
 echo "== train benchmark minilm"; timeout 120 $PY benchmarks/train.py --model minilm --base-model .gpu/minilm --device $DEV --reps $REPS --warmup 3
 cp docs/benchmarks.md $OUT/benchmarks.md
 echo "== encoder benchmark"; timeout 150 $PY benchmarks/encoder.py --device $DEV --base-model .gpu/minilm --reps $REPS --warmup 3
