@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "cs224n"
+DATA = ROOT / "data" / "cs224n"  # the full CS224N files (`python -m mtbert data fetch`); --data-dir elsewhere
 DOC = ROOT / "docs" / "benchmarks.md"
 
 
@@ -31,15 +31,15 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f, delimiter="\t"))
 
 
-def sst_sentences(n: int, seed: int = 0) -> list[str]:
+def sst_sentences(n: int, seed: int = 0, data_dir: Path = DATA) -> list[str]:
     """n SST training sentences, a fixed random sample (the file is sorted by nothing useful)."""
-    s = [r["sentence"].strip() for r in _rows(DATA / "ids-sst-train.csv") if r.get("sentence")]
+    s = [r["sentence"].strip() for r in _rows(Path(data_dir) / "ids-sst-train.csv") if r.get("sentence")]
     return random.Random(seed).sample(s, n)
 
 
-def quora_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
+def quora_pairs(n: int, seed: int = 0, data_dir: Path = DATA) -> list[tuple[str, str]]:
     """n Quora dev question pairs (rows with a missing side, like the two malformed ones, skipped)."""
-    p = [(r["sentence1"].strip(), r["sentence2"].strip()) for r in _rows(DATA / "quora-dev.csv")
+    p = [(r["sentence1"].strip(), r["sentence2"].strip()) for r in _rows(Path(data_dir) / "quora-dev.csv")
          if r.get("sentence1") and r.get("sentence2")]
     return random.Random(seed).sample(p, n)
 

@@ -41,6 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--infer-batch", type=int, default=32)
     p.add_argument("--train-batch", type=int, default=16)
     p.add_argument("--max-length", type=int, default=128, help="tokenizer truncation")
+    p.add_argument("--data-dir", default=str(common.DATA), help="the CS224N files (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="smoke run: reps 3, warmup 1, batches 1")
     p.add_argument("--out", default=str(common.DOC), help="markdown file whose '## Encoder' section is rewritten")
     a = p.parse_args(argv)
@@ -50,12 +51,12 @@ def parse_args(argv=None):
     return a
 
 
-def make_batches(tok, kind: str, batch_size: int, n_batches: int, device: str) -> list[dict]:
+def make_batches(tok, kind: str, batch_size: int, n_batches: int, device: str, data_dir) -> list[dict]:
     n = batch_size * n_batches
     if kind == "sst":
-        texts, pairs = common.sst_sentences(n), None
+        texts, pairs = common.sst_sentences(n, data_dir=data_dir), None
     else:
-        qp = common.quora_pairs(n)
+        qp = common.quora_pairs(n, data_dir=data_dir)
         texts, pairs = [a for a, _ in qp], [b for _, b in qp]
     out = []
     for i in range(0, n, batch_size):
@@ -119,7 +120,7 @@ def main(argv=None) -> list[list[str]]:
         for mode in ("inference", "train step"):
             for data in ("sst", "quora"):
                 bs = a.infer_batch if mode == "inference" else a.train_batch
-                batches = make_batches(tok, data, bs, a.batches, a.device)
+                batches = make_batches(tok, data, bs, a.batches, a.device, a.data_dir)
                 for prec, amp in amps.items():
                     if mode == "inference":
                         fns = {k: infer_fn(m, batches, pooled, amp) for k, m in models.items()}

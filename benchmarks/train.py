@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import DOC, interleaved, machine, markdown_table, median, today, write_section  # noqa: E402
 from mtbert.bert import BertConfig, BertModel  # noqa: E402
 from mtbert.checkpoint import load_base, resolve_base  # noqa: E402
-from mtbert.data import SHARED_DIR, load_split, make_batch  # noqa: E402
+from mtbert.data import FULL_DATA_DIR, load_split, make_batch  # noqa: E402
 from mtbert.gradients import make_method  # noqa: E402
 from mtbert.model import TASKS, ModelConfig, MultitaskBert  # noqa: E402
 from mtbert.tokenizer import Tokenizer  # noqa: E402
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--data-dir", default=str(SHARED_DIR))
+    ap.add_argument("--data-dir", default=str(FULL_DATA_DIR), help="the CS224N files (default: %(default)s)")
     ap.add_argument("--out", default=str(DOC), help="markdown file whose '## Training' section is rewritten")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -75,8 +75,8 @@ class TrainConfig:
     # fit the Quora decision threshold on the dev eval subset at each evaluation (see docs/results.md)
     calibrate_para: bool = False
     # data
-    data_dir: str | None = None  # None: the shipped sample (data/sample)
-    quora_train: str | None = None  # override the Quora train file (e.g. the quora-full stand-in)
+    data_dir: str | None = None  # None: the shipped sample (data/sample); data/cs224n: `mtbert data fetch`'s
+    quora_train: str | None = None  # another Quora train file instead of data_dir's quora-train.csv
     # machine
     device: str = "auto"
     bf16: bool = True  # autocast on CUDA only
@@ -178,10 +178,21 @@ def read_config_file(path: str | Path) -> dict:
     return d
 
 
-PRESETS = {
-    # finishes in a few minutes on 2 CPU cores: the shipped sample, short sequences, few steps
-    "quick CPU demo": {"name": "quick-demo", "epochs": 1, "batch_size": 8, "lr": 5e-5, "max_length": 64,
-                       "max_steps": 40, "train_subset": 320, "eval_subset": 100, "train_eval_subset": 100,
-                       "gradient_method": "pcgrad", "eval_every": 20},
-    "seed (CS224N report)": {"name": "seed", "gradient_method": "pcgrad"},
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+# the Train page's presets: label -> a config file in configs/, the same file the CLI takes with --config
+PRESET_FILES = {
+    "quick CPU demo": "quick-demo.yaml",
+    "seed (CS224N report)": "seed.yaml",
+    "recipe: 60 minutes on a CPU, full data": "minilm-cpu-60min.yaml",
 }
+PRESETS = tuple(PRESET_FILES)
+
+
+def preset_settings(label: str) -> dict:
+    """The settings of a preset, read from its config file (checked like any config file)."""
+    if label not in PRESET_FILES:
+        raise ValueError(f"preset={label!r} is not allowed; allowed values: {', '.join(PRESET_FILES)}")
+    path = CONFIGS_DIR / PRESET_FILES[label]
+    settings = read_config_file(path)
+    TrainConfig.from_dict(settings)  # a broken preset file fails here, naming the setting
+    return settings

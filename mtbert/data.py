@@ -24,9 +24,9 @@ SPLITS = ("train", "dev", "test-student")
 PAIR_ENCODINGS = ("separate", "joint")
 
 REPO_DIR = Path(__file__).resolve().parent.parent
-SAMPLE_DIR = REPO_DIR / "data" / "sample"                      # shipped, the offline default
-SHARED_DIR = REPO_DIR.parent / "shared" / "data" / "cs224n"    # the full data, where present
-QUORA_STANDIN = Path("..") / "quora-full" / "qqp-extra-labelled.csv"  # relative to a cs224n dir
+SAMPLE_DIR = REPO_DIR / "data" / "sample"   # shipped, the offline default
+FULL_DATA_DIR = REPO_DIR / "data" / "cs224n"  # where `python -m mtbert data fetch` puts the official files
+FETCH_COMMAND = "python -m mtbert data fetch --dest {dest}"
 
 FILE_PATTERNS = {"sst": "ids-sst-{split}.csv", "para": "quora-{split}.csv", "sts": "sts-{split}.csv"}
 TEXT_COLUMNS = {"sst": ("sentence",), "para": ("sentence1", "sentence2"), "sts": ("sentence1", "sentence2")}
@@ -194,12 +194,6 @@ def data_files(data_dir, split: str) -> dict[str, Path]:
 def _resolve(data_dir, split, overrides) -> tuple[dict[str, Path], dict[str, str]]:
     files = data_files(data_dir, split)
     notes: dict[str, str] = {}
-    if split == "train" and not files["para"].exists():
-        # the official quora-train.csv is not obtainable here; use the stand-in next to the data dir
-        standin = (Path(data_dir) / QUORA_STANDIN).resolve()
-        if standin.is_file():
-            notes["para"] = f"{files['para'].name} absent; using the stand-in {standin}"
-            files["para"] = standin
     for task, p in (overrides or {}).items():
         _check_choice("data override task", task, TASKS)
         files[task] = Path(p)
@@ -210,9 +204,20 @@ def _resolve(data_dir, split, overrides) -> tuple[dict[str, Path], dict[str, str
 
 
 def resolve_files(data_dir, split: str, overrides: dict[str, str] | None = None) -> dict[str, Path]:
-    """The files a split really reads: CS224N names, the Quora stand-in for a missing
-    quora-train.csv (logged), and per-task `overrides`. This is the "full data" configuration."""
+    """The files a split really reads: the CS224N names under `data_dir`, and per-task
+    `overrides` (e.g. {"para": another Quora train file}), logged."""
     return _resolve(data_dir, split, overrides)[0]
+
+
+def missing_file_message(path: Path, split: str, task: str, overridden: bool = False) -> str:
+    """What to do about a missing data file: the official files are one command away."""
+    msg = f"{path}: no such file ({split} data for task {task})"
+    if overridden:
+        return msg
+    msg += f"; fetch the official CS224N files with `{FETCH_COMMAND.format(dest=path.parent)}`"
+    if task == "para" and split == "train":
+        msg += ", or give another Quora train file with --quora-train FILE (config: quora_train)"
+    return msg
 
 
 def load_split(data_dir, split: str, tasks=TASKS, overrides: dict[str, str] | None = None
@@ -223,7 +228,7 @@ def load_split(data_dir, split: str, tasks=TASKS, overrides: dict[str, str] | No
     out = {}
     for t in tasks:
         if not files[t].is_file():
-            raise DataError(f"{files[t]}: no such file ({split} data for task {t})")
+            raise DataError(missing_file_message(files[t], split, t, overridden=t in notes))
         examples, report = read_task_file(t, files[t])
         report.note = notes.get(t, "")
         out[t] = (examples, report)

@@ -8,17 +8,15 @@ OUT=${OUT:-gpu-out}; mkdir -p $OUT; LOG=$OUT/log.txt
 {
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
 $PY -c "import torch,transformers,tokenizers,safetensors,scipy,yaml,numpy;print('torch',torch.__version__,'transformers',transformers.__version__,'cuda',torch.cuda.is_available())"
-if [ ! -d ../shared/data/cs224n ]; then
-  mkdir -p ../shared/data/quora-full && cp -r .gpu/cs224n ../shared/data/ && cp .gpu/qqp-extra-labelled.csv ../shared/data/quora-full/
-fi
-echo "== train benchmark bert-base"; timeout 150 $PY benchmarks/train.py --model bert-base --base-model .gpu/minilm --device $DEV --reps $REPS --warmup 3
-echo "== train benchmark minilm"; timeout 120 $PY benchmarks/train.py --model minilm --base-model .gpu/minilm --device $DEV --reps $REPS --warmup 3
+echo "== train benchmark bert-base"; timeout 150 $PY benchmarks/train.py --model bert-base --base-model .gpu/minilm --data-dir .gpu/cs224n --device $DEV --reps $REPS --warmup 3
+echo "== train benchmark minilm"; timeout 120 $PY benchmarks/train.py --model minilm --base-model .gpu/minilm --data-dir .gpu/cs224n --device $DEV --reps $REPS --warmup 3
 cp docs/benchmarks.md $OUT/benchmarks.md
-echo "== encoder benchmark"; timeout 150 $PY benchmarks/encoder.py --device $DEV --base-model .gpu/minilm --reps $REPS --warmup 3
+echo "== encoder benchmark"; timeout 150 $PY benchmarks/encoder.py --device $DEV --base-model .gpu/minilm --data-dir .gpu/cs224n --reps $REPS --warmup 3
 cp docs/benchmarks.md $OUT/benchmarks.md
 echo "== recipe on $DEV, ${BUDGET}s"
 R=/tmp/gpu-runs/recipe
 timeout $((BUDGET + 150)) $PY -m mtbert train --config configs/minilm-cpu-60min.yaml --base-model .gpu/minilm \
+  --data-dir .gpu/cs224n --quora-train .gpu/qqp-extra-labelled.csv \
   --device $DEV --time-budget-s $BUDGET --eval-every-s $((BUDGET / 3)) --full-eval-at-s none --run-dir $R --no-progress
 echo "train rc=$?"
 cp $R/metrics.jsonl $R/status.json $R/config.json $OUT/ 2>&1

@@ -13,7 +13,6 @@ from mtbert.bert import BertConfig, BertModel
 from mtbert.checkpoint import resolve_base
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data" / "cs224n"
 
 TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=64, max_position_embeddings=128)

@@ -269,7 +269,7 @@ def test_encoder_benchmark_smoke(tmp_path):
     out.write_text("# Benchmarks\n\n## Encoder\n\nstale\n\n## Trainer\n\nsomeone else's section\n")
     cmd = [sys.executable, str(REPO / "benchmarks" / "encoder.py"), "--quick", "--reps", "1", "--warmup", "0",
            "--batches", "1", "--infer-batch", "4", "--train-batch", "2", "--max-length", "16",
-           "--threads", "1", "--out", str(out)]
+           "--threads", "1", "--data-dir", str(REPO / "data" / "sample"), "--out", str(out)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert p.returncode == 0, p.stderr[-3000:]
     text = out.read_text()

@@ -17,11 +17,10 @@ from hypothesis import strategies as st
 from mtbert import data as D
 from mtbert.data import DataError, Example
 from mtbert.tokenizer import Tokenizer
+from shared_data import CS224N, DATA, QQP, needs_shared
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = D.SHARED_DIR
-QQP = SHARED.parent / "quora-full" / "qqp-extra-labelled.csv"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not present")
+SHARED = CS224N
 
 # (task, file, rows, usable): rows from ../shared/data/cs224n/SOURCES.md and quora-full/SOURCES.md
 SHARED_FILES = [
@@ -238,36 +237,41 @@ def test_data_files_uses_cs224n_names(tmp_path):
 
 
 @needs_shared
-def test_full_data_configuration_falls_back_to_the_quora_stand_in(caplog):
+def test_the_full_data_with_the_quora_stand_in_passed_explicitly(caplog):
     caplog.set_level("INFO", logger="mtbert.data")
-    files = D.resolve_files(SHARED, "train")
-    assert files["sst"] == SHARED / "ids-sst-train.csv" and files["sts"] == SHARED / "sts-train.csv"
-    assert files["para"] == QQP.resolve()
+    files = D.resolve_files(SHARED, "train", overrides={"para": str(QQP)})
+    assert files == {"sst": SHARED / "ids-sst-train.csv", "para": QQP, "sts": SHARED / "sts-train.csv"}
     assert "qqp-extra-labelled.csv" in caplog.text
-    assert D.resolve_files(SHARED, "dev")["para"] == SHARED / "quora-dev.csv"
-    loaded = D.load_split(SHARED, "train", tasks=("para",))
-    assert list(loaded) == ["para"]
+    loaded = D.load_split(SHARED, "train", tasks=("para",), overrides={"para": str(QQP)})
     ex, rep = loaded["para"]
-    assert len(ex) == 28036 and "quora-train.csv absent" in rep.note and rep.note in rep.summary()
+    assert len(ex) == 28036 and "override" in rep.note and rep.note in rep.summary()
 
 
-def test_no_fallback_when_quora_train_is_present_and_overrides_win(tmp_path):
+def test_a_missing_file_names_itself_and_the_command_that_fetches_it(tmp_path):
+    """No file is looked for outside the data folder; the message says how to get the missing one."""
     (tmp_path / "cs").mkdir()
-    (tmp_path / "quora-full").mkdir()
+    (tmp_path / "quora-full").mkdir()  # a stand-in beside the folder is not picked up behind the user's back
     write(tmp_path / "quora-full", "qqp-extra-labelled.csv", HEADER + "0\ts\ta\tb\t1.0\n")
-    assert D.resolve_files(tmp_path / "cs", "train")["para"].parent.name == "quora-full"
+    with pytest.raises(DataError) as e:
+        D.load_split(tmp_path / "cs", "train", tasks=("para",))
+    msg = str(e.value)
+    assert f"{tmp_path / 'cs' / 'quora-train.csv'}: no such file (train data for task para)" in msg
+    assert f"python -m mtbert data fetch --dest {tmp_path / 'cs'}" in msg and "--quora-train FILE" in msg
     write(tmp_path / "cs", "quora-train.csv", HEADER + "0\to\ta\tb\t0.0\n")
     assert D.resolve_files(tmp_path / "cs", "train")["para"] == tmp_path / "cs" / "quora-train.csv"
     other = write(tmp_path, "mine.csv", HEADER + "0\tm\ta\tb\t1.0\n1\tn\tc\td\t0.0\n")
     loaded = D.load_split(tmp_path / "cs", "train", tasks=("para",), overrides={"para": str(other)})
     assert [e.id for e in loaded["para"][0]] == ["m", "n"] and "override" in loaded["para"][1].note
-    with pytest.raises(DataError, match=r"ids-sst-train\.csv: no such file"):
+    with pytest.raises(DataError, match=r"ids-sst-train\.csv: no such file .*data fetch"):
         D.load_split(tmp_path / "cs", "train")
+    with pytest.raises(DataError) as e:  # a file the user named: the fetch command would not help
+        D.load_split(tmp_path / "cs", "train", tasks=("para",), overrides={"para": str(tmp_path / "nope.csv")})
+    assert "nope.csv: no such file" in str(e.value) and "fetch" not in str(e.value)
 
 
 # ---- the shipped sample ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("split,n", [("train", 400), ("dev", 200), ("test-student", 100)])
+@pytest.mark.parametrize("split,n", [("train", 3000), ("dev", 200), ("test-student", 100)])
 def test_sample_is_complete_clean_and_in_cs224n_format(split, n):
     loaded = D.load_split(D.SAMPLE_DIR, split)
     for task, (ex, rep) in loaded.items():
@@ -288,7 +292,8 @@ def test_sample_train_and_test_student_quora_rows_are_disjoint():
 @needs_shared
 def test_make_sample_reproduces_the_shipped_files(tmp_path):
     out = tmp_path / "sample"
-    subprocess.run([sys.executable, str(REPO / "data" / "sample" / "make_sample.py"), "--out", str(out)],
+    subprocess.run([sys.executable, str(REPO / "data" / "sample" / "make_sample.py"), "--src", str(DATA),
+                    "--out", str(out)],
                    check=True, capture_output=True, text=True, timeout=120)
     names = sorted(p.name for p in D.SAMPLE_DIR.glob("*.csv"))
     assert names == sorted(p.name for p in out.glob("*.csv")) and len(names) == 9

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from mtbert import fetch as F
-from mtbert.data import SHARED_DIR
+from shared_data import CS224N as SHARED_DIR
+from shared_data import needs_shared
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not SHARED_DIR.is_dir(), reason=f"{SHARED_DIR} not present")
+pytestmark = needs_shared
 GOOD = ["ids-sst-dev.csv", "sts-dev.csv"]
 CORRUPT = "sts-test-student.csv"
 # git blob ids from ../shared/data/cs224n/SOURCES.md: an independent check of file_digest("git-blob")
@@ -155,4 +156,4 @@ def test_cli_usage_help_and_missing_files(capsys):
     out, err = capsys.readouterr()
     assert "quora-test-student.csv: no such file" in err and "sts-test-student.csv: 1,725 usable" in out
     assert main(["data", "check"]) == 0  # the shipped sample
-    assert "ids-sst-train.csv: 400 usable of 400 rows" in capsys.readouterr().out
+    assert "ids-sst-train.csv: 3,000 usable of 3,000 rows" in capsys.readouterr().out

@@ -6,12 +6,14 @@ from pathlib import Path
 import torch
 
 from mtbert.checkpoint import load_base
+from shared_data import DATA, needs_shared
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@needs_shared
 def test_float16_copy_loads_as_float32_and_matches_the_packaged_model(tmp_path):
-    r = subprocess.run([sys.executable, "scripts/gpu_assets.py", "--out", str(tmp_path / "gpu")],
+    r = subprocess.run([sys.executable, "scripts/gpu_assets.py", "--out", str(tmp_path / "gpu"), "--data", str(DATA)],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "gpu" / "cs224n" / "sts-train.csv").is_file()

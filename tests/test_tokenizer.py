@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +11,8 @@ import transformers
 from mtbert.checkpoint import resolve_base
 from mtbert.tokenizer import DEFAULT_MAX_LENGTH, Tokenizer
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cs224n"
+from shared_data import CS224N as SHARED
+from shared_data import needs_shared
 
 LONG = " ".join(["the movie is a loud , witless mess of a sequel ."] * 30)  # ~400 tokens
 TRICKY = [
@@ -55,6 +55,8 @@ def ours(request, folder, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sentences():
+    if not SHARED.is_dir():
+        pytest.skip(needs_shared.kwargs["reason"])
     sst = _rows("ids-sst-dev.csv", "sentence")[:200]
     q1, q2 = _rows("quora-dev.csv", "sentence1")[:200], _rows("quora-dev.csv", "sentence2")[:200]
     return sst + TRICKY, (q1 + TRICKY, q2 + TRICKY[::-1])

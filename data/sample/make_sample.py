@@ -15,7 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_SRC = HERE.parent.parent.parent / "shared" / "data"
-SIZES = {"train": 400, "dev": 200, "test-student": 100}
+SIZES = {"train": 3000, "dev": 200, "test-student": 100}
 
 # output name -> (source file relative to --src, split)
 PLAN = {
