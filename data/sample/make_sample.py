@@ -1,6 +1,9 @@
 """Rebuild the shipped sample data set from the full data, reproducibly.
 
-    python data/sample/make_sample.py [--src ../shared/data] [--out data/sample] [--seed 224]
+    python data/sample/make_sample.py --src DATA [--out data/sample] [--seed 224]
+
+DATA holds `cs224n/` (the CS224N data files) and `quora-full/qqp-extra-labelled.csv` (the Quora
+stand-in set, which gives the sample's quora-train.csv and quora-test-student.csv).
 
 Records are copied byte for byte (so the sample is exactly CS224N format), chosen at random with a
 fixed seed, kept in file order. Only clean records are eligible: one physical line, the header's
@@ -14,7 +17,6 @@ import random
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_SRC = HERE.parent.parent.parent / "shared" / "data"
 SIZES = {"train": 3000, "dev": 200, "test-student": 100}
 
 # output name -> (source file relative to --src, split)
@@ -48,7 +50,8 @@ def clean_records(path: Path) -> tuple[str, list[str]]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--src", type=Path, default=DEFAULT_SRC, help="the shared data folder")
+    ap.add_argument("--src", type=Path, required=True,
+                    help="the folder holding cs224n/ and quora-full/qqp-extra-labelled.csv")
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--seed", type=int, default=224)
     args = ap.parse_args(argv)
