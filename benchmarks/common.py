@@ -13,6 +13,7 @@ import platform
 import random
 import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -100,6 +101,36 @@ def load_average() -> str:
 
 def today() -> str:
     return _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+
+
+def commit() -> str:
+    """The checked-out commit, so that a number names the code that produced it."""
+    git = ["git", "-C", str(ROOT)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + (" with uncommitted changes" if dirty else "")) if head else "unknown"
+
+
+# where a script writes its results: they change nothing measured, and the folder may be a private one
+OUTPUT_FLAGS = ("--out", "--runs-dir")
+
+
+def command(script: str, argv: list[str]) -> str:
+    """The command line to show beside a result, without the output flags."""
+    shown, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in OUTPUT_FLAGS:
+            skip = True
+        elif arg.split("=", 1)[0] not in OUTPUT_FLAGS:
+            shown.append(arg)
+    return " ".join(["python", script, *shown])
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -134,9 +134,11 @@ def main(argv=None) -> list[list[str]]:
                     print(" | ".join(rows[-1]), flush=True)
 
     table = common.markdown_table(header, rows)
-    cmd = "python benchmarks/encoder.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = common.command("benchmarks/encoder.py", argv if argv is not None else sys.argv[1:])
+    weights = ("the packaged all-MiniLM-L6-v2 weights" if a.base_model == "minilm-l6"
+               else f"the all-MiniLM-L6-v2 weights in `{Path(a.base_model).name}`")
     body = (f"Our `mtbert.bert.BertModel` against `transformers.BertModel` ({transformers.__version__}, "
-            f"default SDPA attention), both on the packaged all-MiniLM-L6-v2 weights; real SST and Quora "
+            f"default SDPA attention), both on {weights}; real SST and Quora "
             f"batches tokenised by our tokenizer with dynamic padding. Inference under "
             f"`torch.inference_mode`; a train step is forward, a loss on the pooled output, backward and "
             f"an AdamW step (dropout on). Median of {a.reps} interleaved repetitions of {a.batches} "
@@ -147,11 +149,12 @@ def main(argv=None) -> list[list[str]]:
             f"all 22.7 M weights, the embedding gradient) are the same for both, so train-step "
             f"ratios are lower than inference ratios.\n\n"
             f"{table}\n\n"
-            f"- command: `{cmd.strip()}`\n"
+            f"- command: `{cmd}`\n"
             f"- machine: {common.machine(a.device, ','.join(map(str, a.threads)))}\n"
             f"- 1-minute load average before / after: {load_before} / {common.load_average()} "
-            f"(the machine is shared; above the core count, timings are noisy)\n"
-            f"- date: {common.today()}\n")
+            f"(a load above the number of cores means other work competed for them: noisy timings)\n"
+            f"- date: {common.today()}\n"
+            f"- commit: {common.commit()}\n")
     print()
     print(table)
     # one section per device kind, so a GPU run leaves the CPU table in place

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import DOC, interleaved, machine, markdown_table, median, today, write_section  # noqa: E402
+from benchmarks.common import (DOC, command, commit, interleaved, machine, markdown_table, median, today,  # noqa: E402
+                               write_section)
 from mtbert.bert import BertConfig, BertModel  # noqa: E402
 from mtbert.checkpoint import load_base, resolve_base  # noqa: E402
 from mtbert.data import FULL_DATA_DIR, load_split, make_batch  # noqa: E402
@@ -90,11 +91,14 @@ def main(argv=None) -> int:
                             "time vs one backward"], rows)
     print(table)
     n_params = sum(p.numel() for p in params) / 1e6
-    body = (f"{table}\n\nModel: {args.model} ({n_params:.1f} M trainable parameters), batch {args.batch_size} "
-            f"per task (3 tasks, {examples} sentences per step), max length {args.max_length}, real CS224N dev "
-            f"sentences, AdamW{', bf16 autocast' if amp else ''}, {args.reps} interleaved repetitions after "
-            f"{args.warmup} warm-up.\n\nMachine: {machine(args.device)}. Measured {today()}.\n\n"
-            f"Command: `python benchmarks/train.py {' '.join(argv if argv is not None else sys.argv[1:])}`")
+    weights = ("random weights" if args.model != "minilm" else "the packaged weights"
+               if args.base_model == "minilm-l6" else f"the weights in `{Path(args.base_model).name}`")
+    body = (f"{table}\n\nModel: {args.model}, {weights} ({n_params:.1f} M trainable parameters), "
+            f"batch {args.batch_size} per task (3 tasks, {examples} sentences per step), max length "
+            f"{args.max_length}, real CS224N dev sentences, AdamW{', bf16 autocast' if amp else ''}, "
+            f"{args.reps} interleaved repetitions after {args.warmup} warm-up.\n\n"
+            f"Machine: {machine(args.device)}. Measured {today()}, commit {commit()}.\n\n"
+            f"Command: `{command('benchmarks/train.py', argv if argv is not None else sys.argv[1:])}`")
     over = median(times["pcgrad"]) / median(times["sum + telemetry"])
     body += ("\n\nWhere the time goes: `pcgrad` needs each task's gradient on the shared weights, so it runs "
              "one backward per task (3) instead of one; the projection itself is cheap (the Gram form in "

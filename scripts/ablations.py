@@ -2,7 +2,7 @@
 vs CosineEmbeddingLoss — each a change of one setting from the same base configuration.
 
     python scripts/ablations.py                         # writes the '## Ablations' section of docs/results.md
-    python scripts/ablations.py --budget 60 --subset 200 --out /tmp/x.md   # a quick smoke run
+    python scripts/ablations.py --budget 60 --subset 200 --out smoke.md   # a quick smoke run
 
 Every run trains for the same training-time budget on the same train subset and is scored on the
 same dev subset; the table also shows what PCGrad saw (gradient conflicts between tasks).
@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import machine, markdown_table, today, write_section  # noqa: E402
+from benchmarks.common import command, commit, machine, markdown_table, today, write_section  # noqa: E402
 from mtbert.config import TrainConfig, read_config_file  # noqa: E402
 from mtbert.train import Trainer  # noqa: E402
 
@@ -91,8 +91,8 @@ def main(argv=None) -> int:
             f"measured on the shared encoder's gradients every step (PCGrad projects only in the runs that use it; the `sum` "
             f"run reports what PCGrad would have seen; a round-robin step holds one task, so it has no pairs to "
             f"compare).{calibration}\n\nMachine: {machine('cpu')}. "
-            f"Measured {today()}.\n\nCommand: `python scripts/ablations.py "
-            f"{' '.join(argv if argv is not None else sys.argv[1:])}`")
+            f"Measured {today()}, commit {commit()}.\n\n"
+            f"Command: `{command('scripts/ablations.py', argv if argv is not None else sys.argv[1:])}`")
     print(table)
     write_section(args.out, "Ablations", body)
     return 0

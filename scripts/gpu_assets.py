@@ -1,11 +1,11 @@
-"""Build `.gpu/`: what a GPU machine with no package registry needs to run the benchmarks and the recipe.
+"""Build `.gpu/`: what a GPU machine without the packaged MiniLM needs to run the benchmarks and the recipe.
 
     python scripts/gpu_assets.py --data DATA   # then, on the GPU machine: bash scripts/gpu_check.sh
 
 DATA holds `cs224n/` (the CS224N files) and `quora-full/qqp-extra-labelled.csv` (the Quora train set).
 
 - `.gpu/minilm/`: the packaged all-MiniLM-L6-v2 with its weights stored as float16 (45 MB instead
-  of 87 MB, so the working tree fits a 64 MiB transfer); every loader casts it back to float32.
+  of 87 MB, small enough to copy along with the working tree); every loader casts it back to float32.
 - `.gpu/cs224n/` and `.gpu/qqp-extra-labelled.csv`: the train and dev files of DATA.
 `.gpu/` is ignored by git (.gitignore).
 """

@@ -79,7 +79,9 @@ def main(argv=None) -> int:
               f"conflicting task pair: {conflict_steps} ({100 * conflict_steps / max(1, len(steps)):.0f} %); "
               f"PCGrad projections: {projections}; mean gradient cosine: "
               + ", ".join(f"{p} {statistics.mean(v):+.3f}" for p, v in cos.items()))
-    settings = ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in ("name",))
+    # data paths by their last part only, as in the model card: the folder is the reader's own
+    settings = ", ".join(f"{k}={Path(v).name if k in ('data_dir', 'quora_train') and v else v}"
+                         for k, v in cfg.items() if k not in ("name",))
     body = (f"{table}\n\nTrain row: {cfg.get('train_eval_subset') or 'all'} train examples per task; Dev row: the "
             f"whole CS224N dev sets (Quora: 20,212 pairs). Both rows describe the best checkpoint (by dev "
             f"average).{threshold}\n\nDev evaluations during training:\n\n{curve}\n\nTraining: {pcgrad}.\n\n"

@@ -21,6 +21,8 @@ def test_ablation_script_smoke(tiny_base, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     text = out.read_text()
     assert "keep me" in text and "## Ablations" in text
+    # the command is shown without its output file, and the section names the commit measured
+    assert "--subset 16 --eval-subset 8`" in text and str(out) not in text and ", commit " in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "variant" not in line]
     assert len(rows) == 4
     base, rr = rows[0].split("|"), rows[1].split("|")

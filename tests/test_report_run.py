@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_report_of_a_calibrated_run(tiny_base, tmp_path):
     run = tmp_path / "runs" / "r"
-    cfg = tiny_cfg(tiny_base, epochs=2, calibrate_para=True, eval_subset=6, full_eval_at_s=[1e-6])
+    cfg = tiny_cfg(tiny_base, epochs=2, calibrate_para=True, eval_subset=6, full_eval_at_s=[1e-6],
+                   data_dir=str(REPO / "data" / "sample"))  # an absolute path, which the report must not print
     assert Trainer(cfg, run, progress=False).run() == "finished"
     out = tmp_path / "results.md"
     out.write_text("# Results\n\n## Other\n\nkeep me\n")
@@ -33,7 +34,9 @@ def test_report_of_a_calibrated_run(tiny_base, tmp_path):
     assert f"(best checkpoint: step {best_step})" in text
     assert "Paraphrase acc at 0.5" in text
     assert "Machine: Linux" in text  # this machine, by default
+    settings = next(line for line in text.splitlines() if line.startswith("Settings: "))
+    assert "data_dir=sample," in settings and str(REPO) not in settings
     r = subprocess.run([sys.executable, "scripts/report_run.py", str(run), "--section", "Recipe X", "--out", str(out),
-                        "--machine", "one NVIDIA H200 (lent)"], cwd=REPO, capture_output=True, text=True, timeout=120)
+                        "--machine", "one NVIDIA H200"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "Machine: one NVIDIA H200 (lent)." in out.read_text()
+    assert "Machine: one NVIDIA H200." in out.read_text()

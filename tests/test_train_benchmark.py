@@ -15,6 +15,11 @@ def test_train_benchmark_smoke(tmp_path):
     assert r.returncode == 0, r.stderr
     text = out.read_text()
     assert "keep me" in text and "## Training step: sum vs PCGrad (minilm, cpu)" in text
+    # the section names the code and the command, but not where this run wrote its output
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    assert f"commit {commit.strip()}" in text and str(tmp_path) not in text
+    assert "Command: `python benchmarks/train.py --reps 2 --warmup 0 --batch-size 2 --max-length 16 --data-dir " \
+           "data/sample`" in text
     for method in ("sum (one backward)", "sum + telemetry", "pcgrad"):
         row = next(line for line in text.splitlines() if line.startswith(f"| {method} |"))
         ms, per_s = float(row.split("|")[2]), float(row.split("|")[3])
