@@ -22,7 +22,7 @@ DEFAULT_DEST = REPO_DIR / "data" / "cs224n"
 TIMEOUT_S = 60
 CHUNK = 1 << 20
 
-# file -> (kind, digest). sha256 where the file was seen (../shared/data/cs224n/SOURCES.md);
+# file -> (kind, digest). sha256 where the file was seen (the CS224N data files' SOURCES.md);
 # the two quora files too large to copy are known only by their git blob ids.
 FILES = {
     "ids-sst-train.csv": ("sha256", "03b2b625c090f94a6afd59f114cde5282e2053aab0b101e87ed695d8a0c5b1df"),

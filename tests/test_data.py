@@ -22,7 +22,7 @@ from shared_data import CS224N, DATA, QQP, needs_shared
 REPO = Path(__file__).resolve().parents[1]
 SHARED = CS224N
 
-# (task, file, rows, usable): rows from ../shared/data/cs224n/SOURCES.md and quora-full/SOURCES.md
+# (task, file, rows, usable): rows from the full data's cs224n/SOURCES.md and quora-full/SOURCES.md
 SHARED_FILES = [
     ("sst", "ids-sst-train.csv", 8544, 8544),
     ("sst", "ids-sst-dev.csv", 1101, 1101),

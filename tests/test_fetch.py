@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = needs_shared
 GOOD = ["ids-sst-dev.csv", "sts-dev.csv"]
 CORRUPT = "sts-test-student.csv"
-# git blob ids from ../shared/data/cs224n/SOURCES.md: an independent check of file_digest("git-blob")
+# git blob ids from the full data's cs224n/SOURCES.md: an independent check of file_digest("git-blob")
 BLOBS = {"ids-sst-dev.csv": "3171aa629a340809d2db4a50df8f6e5ec9420ab0",
          "sts-dev.csv": "9392860e584717976b8d817cc40c9e6ceeec27e0"}
 

@@ -1,4 +1,4 @@
-"""Many people on one studio at once (issue 5, item 5): a real `streamlit run app.py` on 127.0.0.1
+"""Many people on one studio at once: a real `streamlit run app.py` on 127.0.0.1
 and SESSIONS browser sessions, each its own websocket speaking Streamlit's protocol as the browser
 does (BackMsg `rerun_script` carrying the widget states, ForwardMsg deltas back), all using the
 Playground at the same moment, each with its own checkpoint, sentence and sentence pair. Every

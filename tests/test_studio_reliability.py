@@ -1,4 +1,4 @@
-"""The studio's side of issue 5 and the Hub in the studio (issue 6), through the pages themselves
+"""The studio's reliability promises and the Hub in the studio, through the pages themselves
 (Streamlit's AppTest) on a tiny random BERT:
 
 - checkpoint paths from the UI: the Playground's typed folder and pickers, the Runs page's Push,
