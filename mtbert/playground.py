@@ -6,24 +6,24 @@ a message for the user; an input longer than the model reads is cut, and the res
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import tempfile
 import threading
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 
 from .checkpoint import download_from_hub, load_base, load_checkpoint
 from .model import ModelConfig, MultitaskBert
-from .runs import BASE_MODELS, ROOT, CheckpointRef, list_checkpoints, safe_checkpoint_path
+from .runs import BASE_MODELS, CheckpointRef, list_checkpoints, safe_checkpoint_path
 
 SST_LABELS = ("very negative", "negative", "neutral", "positive", "very positive")
 MAX_CHARS = 100_000  # beyond this even tokenising is wasted work: the model reads <= 512 tokens
-JS_ENV = "MTBERT_BERTVIZ_JS"
-JS_FILES = ("jquery.min.js", "d3.min.js")
-DEFAULT_JS_DIR = ROOT / "vendor-js"  # where scripts/fetch_js.sh puts them by default
 
 
 class InputError(ValueError):
@@ -215,24 +215,55 @@ def attention_heatmap(view: AttentionView, layer: int, head: int):
     return fig
 
 
-# ---- bertviz, online or offline ---------------------------------------------------------------
+# ---- bertviz, offline ------------------------------------------------------------------------
 
-def js_dir() -> Path | None:
-    """The folder with local copies of d3 v5 and jQuery: $MTBERT_BERTVIZ_JS, else vendor-js/ when
-    scripts/fetch_js.sh has filled it; None means bertviz's CDN links (blank without internet)."""
+# d3 and jQuery ship inside the package (copied from npm, see manifest.json), so the views draw
+# with no CDN and no extra install step
+JS_DIR = Path(__file__).with_name("static") / "js"
+JS_MANIFEST = json.loads((JS_DIR / "manifest.json").read_text(encoding="utf-8"))["files"]
+JS_FILES = tuple(f["name"] for f in JS_MANIFEST if "license_file" in f)  # the scripts, in inlining order
+JS_ENV = "MTBERT_BERTVIZ_JS"  # optional: a folder with other copies of the same files
+
+
+def js_dir() -> Path:
+    """The folder d3 and jQuery are inlined from: $MTBERT_BERTVIZ_JS when set (it must hold
+    JS_FILES), else the copies shipped in mtbert/static/js, checked against their manifest."""
     env = os.environ.get(JS_ENV)
     if env:
         folder = Path(env).expanduser()
         missing = [f for f in JS_FILES if not (folder / f).is_file()]
         if missing:
-            raise InputError(f"{JS_ENV}={env}: missing {', '.join(missing)} there "
-                             "(fill it with scripts/fetch_js.sh)")
+            raise InputError(f"{JS_ENV}={env}: missing {', '.join(missing)} there; set it to a folder "
+                             f"holding {' and '.join(JS_FILES)}, or unset it to use the copies shipped with mtbert")
         return folder
-    return DEFAULT_JS_DIR if all((DEFAULT_JS_DIR / f).is_file() for f in JS_FILES) else None
+    # keyed on size and mtime: the hashes are computed once, yet a file changed later is caught
+    _check_shipped_js(tuple(_stat(JS_DIR / f["name"]) for f in JS_MANIFEST))
+    return JS_DIR
+
+
+def _stat(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+@lru_cache(maxsize=4)
+def _check_shipped_js(_stats: tuple) -> None:
+    for f in JS_MANIFEST:
+        path = JS_DIR / f["name"]
+        if not path.is_file():
+            raise InputError(f"{path} is missing from the mtbert package: reinstall mtbert")
+        got = hashlib.sha256(path.read_bytes()).hexdigest()
+        if got != f["sha256"]:
+            raise InputError(f"{path} has sha256 {got}, but manifest.json expects {f['sha256']} "
+                             f"({f['source']['npm']}): the file was changed; reinstall mtbert")
 
 
 _REQUIRE_TAG = re.compile(r'<script src="https?://[^"]*require[^"]*"></script>')
 _REQUIRE_CONFIG = re.compile(r"require\.config\(\{.*?\}\);", re.S)
+_OUTSIDE_LINK = re.compile(r"""<(?:script|link)\b[^>]*\b(?:src|href)\s*=\s*["']?\s*(?:https?:)?//[^>]*""", re.I)
 # bertviz's code asks requirejs for its two libraries; with both inlined, hand them over directly
 _REQUIRE_SHIM = """<script>
 window.requirejs = window.require = function (deps, cb) {
@@ -251,6 +282,8 @@ def inline_js(html: str, folder: Path) -> str:
         libs.append(f"<script>\n{code}\n</script>")
     html = _REQUIRE_TAG.sub("", html)
     html = _REQUIRE_CONFIG.sub("", html)
+    if leftover := _OUTSIDE_LINK.search(html):  # a bertviz release loading something new: fail, stay offline
+        raise RuntimeError(f"bertviz's page still loads from another host: {leftover[0]}")
     return "\n".join(libs) + "\n" + _REQUIRE_SHIM + "\n" + html
 
 
@@ -259,21 +292,20 @@ def _script_safe(tokens: list[str]) -> list[str]:
     return [t.replace("<", "\uff1c") if ("</" in t or "<!--" in t) else t for t in tokens]
 
 
-def bertviz_html(view: AttentionView, kind: str = "head", folder: Path | None | str = "auto") -> str:
-    """bertviz head_view or model_view as a standalone HTML page (for st.iframe).
-    folder='auto': local JS from js_dir() when available; None: the CDN links."""
+def bertviz_html(view: AttentionView, kind: str = "head", folder: Path | str | None = None) -> str:
+    """bertviz head_view or model_view as a standalone HTML page (for st.iframe) that loads
+    nothing from anywhere: d3 and jQuery inlined from `folder` (None: js_dir())."""
     from bertviz import head_view, model_view
 
     views = {"head": head_view, "model": model_view}
     if kind not in views:
         raise ValueError(f"kind={kind!r} is not allowed; choose one of {', '.join(views)}")
+    folder = js_dir() if folder is None else Path(folder)
     # 3 decimals is finer than the eye can tell apart and cuts the page to a fifth of its size
     rounded = [a.double().round(decimals=3) for a in view.attentions]
     html = views[kind](attention=rounded, tokens=_script_safe(view.tokens),
                        sentence_b_start=view.sentence_b_start, html_action="return").data
-    folder = js_dir() if folder == "auto" else folder
-    body = inline_js(html, Path(folder)) if folder else html
-    return f"<!doctype html><html><head><meta charset='utf-8'></head><body>{body}</body></html>"
+    return f"<!doctype html><html><head><meta charset='utf-8'></head><body>{inline_js(html, folder)}</body></html>"
 
 
 def bertviz_height(view: AttentionView, kind: str = "head") -> int:

@@ -117,16 +117,11 @@ with attention_tab:
         kind = st.radio("bertviz", ["head view", "model view"], horizontal=True, key="bertviz_kind")
         kind = kind.split()[0]
         try:
-            folder = pg.js_dir()
-        except pg.InputError as e:
+            page = pg.bertviz_html(view, kind)
+        except pg.InputError as e:  # a bad MTBERT_BERTVIZ_JS, or shipped scripts that fail their check
             st.error(str(e))
-            folder = None
-        if folder is None:
-            st.info("bertviz fetches d3 and jQuery from a CDN, so without internet this view stays blank. "
-                    "Run `scripts/fetch_js.sh` once (or point MTBERT_BERTVIZ_JS at a folder holding "
-                    "d3.min.js and jquery.min.js) to draw it offline.", icon=":material/cloud_off:")
-        st.iframe(pg.bertviz_html(view, kind, folder), height=pg.bertviz_height(view, kind),
-                  alt=f"bertviz {kind} view of the attention")
+        else:
+            st.iframe(page, height=pg.bertviz_height(view, kind), alt=f"bertviz {kind} view of the attention")
 
 with batch_tab:
     name, model, tok, _ = models[0]

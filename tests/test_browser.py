@@ -1,9 +1,11 @@
 """End to end in a real browser: `streamlit run app.py`, driven by Playwright in Debian's Chromium.
 
 Trains a tiny run from the Train page and waits for the loss chart to draw and the run to finish,
-gets a sentiment prediction in the Playground, and renders the offline bertviz view (its SVG must
-have drawn elements, with no request leaving 127.0.0.1). Screenshots of every page go to
-artifacts/screenshots/ (CI keeps them); with MTBERT_DOC_SCREENSHOTS=1 also to docs/screenshots/.
+gets a sentiment prediction in the Playground, and draws bertviz's head view and model view from
+the d3 and jQuery shipped inside mtbert (each must draw, and answer a hover by drawing something
+else), while every request for a host other than 127.0.0.1 is aborted and must never happen.
+Screenshots of every page go to artifacts/screenshots/ (CI keeps them); with
+MTBERT_DOC_SCREENSHOTS=1 also to docs/screenshots/.
 
 Skipped only when /usr/bin/chromium is missing outside CI; in CI (env CI set) it must run.
 """
@@ -13,7 +15,6 @@ import csv
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -21,6 +22,7 @@ import pytest
 from playwright.sync_api import expect
 
 from mtbert import runs
+from mtbert.playground import JS_ENV
 from streamlit_server import streamlit_app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,21 +35,6 @@ pytestmark = pytest.mark.slow
 
 if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
     pytest.skip("no /usr/bin/chromium (apt-get install -y chromium); CI must have it", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def js_dir(tmp_path_factory) -> Path:
-    """d3 and jQuery for the offline bertviz view: $MTBERT_BERTVIZ_JS, vendor-js/, or fetched now."""
-    for cand in (os.environ.get("MTBERT_BERTVIZ_JS"), REPO / "vendor-js"):
-        if cand and all((Path(cand) / f).is_file() for f in ("d3.min.js", "jquery.min.js")):
-            return Path(cand)
-    dest = tmp_path_factory.mktemp("vendor-js")
-    r = subprocess.run(["bash", str(REPO / "scripts" / "fetch_js.sh"), str(dest)], capture_output=True, text=True,
-                       timeout=300)
-    if r.returncode != 0:
-        pytest.fail(f"scripts/fetch_js.sh failed (set MTBERT_BERTVIZ_JS to a folder with d3.min.js and "
-                    f"jquery.min.js instead): {r.stderr[-2000:]}")
-    return dest
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +52,12 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory, js_dir):
-    """A real `streamlit run app.py` on a free port, with its own empty runs folder."""
+def studio(tmp_path_factory):
+    """A real `streamlit run app.py` on a free port, with its own empty runs folder, and without
+    MTBERT_BERTVIZ_JS: bertviz must draw from the JavaScript shipped in the package."""
     runs_dir = tmp_path_factory.mktemp("runs")
-    env = {**os.environ, "MTBERT_RUNS_DIR": str(runs_dir), "MTBERT_BERTVIZ_JS": str(js_dir)}
+    env = {k: v for k, v in os.environ.items() if k != JS_ENV}
+    env["MTBERT_RUNS_DIR"] = str(runs_dir)
     with streamlit_app(env, tmp_path_factory.mktemp("log") / "streamlit.log", start_timeout=60) as url:
         yield url, runs_dir
     # a run the test started and left behind must not outlive it
@@ -134,13 +123,50 @@ def set_number(page, label: str, value) -> None:
     field.press("Tab")  # Streamlit commits a number on blur
 
 
+def keep_on_loopback(page) -> list[str]:
+    """Abort every request of the page (its frames included) for a host other than this machine;
+    the returned list collects them, so the test can demand it stays empty."""
+    outside = []
+
+    def route(r):
+        url = r.request.url
+        if urlparse(url).scheme in ("data", "blob") or urlparse(url).hostname in ("127.0.0.1", "localhost"):
+            r.continue_()
+        else:
+            outside.append(url)
+            r.abort()
+
+    page.route("**/*", route)
+    return outside
+
+
+def bertviz_frame(page, kind: str):
+    """The bertviz view's frame (st.iframe with srcdoc), once its SVG has drawn."""
+    frame = page.frame_locator(f"iframe[title='bertviz {kind} view of the attention']")
+    frame.locator("#vis svg line").first.wait_for(state="attached", timeout=60_000)
+    page.wait_for_timeout(500)
+    return frame
+
+
+def svg_state(frame) -> dict:
+    """What bertviz's SVG shows: element counts, the texts, the inline opacities, the arcs shown."""
+    return frame.locator("#vis svg").evaluate("""svg => {
+        const all = s => [...svg.querySelectorAll(s)];
+        return {
+            text: all('text').length, line: all('line').length, rect: all('rect').length,
+            detail: all('.detail').length, texts: all('text').map(t => t.textContent).join('|'),
+            hidden_group: svg.querySelector('#attention') && svg.querySelector('#attention').getAttribute('visibility'),
+            shown_lines: all("line[visibility='visible']").length,
+            opacities: all('rect, g').map(e => e.style.opacity).join(','),
+            faded_groups: all('g').filter(g => g.style.opacity === '0').length,
+        };
+    }""")
+
+
 def test_train_watch_then_play(studio, browser, tiny_base, tiny_data):
     url, runs_dir = studio
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    outside = []
-    page.on("request", lambda r: outside.append(r.url)
-            if urlparse(r.url).hostname not in ("127.0.0.1", None) and not r.url.startswith(("data:", "blob:", "about:"))
-            else None)
+    outside = keep_on_loopback(page)
 
     # home: what this machine offers
     page.goto(url)
@@ -209,18 +235,34 @@ def test_train_watch_then_play(studio, browser, tiny_base, tiny_data):
     wait_idle(page)
     shot(page, "playground")
 
-    # attention: bertviz's head view drawn from the local d3/jQuery
+    # attention: bertviz's two views, drawn from the d3/jQuery inside the package
     page.get_by_role("tab", name="Attention").click()
     page.get_by_label("Sentence A", exact=True).fill("The movie was not bad at all.")
     page.get_by_role("button", name="Show attention").click()
-    frame = page.frame_locator("iframe[title='bertviz head view of the attention']")
-    frame.locator("#vis svg").wait_for(timeout=60_000)
-    page.wait_for_timeout(500)
-    drawn = frame.locator("#vis svg *").count()
-    tokens = frame.locator("#vis svg text").count()
-    assert tokens >= 2 * 9, "both token columns ([CLS] the movie was not bad at all . [SEP])"
-    assert drawn > 100, f"the head view drew only {drawn} SVG elements"
+    head = bertviz_frame(page, "head")
+    before = svg_state(head)
+    assert before["text"] >= 2 * 9, "both token columns ([CLS] the movie was not bad at all . [SEP])"
+    assert before["line"] > 0 and before["rect"] > 0 and before["hidden_group"] is None
     shot(page, "attention", page.locator("iframe[title='bertviz head view of the attention']"))
+    head.locator("#left text").filter(has_text="movie").hover()  # only that token's arcs stay shown
+    after = svg_state(head)
+    assert after["hidden_group"] == "hidden" and 0 < after["shown_lines"] < before["line"]
+    assert after["opacities"] != before["opacities"]  # its weights light up the other column
+
+    page.get_by_text("model view", exact=True).click()
+    model = bertviz_frame(page, "model")
+    before = svg_state(model)
+    assert before["line"] > 0 and before["detail"] == 0, "thumbnails of every layer and head, no detail yet"
+    thumb = model.locator("#attn_background_1_0 ~ rect")  # the thumbnail's click area (layer 1, head 0)
+    thumb.hover()
+    assert thumb.evaluate("e => e.style.cursor") == "pointer"
+    thumb.click()
+    opened = svg_state(model)
+    assert opened["detail"] > 0 and "Layer 1, Head 0" in opened["texts"], "the clicked head's detail view"
+    shot(page, "attention-model", page.locator("iframe[title='bertviz model view of the attention']"))
+    model.locator("g.detail").first.locator("text.token").filter(has_text="movie").hover()
+    hovered = svg_state(model)
+    assert opened["faded_groups"] == 0 and hovered["faded_groups"] > 0  # only that token's lines stay
 
     # batch: a CS224N file in, id,prediction CSV out
     page.get_by_role("tab", name="Batch file").click()

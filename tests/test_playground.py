@@ -119,33 +119,94 @@ def fake_js(tmp_path):
     return tmp_path
 
 
-def test_bertviz_offline_inlines_the_libraries_and_drops_every_cdn_link(loaded, fake_js, monkeypatch):
+# a tag that would fetch a script or stylesheet: an absolute or protocol-relative URL
+OUTSIDE = re.compile(r"""<(script|link)\b[^>]*\b(src|href)\s*=\s*["']?\s*(https?:)?//""", re.I)
+
+
+def test_bertviz_pages_inline_the_shipped_libraries_and_load_nothing(loaded):
+    from bertviz import head_view
+
     model, tok, _ = loaded
     view = pg.attention(model, tok, "How old are you?", "What is your age?")
-    online = pg.bertviz_html(view, "head", folder=None)
-    assert "cdnjs.cloudflare.com" in online and "require.min.js" in online
-    monkeypatch.setenv(pg.JS_ENV, str(fake_js))
+    raw = head_view(attention=list(view.attentions), tokens=view.tokens, html_action="return").data
+    assert OUTSIDE.search(raw) and "require.config({" in raw  # what bertviz itself would fetch
+    scripts = {name: (pg.JS_DIR / name).read_text(encoding="utf-8") for name in pg.JS_FILES}
     for kind in ("head", "model"):
         html = pg.bertviz_html(view, kind)
-        assert "D3-LOCAL" in html and "JQ-LOCAL" in html
-        assert "cdnjs" not in html
+        assert not OUTSIDE.search(html), OUTSIDE.search(html)
+        assert not re.search(r"<script\b[^>]*\bsrc\s*=", html, re.I)  # every script is inline
         assert "require.config({" not in html  # bertviz's block naming the CDN paths
-        assert not re.search(r"""(src|href)\s*=\s*["']https?:""", html)  # nothing fetched from outside
-        assert html.index("JQ-LOCAL") < html.index("D3-LOCAL") < html.index("requirejs(['jquery', 'd3']")
-        assert html.count("<script") == html.count("</script>")  # nothing closes a script early
+        # each library whole (the head of its code and its last statement), in manifest order
+        at = [html.index(code[:200]) for code in scripts.values()]
+        assert at == sorted(at) and all(code.rstrip()[-200:] in html for code in scripts.values())
+        assert at[-1] < html.index("requirejs(['jquery', 'd3']")
+        # nothing closes a script early or makes the parser skip a closing tag ("<!--" ... "<script")
+        rest = html
+        for code in scripts.values():
+            rest = rest.replace(code, "")
+        assert rest.count("<script") == rest.count("</script>") and "<!--" not in html
         assert "Sentence B -> Sentence B" in html  # the pair's views (sentence_b_start reached bertviz)
         assert pg.bertviz_height(view, kind) > 13 * 7
     with pytest.raises(ValueError, match="kind='neuron' is not allowed"):
         pg.bertviz_html(view, "neuron")
+    with pytest.raises(RuntimeError, match="cdn.example"):  # a link bertviz might add later is refused
+        pg.inline_js('<script src="https://cdn.example/x.js"></script>', pg.JS_DIR)
 
 
-def test_bertviz_js_folder_setting(fake_js, monkeypatch, tmp_path):
-    monkeypatch.setattr(pg, "DEFAULT_JS_DIR", tmp_path / "absent")
-    assert pg.js_dir() is None
+def test_bertviz_js_folder_setting(loaded, fake_js, monkeypatch):
+    assert pg.js_dir() == pg.JS_DIR  # by default: the copies inside the package
     monkeypatch.setenv(pg.JS_ENV, str(fake_js))
     assert pg.js_dir() == fake_js
+    model, tok, _ = loaded
+    html = pg.bertviz_html(pg.attention(model, tok, "Hi there."), "model")
+    assert html.index("JQ-LOCAL") < html.index("D3-LOCAL") and "https://d3js.org" not in html
     (fake_js / "d3.min.js").unlink()
-    with pytest.raises(pg.InputError, match=r"MTBERT_BERTVIZ_JS=.*missing d3.min.js.*scripts/fetch_js.sh"):
+    with pytest.raises(pg.InputError, match=r"MTBERT_BERTVIZ_JS=.*missing d3.min.js.*unset it"):
+        pg.js_dir()
+
+
+def sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_shipped_js_matches_its_manifest_and_carries_its_licences():
+    names = {f["name"] for f in pg.JS_MANIFEST}
+    assert names == {p.name for p in pg.JS_DIR.iterdir() if not p.name.startswith(".")} - {"manifest.json"}
+    assert set(pg.JS_FILES) == {"d3.min.js", "jquery.min.js"}
+    for f in pg.JS_MANIFEST:
+        assert sha256(pg.JS_DIR / f["name"]) == f["sha256"], f["name"]
+        pkg, version = f["source"]["npm"].split("@")
+        assert version == f["version"] and f["source"]["path"].startswith("package/")
+        if "license_file" in f:  # a script: its banner names the version, its licence file is listed
+            assert f"v{version}" in (pg.JS_DIR / f["name"]).read_text(encoding="utf-8")[:300]
+            lic = next(x for x in pg.JS_MANIFEST if x["name"] == f["license_file"])
+            assert lic["license"] == f["license"] and lic["source"]["npm"] == f["source"]["npm"]
+            text = (pg.JS_DIR / lic["name"]).read_text(encoding="utf-8")
+            assert {"MIT": "Permission is hereby granted",
+                    "BSD-3-Clause": "Redistribution and use in source and binary forms"}[f["license"]] in text
+    d3 = next(f for f in pg.JS_MANIFEST if f["name"] == "d3.min.js")
+    assert d3["version"].split(".")[0] in ("4", "5")  # bertviz calls the v4/v5 API (d3.schemeCategory10)
+
+
+def test_a_changed_or_missing_shipped_file_is_refused(tmp_path, monkeypatch):
+    import shutil
+
+    folder, shipped = tmp_path / "js", pg.JS_DIR
+    shutil.copytree(shipped, folder)
+    monkeypatch.setattr(pg, "JS_DIR", folder)
+    assert pg.js_dir() == folder
+    hits = pg._check_shipped_js.cache_info().hits
+    assert pg.js_dir() == folder and pg._check_shipped_js.cache_info().hits == hits + 1  # hashed once
+    d3 = folder / "d3.min.js"
+    d3.write_bytes(d3.read_bytes().replace(b"d3js.org", b"d3js.com", 1))
+    with pytest.raises(pg.InputError, match=r"d3\.min\.js has sha256 [0-9a-f]{64}, but manifest.json expects"):
+        pg.js_dir()
+    shutil.copy(shipped / d3.name, d3)
+    assert pg.js_dir() == folder  # put back: accepted again
+    (folder / "jquery.min.js").unlink()
+    with pytest.raises(pg.InputError, match=r"jquery\.min\.js is missing"):
         pg.js_dir()
 
 

@@ -141,10 +141,11 @@ def test_dockerignore_keeps_secrets_and_local_state_out_but_not_the_app():
     patterns = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()
                 if ln.strip() and not ln.startswith("#")]
     for path in (".git/config", "runs/20261125-x/best/model.safetensors", ".streamlit/secrets.toml", ".env",
-                 "mtbert/__pycache__/hub.cpython-311.pyc", "artifacts/junit.xml", "vendor-js/d3.min.js"):
+                 "mtbert/__pycache__/hub.cpython-311.pyc", "artifacts/junit.xml"):
         assert _ignored(path, patterns), f"{path} would be sent to the image build"
     needed = ["app.py", "requirements.txt", "pyproject.toml", "mtbert/hub.py", "mtbert/checkpoint.py",
-              ".streamlit/config.toml", "data/sample/sts-dev.csv"]
+              ".streamlit/config.toml", "data/sample/sts-dev.csv",
+              "mtbert/static/js/manifest.json", "mtbert/static/js/d3.min.js", "mtbert/static/js/jquery.min.js"]
     needed += [str(p.relative_to(REPO)) for p in (REPO / "pages").glob("*.py")]
     for path in needed:
         assert (REPO / path).exists() and not _ignored(path, patterns), f"{path} is needed in the image"
