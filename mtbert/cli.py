@@ -113,26 +113,33 @@ def _add_evaluate(sub) -> None:
 
 
 def _load_any(name: str):
+    """(model, tokenizer, meta); the plain base model has no meta."""
     from .checkpoint import MINILM, load_base, load_checkpoint
     from .model import ModelConfig, MultitaskBert
     if name == MINILM:
         encoder, tok = load_base(name)
-        return MultitaskBert(encoder, ModelConfig()).eval(), tok
-    model, tok, _ = load_checkpoint(name)
-    return model, tok
+        return MultitaskBert(encoder, ModelConfig()).eval(), tok, {}
+    return load_checkpoint(name)
+
+
+def _print_metrics(split: str, m: dict) -> None:
+    from .report import seed_table
+    print(seed_table({split: m}))
+    if "sts_spearman" in m:
+        print(f"\nSTS Spearman: {m['sts_spearman']:.3f}")
 
 
 def _cmd_evaluate(args) -> int:
     from .checkpoint import CheckpointError
     from .data import SAMPLE_DIR, DataError, load_split
-    from .evaluate import evaluate, seed_table
+    from .evaluate import evaluate
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     bad = [t for t in tasks if t not in TASK_CHOICES]
     if bad:
         print(f"error: --tasks {','.join(bad)} not allowed; choose from {', '.join(TASK_CHOICES)}", file=sys.stderr)
         return 2
     try:
-        model, tok = _load_any(args.checkpoint)
+        model, tok, _ = _load_any(args.checkpoint)
         overrides = {"para": args.quora_train} if args.quora_train else None
         loaded = load_split(args.data_dir or SAMPLE_DIR, args.split, tasks, overrides=overrides)
     except (CheckpointError, DataError) as e:
@@ -142,10 +149,7 @@ def _cmd_evaluate(args) -> int:
     for t, (examples, report) in loaded.items():
         print(f"[data] {report.summary()}", file=sys.stderr)
         data[t] = examples[:args.limit] if args.limit else examples
-    m = evaluate(model, tok, data, args.batch_size)
-    print(seed_table({args.split.capitalize(): m}))
-    if "sts_spearman" in m:
-        print(f"\nSTS Spearman: {m['sts_spearman']:.3f}")
+    _print_metrics(args.split.capitalize(), evaluate(model, tok, data, args.batch_size))
     return 0
 
 
@@ -209,13 +213,53 @@ def _cmd_predict(args) -> int:
     try:
         examples, report = read_task_file(args.task, args.input)
         print(f"[data] {report.summary()}", file=sys.stderr)
-        model, tok = _load_any(args.checkpoint)
+        model, tok, _ = _load_any(args.checkpoint)
     except (CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     preds = predict_examples(model, tok, args.task, examples, args.batch_size)
     write_predictions(args.output, [e.id for e in examples], preds)
     print(f"wrote {len(preds)} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _add_submit(sub) -> None:
+    from .data import FETCH_COMMAND
+    from .submit import OUTPUT_NAMES, ZIP_FOLDER, ZIP_NAME
+    p = sub.add_parser("submit", help="write the CS224N leaderboard files (predictions/*-output.csv)",
+                       description="Write the prediction files the CS224N default project hands in ("
+                                   + ", ".join(OUTPUT_NAMES) + ") in the starter code's format, for every "
+                                   "task the checkpoint was trained on and every dev / test-student file "
+                                   "present; a missing one is skipped with a message. Prints the dev table.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder, Hub repo id, or minilm-l6 (untrained heads)")
+    p.add_argument("--data-dir", default="data/cs224n",
+                   help="folder of the official CS224N files (default: data/cs224n, where `"
+                        + FETCH_COMMAND.format(dest="data/cs224n") + "` puts them)")
+    p.add_argument("--out", default=ZIP_FOLDER, help=f"folder to write (default: {ZIP_FOLDER})")
+    p.add_argument("--zip", nargs="?", const="", metavar="FILE",
+                   help=f"also pack the files as the starter's prepare_submit.py does ({ZIP_FOLDER}/<file> "
+                        f"inside), into FILE (default: {ZIP_NAME} beside the --out folder)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=_cmd_submit)
+
+
+def _cmd_submit(args) -> int:
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .submit import SubmitError, checkpoint_tasks, default_zip_path, write_submission
+    zip_path = None if args.zip is None else args.zip or default_zip_path(args.out)
+    try:
+        model, tok, meta = _load_any(args.checkpoint)
+        sub = write_submission(model, tok, args.data_dir, args.out, checkpoint_tasks(meta), args.batch_size,
+                               zip_path=zip_path, log=lambda line: print(line, file=sys.stderr, flush=True))
+    except (CheckpointError, DataError, SubmitError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(sub.written)} files to {sub.out_dir}: {', '.join(p.name for p in sub.written)}",
+          file=sys.stderr)
+    if sub.zip_path:
+        print(f"submission zip: {sub.zip_path}", file=sys.stderr)
+    _print_metrics("Dev", sub.dev)
     return 0
 
 
@@ -226,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_calibrate(sub)
     _add_predict(sub)
+    _add_submit(sub)
     data = sub.add_parser("data", help="data commands (fetch, check)", description="Data commands.")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     from . import fetch, hub
