@@ -4,7 +4,9 @@ attention (a heatmap per layer and head, and bertviz's head or model view).
 
 All the work is done by `mtbert.playground`, the same functions the Streamlit playground calls;
 this file only lays out the page. Checkpoints on offer: the local ones (checkpoints/, runs/, the
-plain base model) and the Hub repo ids in MTBERT_HUB_CHECKPOINT. Run: `python gradio_app.py`.
+plain base model) and the Hub repo ids in MTBERT_HUB_CHECKPOINT, each by its name
+(`minilm-l6-heads`, `<run>/best`, the repo id): the page and its API never show where a
+checkpoint lies on the server. Run: `python gradio_app.py`.
 """
 from __future__ import annotations
 
@@ -24,45 +26,59 @@ from mtbert.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 MAX_MODELS = 4  # loaded models kept in memory, most recently used first
 
 
-def checkpoint_choices() -> list[tuple[str, str]]:
-    """(label, ref) pairs: the Hub checkpoints a deployment names first, then the local ones."""
-    return [(f"{r} (Hub)", r) for r in hub.hub_checkpoints()] + [(c.label, c.path) for c in runs.list_checkpoints()]
+def checkpoint_choices() -> list[runs.CheckpointRef]:
+    """The Hub checkpoints a deployment names first, then the local ones (runs.list_checkpoints)."""
+    return [runs.CheckpointRef(r, r, "hub", f"{r} (Hub)") for r in hub.hub_checkpoints()] + runs.list_checkpoints()
+
+
+def public(text: str, ref: runs.CheckpointRef) -> str:
+    """A message for a visitor: the checkpoint's folder and the server's folders by their short names."""
+    for path, name in ((ref.path, ref.name), (str(runs.runs_dir()), "runs"),
+                       (str(runs.CHECKPOINTS_DIR), "checkpoints"), (str(runs.ROOT), ".")):
+        if path and path != name:
+            text = text.replace(path, name)
+    return text
 
 
 class Models:
-    """Loaded models by ref, at most MAX_MODELS, loaded once even when requests arrive together."""
+    """Loaded models by checkpoint name, at most MAX_MODELS, loaded once even when requests arrive
+    together. Visitors name a checkpoint (`minilm-l6-heads`, `<run>/best`); where it lies on the
+    server stays here."""
 
-    def __init__(self, hub_ids: list[str]):
-        self.hub_ids = set(hub_ids)
+    def __init__(self, choices: list[runs.CheckpointRef]):
+        self.offered = {c.name: c for c in choices}
         self._cache: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, ref: str):
+    def get(self, name: str):
+        ref = self.offered.get(name)
+        if ref is None:
+            raise gr.Error(f"{name!r} is not a checkpoint on offer; choose one of: {', '.join(self.offered)}")
         with self._lock:
-            if ref not in self._cache:
-                self._cache[ref] = self._load(ref)
+            if name not in self._cache:
+                self._cache[name] = self._load(ref)
                 while len(self._cache) > MAX_MODELS:
                     self._cache.popitem(last=False)
-            self._cache.move_to_end(ref)
-            return self._cache[ref]
+            self._cache.move_to_end(name)
+            return self._cache[name]
 
-    def _load(self, ref: str):
+    def _load(self, ref: runs.CheckpointRef):
         try:
-            if ref in self.hub_ids:  # only the ids the deployment named: a visitor cannot fetch others
-                model, tok, meta = load_checkpoint(ref)
+            if ref.kind == "hub":  # only the ids the deployment named: a visitor cannot fetch others
+                model, tok, meta = load_checkpoint(ref.path)
                 return model, tok, {**meta, "untrained_heads": False}
-            return pg.load_model(ref)  # local: only inside checkpoints/ and the runs folder
+            return pg.load_model(ref.path)  # local: only inside checkpoints/ and the runs folder
         except (CheckpointError, runs.RunError, OSError) as e:
-            raise gr.Error(f"{ref} cannot be loaded: {e}") from None
+            raise gr.Error(f"{ref.name} cannot be loaded: {public(str(e), ref)}") from None
 
 
 def _note(*notes) -> str:
     return "\n\n".join(f"✂️ {n}" for n in notes if n)
 
 
-def build_app(choices: list[tuple[str, str]] | None = None) -> gr.Blocks:
+def build_app(choices: list[runs.CheckpointRef] | None = None) -> gr.Blocks:
     choices = checkpoint_choices() if choices is None else choices
-    models = Models([ref for label, ref in choices if label.endswith("(Hub)")])
+    models = Models(choices)
 
     def describe(ref):
         if not ref:
@@ -116,13 +132,15 @@ def build_app(choices: list[tuple[str, str]] | None = None) -> gr.Blocks:
     with gr.Blocks(title="mtbert playground", analytics_enabled=False) as app:
         gr.Markdown("# mtbert playground\nOne BERT fine-tuned on sentiment (SST-5), paraphrase (Quora) "
                     "and similarity (STS) at once: try your own sentences.")
-        ref = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Checkpoint")
-        about = gr.Markdown()
+        # the API offers and takes the checkpoints' names; the dropdown shows their longer labels
+        ref = gr.Dropdown([(c.label, c.name) for c in choices], value=choices[0].name if choices else None,
+                          label="Checkpoint")
+        about = gr.Markdown(label="About the checkpoint")
         with gr.Tab("Sentiment"):
             text = gr.Textbox(label="Sentence", placeholder="A gorgeous, witty, seductive movie.")
             go = gr.Button("Predict sentiment", variant="primary")
             dist = gr.Label(num_top_classes=len(pg.SST_LABELS), label="Sentiment distribution")
-            note = gr.Markdown()
+            note = gr.Markdown(label="Note on the input")
             go.click(sentiment, [ref, text], [dist, note], api_name="sentiment")
         with gr.Tab("Paraphrase & similarity"):
             a = gr.Textbox(label="First sentence", placeholder="How do I learn to cook?")
@@ -131,7 +149,7 @@ def build_app(choices: list[tuple[str, str]] | None = None) -> gr.Blocks:
             with gr.Row():
                 para = gr.Number(label="Paraphrase probability", precision=3)
                 sim = gr.Number(label="Similarity (0–5)", precision=3)
-            note = gr.Markdown()
+            note = gr.Markdown(label="Note on the input")
             go.click(pair, [ref, a, b], [para, sim, note], api_name="pair")
         with gr.Tab("Attention"):
             gr.Markdown("A pair is read jointly as [CLS] a [SEP] b [SEP]; leave B empty for one sentence.")
@@ -142,9 +160,9 @@ def build_app(choices: list[tuple[str, str]] | None = None) -> gr.Blocks:
                 head = gr.Slider(0, 11, value=0, step=1, label="Head")
                 kind = gr.Radio(["head", "model"], value="head", label="bertviz view")
             go = gr.Button("Show attention", variant="primary")
-            note = gr.Markdown()
+            note = gr.Markdown(label="Note on the input")
             heatmap = gr.Plot(label="Attention weights")
-            viz = gr.HTML()
+            viz = gr.HTML(label="bertviz view")
             inputs, outputs = [ref, a, b, layer, head, kind], [heatmap, viz, note]
             go.click(attention, inputs, outputs, api_name="attention")
 

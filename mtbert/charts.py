@@ -47,21 +47,36 @@ def loss_figure(records: list[dict], alpha: float = 0.9):
     return _layout(fig, "Training loss per task", "step", "loss")
 
 
+def dev_evaluations(records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The dev evaluation records in two kinds that are never joined into one line: those during
+    training (on `eval_subset` when one is set) and those over the whole dev set (`full`: the
+    `full_eval_at_s` marks and the final pass); the two can fall on the same step."""
+    dev = [r for r in records if r.get("type") == "eval" and r.get("split") == "dev"]
+    return [r for r in dev if not r.get("full")], [r for r in dev if r.get("full")]
+
+
+def _add_dev_traces(fig, records: list[dict], key: str, name: str, color: str, dash: str | None = None) -> None:
+    """`key` of the dev evaluations during training as a line, and of the full-dev ones as
+    separate stars in the same colour and legend group."""
+    for evals, full in zip(dev_evaluations(records), (False, True)):
+        pts = [(r.get("step"), _num(r.get(key))) for r in evals if _num(r.get(key)) is not None]
+        if not pts:
+            continue
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        if full:
+            fig.add_scatter(x=xs, y=ys, name=f"{name} (full dev set)", mode="markers", legendgroup=name,
+                            marker=dict(symbol="star", size=12, color=color))
+        else:
+            fig.add_scatter(x=xs, y=ys, name=name, mode="lines+markers", legendgroup=name,
+                            line=dict(color=color, dash=dash))
+
+
 def dev_figure(records: list[dict]):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    dev = [r for r in records if r.get("type") == "eval" and r.get("split") == "dev"]
     for i, (key, title) in enumerate(SEED_COLUMNS):
-        for full in (False, True):  # evaluations during training (maybe on a subset), the final full one
-            pts = [(r.get("step"), _num(r.get(key))) for r in dev
-                   if bool(r.get("full")) == full and _num(r.get(key)) is not None]
-            if pts:
-                fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts],
-                                name=f"{title} (full dev set)" if full else title,
-                                mode="markers" if full else "lines+markers", legendgroup=key,
-                                marker=dict(symbol="star", size=12) if full else None,
-                                line=dict(color=_COLORS[i % len(_COLORS)], dash="dash" if key == "average" else None))
+        _add_dev_traces(fig, records, key, title, _COLORS[i % len(_COLORS)], "dash" if key == "average" else None)
     return _layout(fig, "Dev metrics per evaluation", "step", "score")
 
 
@@ -107,18 +122,15 @@ def overlay_figure(runs: dict[str, list[dict]], kind: str = "loss", alpha: float
         raise ValueError(f"kind={kind!r} is not allowed; choose one of loss, dev")
     fig = go.Figure()
     for i, (name, records) in enumerate(runs.items()):
+        color = _COLORS[i % len(_COLORS)]
         if kind == "loss":
             pts = [(r.get("step"), _num(r.get("loss_total"))) for r in records if r.get("type") == "step"]
             pts = [p for p in pts if p[1] is not None]
             ys = ema([p[1] for p in pts], alpha)
             pts, ys = _thin(pts, ys)
-        else:
-            pts = [(r.get("step"), _num(r.get("average"))) for r in records
-                   if r.get("type") == "eval" and r.get("split") == "dev"]
-            pts = [p for p in pts if p[1] is not None]
-            ys = [p[1] for p in pts]
-        fig.add_scatter(x=[p[0] for p in pts], y=ys, name=name, mode="lines" if kind == "loss" else "lines+markers",
-                        line=dict(color=_COLORS[i % len(_COLORS)]))
+            fig.add_scatter(x=[p[0] for p in pts], y=ys, name=name, mode="lines", line=dict(color=color))
+            continue
+        _add_dev_traces(fig, records, "average", name, color)
     title = "Total training loss (smoothed)" if kind == "loss" else "Dev average per evaluation"
     return _layout(fig, title, "step", "loss" if kind == "loss" else "dev average")
 

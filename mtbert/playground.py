@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
+import string
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -86,12 +88,55 @@ def load_model(ref: str, device: str = "cpu", token: str | None = None) -> tuple
     return model, tok, meta
 
 
+# describe_model's words for the dev metrics that mtbert.evaluate and the trainer write
+# (docs/run-folder.md): each main score, with the details that go in parentheses after it; a
+# template may name another key (shown with it, not again); a key found nowhere here is shown as is
+METRIC_WORDS = {
+    "para_acc": ("Quora accuracy {:.3f}", {
+        "para_acc_heldout": "{:.3f} on the {para_heldout_examples:,} pairs the threshold never saw",
+        "para_acc_uncalibrated": "{:.3f} at the plain 0.5 threshold"}),
+    "sst_acc": ("SST accuracy {:.3f}", {}),
+    "sts_corr": ("STS Pearson {:.3f}", {"sts_spearman": "Spearman {:.3f}"}),
+    "average": ("average {:.3f}", {}),
+}
+UNWORDED_METRICS = ("para_logit_offset",)  # the fitted threshold itself: the model applies it, no score
+
+
+def _metric_phrase(template: str, key: str, values: dict, shown: set) -> str:
+    try:
+        text = template.format(values[key], **values)
+    except (KeyError, ValueError):  # a detail it names is missing: say the value alone
+        text = f"{key.replace('_', ' ')} {_metric_value(values[key])}"
+    else:
+        shown.update(f for _, f, _, _ in string.Formatter().parse(template) if f)
+    shown.add(key)
+    return text
+
+
+def _metric_value(v) -> str:
+    return f"{v:,}" if isinstance(v, int) else f"{v:.3f}"
+
+
+def describe_metrics(metrics: dict) -> str:
+    """A checkpoint's scores in words: "Quora accuracy 0.790 (0.789 on the 19,212 pairs the
+    threshold never saw, …), SST accuracy 0.395, …"; counts as integers with thousands separators."""
+    values = {k: v for k, v in metrics.items()
+              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    parts, shown = [], set(UNWORDED_METRICS)
+    for key, (template, details) in METRIC_WORDS.items():
+        if key in values:
+            extra = [_metric_phrase(t, k, values, shown) for k, t in details.items() if k in values]
+            parts.append(_metric_phrase(template, key, values, shown) + (f" ({', '.join(extra)})" if extra else ""))
+    parts += [f"{k.replace('_', ' ')} {_metric_value(v)}" for k, v in values.items() if k not in shown]
+    return ", ".join(parts)
+
+
 def describe_model(meta: dict) -> str:
     if meta.get("untrained_heads"):
         return (f"{meta.get('base_model')}: the plain pretrained encoder with UNTRAINED task heads; "
                 "its sentiment, paraphrase and similarity outputs are random, not predictions")
     dev = (meta.get("metrics") or {}).get("dev") or {}
-    scores = ", ".join(f"{k} {v:.3f}" for k, v in dev.items() if isinstance(v, (int, float)))
+    scores = describe_metrics(dev) if isinstance(dev, dict) else ""
     hub = f"{meta['hub_id']} from the Hugging Face Hub: " if meta.get("hub_id") else ""
     return hub + f"base {meta.get('base_model')}, {meta.get('model', {}).get('pooling', '?')} pooling" + (
         f"; dev: {scores}" if scores else "")

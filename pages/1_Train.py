@@ -15,15 +15,16 @@ st.set_page_config(page_title="Train · mtbert", layout="wide")
 
 DEFAULTS = "defaults (the seed's settings)"
 SPEC = runs.settings_spec()
-# widget details the settings' types do not say; everything else comes from TrainConfig itself
+# widget details the settings' types and bounds do not say; everything else comes from TrainConfig
+# and runs.ABOUT (label, help, bounds)
 NUMBER = {
-    "lr": dict(min_value=0.0, step=1e-6, format="%.1e"),
-    "head_lr": dict(min_value=0.0, step=1e-5, format="%.1e"),
-    "dropout": dict(min_value=0.0, max_value=0.95, step=0.05),
-    "weight_decay": dict(min_value=0.0, step=0.01),
-    "grad_clip": dict(min_value=0.0, step=0.5),
-    "time_budget_s": dict(min_value=1.0, step=60.0),
-    "max_length": dict(min_value=8, max_value=512, step=8),
+    "lr": dict(step=1e-6, format="%.1e"),
+    "head_lr": dict(step=1e-5, format="%.1e"),
+    "dropout": dict(step=0.05),
+    "weight_decay": dict(step=0.01),
+    "grad_clip": dict(step=0.5),
+    "time_budget_s": dict(step=60.0),
+    "max_length": dict(step=8),
 }
 
 
@@ -43,19 +44,28 @@ def describe_data(folder: str, quora_train: str | None) -> list[dict]:
     return runs.describe_data(folder, quora_train)
 
 
+def bounds(s: runs.Setting) -> dict:
+    """number_input's min and max from the bounds TrainConfig enforces (an open bound is left to
+    TrainConfig, whose message names the setting)."""
+    cast = int if s.kind == "int" else float
+    r = s.range or runs.Range()
+    return {**({"min_value": cast(r.low)} if r.low is not None else {}),
+            **({"max_value": cast(r.high)} if r.high is not None and not r.high_open else {})}
+
+
 def setting_widget(s: runs.Setting) -> None:
-    label, k = s.name, key(s.name)
+    label, k = s.label, key(s.name)
     if s.kind == "choice":
         st.selectbox(label, ((None,) if s.optional else ()) + s.choices, key=k, help=s.help,
                      format_func=lambda v: "(none)" if v is None else v)
     elif s.kind == "tasks":
-        st.multiselect(label, TASKS, key=k, help="sst: SST-5 sentiment; para: Quora paraphrase; sts: STS similarity")
+        st.multiselect(label, s.choices, key=k, help=s.help)
     elif s.kind == "bool":
         st.checkbox(label, key=k, help=s.help)
     elif s.kind == "int":
-        st.number_input(label, key=k, help=s.help, **{"min_value": 0, "step": 1, **NUMBER.get(s.name, {})})
+        st.number_input(label, key=k, help=s.help, **{"step": 1, **bounds(s), **NUMBER.get(s.name, {})})
     elif s.kind == "float":
-        st.number_input(label, key=k, help=s.help, **NUMBER.get(s.name, {"step": 0.1}))
+        st.number_input(label, key=k, help=s.help, **{"step": 0.1, **bounds(s), **NUMBER.get(s.name, {})})
     else:
         st.text_input(label, key=k, help=s.help)
 

@@ -13,9 +13,10 @@ if not folders:
     st.caption(f"No runs in {runs.runs_dir()} yet: start one on the Train page.")
     st.stop()
 
+# the run and its scores stay in view when the settings columns are scrolled sideways
 st.dataframe([runs.describe_run(f) for f in folders], hide_index=True, width="stretch",
-             column_config={c: st.column_config.NumberColumn(format="%.3f")
-                            for c in ("Paraphrase acc", "SST acc", "STS corr", "Average")})
+             column_config={"run": st.column_config.TextColumn(pinned=True),
+                            **{c: st.column_config.NumberColumn(format="%.3f", pinned=True) for c in runs.RUN_SCORES}})
 st.caption("Scores: the dev row of the seed's table, for each run's best checkpoint.")
 
 st.subheader("Compare curves")

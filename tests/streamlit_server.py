@@ -1,4 +1,5 @@
-"""A real `streamlit run app.py` on a free loopback port, for the tests that drive the studio."""
+"""A real `streamlit run app.py` on a free loopback port, for the tests that drive the studio, and
+Debian's Chromium for the ones that look at it in a browser."""
 from __future__ import annotations
 
 import contextlib
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
 
 
 def free_port() -> int:
@@ -52,3 +54,17 @@ def streamlit_app(env: dict, log_path: Path, start_timeout: float = 120):
             proc.kill()
             proc.wait()
         log.close()
+
+
+@contextlib.contextmanager
+def chromium():
+    """Headless Chromium (Debian's, driven by Playwright); closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu",
+                                                                     "--disable-background-networking"])
+        try:
+            yield browser
+        finally:
+            browser.close()

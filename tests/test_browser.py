@@ -188,13 +188,15 @@ def test_train_watch_then_play(studio, browser, tiny_base, tiny_data):
     page.get_by_label("Folder of CS224N files", exact=True).press("Enter")
     page.get_by_text("train: sst 24, para 24, sts 24").wait_for()  # the row counts of the chosen folder
     choose(page, "Preset", "quick CPU demo")
-    expect(page.get_by_label("max_steps", exact=True)).to_have_value("40")  # the preset filled the form
+    label = {s.name: s.label for s in runs.settings_spec()}  # the form's widgets by config key
+    expect(page.get_by_label(label["max_steps"], exact=True)).to_have_value(  # the preset filled the form
+        str(runs.preset_values("quick CPU demo")["max_steps"]))
     page.locator("[data-testid='stExpander'] summary").filter(has_text="Evaluation").click()
-    for label, value in {"max_steps": 6, "train_subset": 48, "eval_subset": 16, "train_eval_subset": 16,
-                         "max_length": 32, "eval_every": 3}.items():
-        set_number(page, label, value)
-    page.get_by_label("name", exact=True).fill("browser-test")
-    page.get_by_label("base_model", exact=True).fill(str(tiny_base))
+    for key, value in {"max_steps": 6, "train_subset": 48, "eval_subset": 16, "train_eval_subset": 16,
+                       "max_length": 32, "eval_every": 3}.items():
+        set_number(page, label[key], value)
+    page.get_by_label(label["name"], exact=True).fill("browser-test")
+    page.get_by_label(label["base_model"], exact=True).fill(str(tiny_base))
     page.get_by_role("button", name="Start training").click()
     page.get_by_role("heading", name="browser-test").wait_for(timeout=30_000)  # "3 · Run <id>"
 

@@ -1,11 +1,14 @@
 """The Gradio playground, launched for real on 127.0.0.1 and driven with gradio_client: it answers
 what mtbert.playground answers, for a local checkpoint and for one pulled from a (stand-in) Hub
-repo named by MTBERT_HUB_CHECKPOINT, and turns bad input into the playground's own messages."""
+repo named by MTBERT_HUB_CHECKPOINT, and turns bad input into the playground's own messages. Its
+API names checkpoints (never a folder of the server) and every value it returns."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +23,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy ke
 TOKEN = "hf_GradioTestToken_SECRET"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", None}
 HUB_ID = "tester/tiny-for-gradio"
+LOCAL = "20261125-120000-tiny/best"  # the run checkpoint, by the name the app offers it under
+BROKEN = "20261125-110000-broken/best"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +64,10 @@ def served(tiny_base, tmp_path_factory):
         local = save_checkpoint(MultitaskBert(encoder, ModelConfig(pair_encoding="joint")), tok, run / "best",
                                 base="minilm-l6", metrics={"dev": {"sst_acc": 0.25, "average": 0.25}})
         hub.push_checkpoint(local, HUB_ID, token=TOKEN)
+        broken = tmp / "runs" / BROKEN
+        broken.mkdir(parents=True)
+        (broken.parent / "config.json").write_text("{}")
+        (broken / "mtbert.json").write_text("{not json")
         mp.setenv(hub.HUB_CHECKPOINT_ENV, HUB_ID)
 
         import gradio_app
@@ -72,7 +82,8 @@ def served(tiny_base, tmp_path_factory):
             port = s.getsockname()[1]
         app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
-        yield {"client": client, "choices": choices, "local": str(local), "server": server, "outside": outside}
+        yield {"client": client, "choices": choices, "local": str(local), "server": server, "outside": outside,
+               "tmp": tmp}
     finally:
         if app is not None:
             app.close()
@@ -81,13 +92,59 @@ def served(tiny_base, tmp_path_factory):
 
 
 def test_choices_offer_the_hub_checkpoint_and_the_local_ones(served):
-    refs = [ref for _, ref in served["choices"]]
-    assert refs[0] == HUB_ID and served["local"] in refs and "minilm-l6" in refs
+    names = [c.name for c in served["choices"]]
+    assert names[0] == HUB_ID and LOCAL in names and "minilm-l6" in names
+    assert next(c for c in served["choices"] if c.name == LOCAL).path == served["local"]  # known to the server
+
+
+def strings(x):
+    """Every string in a JSON-like value, the keys of its mappings included."""
+    if isinstance(x, str):
+        yield x
+    elif isinstance(x, dict):
+        for k, v in x.items():
+            yield from strings(k)
+            yield from strings(v)
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            yield from strings(v)
+
+
+def test_the_api_names_checkpoints_and_outputs_and_shows_no_server_path(served):
+    api = served["client"].view_api(return_format="dict", print_info=False)
+    endpoints = api["named_endpoints"]
+    assert {"/sentiment", "/pair", "/attention", "/redraw"} <= set(endpoints)
+    server_dirs = (str(REPO), str(served["tmp"]), str(served["tmp"].resolve()))
+    for text in strings(api):
+        assert not any(d in text for d in server_dirs), text
+        assert not (text.startswith("/") and Path(text).exists()), f"a path of the server: {text}"
+    for name, endpoint in endpoints.items():
+        checkpoint = endpoint["parameters"][0]
+        assert checkpoint["label"] == "Checkpoint" and LOCAL in checkpoint["type"]["enum"]
+        assert HUB_ID in checkpoint["type"]["enum"] and "minilm-l6-heads" in checkpoint["type"]["enum"]
+        for value in endpoint["parameters"] + endpoint["returns"]:
+            assert value.get("label") and not re.fullmatch(r"(value|parameter)_\d+", value["label"]), (name, value)
+    assert [r["label"] for r in endpoints["/pair"]["returns"]] == ["Paraphrase probability", "Similarity (0–5)",
+                                                                   "Note on the input"]
+
+
+def test_a_checkpoint_not_on_offer_is_refused_without_server_paths(served):
+    from gradio_client.exceptions import AppError
+
+    server_dirs = (str(REPO), str(served["tmp"]), str(served["tmp"].resolve()))
+    for value in (served["local"], "../../../etc", "/etc"):  # a folder, even the real one, is no name
+        with pytest.raises(AppError) as e:
+            served["client"].predict(value, "Fine.", api_name="/sentiment")
+        message = str(e.value).replace(value, "<the value sent>")
+        assert LOCAL in message and not any(d in message for d in server_dirs), message
+    with pytest.raises(AppError, match=f"{BROKEN} cannot be loaded") as e:
+        served["client"].predict(BROKEN, "Fine.", api_name="/sentiment")
+    assert not any(d in str(e.value) for d in server_dirs), str(e.value)
 
 
 def test_sentiment_is_the_playground_distribution(served):
     text = "A gorgeous, witty, seductive movie."
-    label, note = served["client"].predict(served["local"], text, api_name="/sentiment")
+    label, note = served["client"].predict(LOCAL, text, api_name="/sentiment")
     model, tok, _ = load_checkpoint(served["local"])
     want = pg.sentiment(model, tok, text)
     got = {c["label"]: c["confidence"] for c in label["confidences"]}
@@ -110,7 +167,7 @@ def test_pair_scores_from_the_hub_checkpoint(served):
 
 def test_attention_heatmap_and_bertviz_view(served):
     a, b = "The movie was not bad at all.", "I liked it."
-    fig, frame, note = served["client"].predict(served["local"], a, b, 1, 3, "head", api_name="/attention")
+    fig, frame, note = served["client"].predict(LOCAL, a, b, 1, 3, "head", api_name="/attention")
     model, tok, _ = load_checkpoint(served["local"])
     view = pg.attention(model, tok, a, b)
     plot = json.loads(fig["plot"]) if isinstance(fig.get("plot"), str) else fig["plot"]
@@ -125,13 +182,13 @@ def test_attention_heatmap_and_bertviz_view(served):
 
 def test_moving_a_slider_redraws_only_a_view_already_asked_for(served):
     client, a = served["client"], "The movie was not bad at all."
-    fig, frame, _ = client.predict(served["local"], a, "", 0, 2, "model", api_name="/redraw")
+    fig, frame, _ = client.predict(LOCAL, a, "", 0, 2, "model", api_name="/redraw")
     model, tok, _ = load_checkpoint(served["local"])
     want = pg.attention(model, tok, a).attentions[0][0, 2]
     plot = json.loads(fig["plot"]) if isinstance(fig.get("plot"), str) else fig["plot"]
     assert torch.allclose(torch.tensor(plot["data"][0]["z"]), want, atol=1e-6) and "<iframe" in frame
     # no sentence yet: nothing is drawn and no error pops up
-    skipped = client.predict(served["local"], "", "", 1, 0, "head", api_name="/redraw")
+    skipped = client.predict(LOCAL, "", "", 1, 0, "head", api_name="/redraw")
     assert len(skipped) == 3 and all(x["__type__"] == "update" and not set(x.get("props", {})) - {"__type__"}
                                      for x in skipped)  # gr.skip(): empty updates, the outputs stay as they are
 
@@ -141,14 +198,14 @@ def test_bad_input_comes_back_as_the_playground_message(served):
 
     client = served["client"]
     with pytest.raises(AppError, match="The sentence is only whitespace"):
-        client.predict(served["local"], "   ", api_name="/sentiment")
+        client.predict(LOCAL, "   ", api_name="/sentiment")
     with pytest.raises(AppError, match="second sentence is empty"):
-        client.predict(served["local"], "One.", "", api_name="/pair")
+        client.predict(LOCAL, "One.", "", api_name="/pair")
     with pytest.raises(AppError, match=r"layer must be 0\.\.1 and head 0\.\.3"):
-        client.predict(served["local"], "One sentence.", "", 5, 0, "head", api_name="/attention")
+        client.predict(LOCAL, "One sentence.", "", 5, 0, "head", api_name="/attention")
 
 
 def test_nothing_leaves_the_machine(served):
     """Analytics off, no version check, no CDN: every connection of the app and its client was local."""
-    served["client"].predict(served["local"], "Fine.", api_name="/sentiment")
+    served["client"].predict(LOCAL, "Fine.", api_name="/sentiment")
     assert served["outside"] == []

@@ -227,6 +227,29 @@ def test_plain_base_model_is_labelled_as_untrained():
     assert torch.equal(model.sst_head.weight, again.sst_head.weight)  # the same heads on every load
 
 
+def test_a_shipped_checkpoint_is_described_in_words():
+    """The Playground's caption of the shipped checkpoint, as loaded: scores by name, the Quora
+    held-out count as an integer with thousands separators, no raw metric key."""
+    shipped = next(c for c in runs.list_checkpoints() if c.kind == "shipped")
+    _, _, meta = pg.load_model(shipped.path)
+    dev = meta["metrics"]["dev"]
+    text = pg.describe_model(meta)
+    assert text.startswith(f"base {meta['base_model']}, {meta['model']['pooling']} pooling; dev: Quora accuracy ")
+    assert (f"Quora accuracy {dev['para_acc']:.3f} ({dev['para_acc_heldout']:.3f} on the "
+            f"{dev['para_heldout_examples']:,} pairs the threshold never saw, ") in text
+    assert f"SST accuracy {dev['sst_acc']:.3f}" in text and f"STS Pearson {dev['sts_corr']:.3f}" in text
+    assert dev["para_heldout_examples"] >= 1000 and f"{dev['para_heldout_examples']}" not in text
+    for key in (k for k in dev if "_" in k):
+        assert key not in text and key.replace("_", " ") not in text, f"{key} shown raw"
+
+
+def test_metrics_without_words_are_shown_as_they_are():
+    text = pg.describe_metrics({"sst_acc": 0.5, "new_score": 0.25, "pairs_seen": 12345, "average": float("nan")})
+    assert text == "SST accuracy 0.500, new score 0.250, pairs seen 12,345"
+    # a detail without what it needs still says its value, under its own name
+    assert pg.describe_metrics({"para_acc": 0.7, "para_acc_heldout": 0.6}) == "Quora accuracy 0.700 (para acc heldout 0.600)"
+
+
 def test_load_model_refuses_paths_outside_checkpoints_and_runs(tiny_base, tmp_path):
     outside = make_checkpoint(tiny_base, tmp_path / "outside")
     with pytest.raises(runs.RunError, match="allowed places"):

@@ -123,6 +123,16 @@ def test_list_runs_newest_first_and_describe_run(runs_dir):
     assert row["state"] == "finished" and row["gradient_method"] == "sum" and row["Average"] == 0.6
 
 
+def test_the_runs_table_shows_the_scores_first(runs_dir):
+    """Right after the run's name come its scores, so they are in view without scrolling sideways;
+    the settings follow."""
+    fake_run(runs_dir, "20260101-000000-a", records=[step(1), evaluation(1, average=0.6)])
+    row = runs.describe_run(runs_dir / "20260101-000000-a")
+    assert list(row)[:5] == ["run", "Average", "Paraphrase acc", "SST acc", "STS corr"]
+    assert list(row)[5:7] == ["state", "step"] and "gradient_method" in list(row)[7:]
+    assert [row[k] for k in list(row)[1:5]] == [0.6, 0.7, 0.4, 0.6]
+
+
 # ---- the seed's table ---------------------------------------------------------------------------
 
 def test_results_rows_describe_the_best_dev_evaluation_and_its_train_row():
@@ -293,6 +303,52 @@ def test_settings_spec_covers_every_trainer_setting_with_its_default():
     TrainConfig.from_dict({**values, **runs.preset_values("quick CPU demo")})  # a valid config
 
 
+def test_every_form_setting_has_a_readable_label_and_a_help_naming_its_key():
+    """A TrainConfig field added without an entry in runs.ABOUT fails here instead of reaching the
+    form under its bare config key."""
+    spec = runs.settings_spec()
+    for s in spec:
+        assert s.label and s.label != s.name and "_" not in s.label, f"{s.name}: no readable label in runs.ABOUT"
+        assert f"Config key: `{s.name}`" in s.help
+        if s.choices:
+            assert all(f"`{c}`" in s.help for c in s.choices), s.help
+    assert len({s.label for s in spec}) == len(spec)  # no two widgets look alike
+    assert set(runs.ABOUT) == {s.name for s in spec}  # and no entry is left over from a removed setting
+    lr = next(s for s in spec if s.name == "lr")
+    assert lr.label == "Learning rate (top layer)" and lr.help.endswith("Config key: `lr` · Allowed: > 0")
+    method = next(s for s in spec if s.name == "gradient_method")
+    assert method.label == "Gradient method" and method.help.endswith("Allowed: `sum`, `pcgrad`")
+    assert "Allowed: 8 ≤ value ≤ 512" in next(s for s in spec if s.name == "max_length").help
+    assert "Allowed: ≥ 1, or empty" in next(s for s in spec if s.name == "max_steps").help
+
+
+def test_the_forms_bounds_are_the_ones_trainconfig_enforces():
+    """Each declared bound is accepted or refused by TrainConfig exactly as the help says (just
+    inside accepted, the bound itself as open/closed, just outside refused)."""
+    checked = 0
+    for s in runs.settings_spec():
+        if s.range is None:
+            continue
+        r, eps = s.range, (1 if s.kind == "int" else 1e-9)
+        wrap = (lambda v: [v]) if s.kind == "list" else (lambda v: v)
+
+        def accepts(v, s=s, wrap=wrap) -> bool:
+            try:
+                TrainConfig.from_dict({s.name: wrap(v)})
+                return True
+            except ValueError:
+                return False
+
+        for bound, open_, inward in ((r.low, r.low_open, +1), (r.high, r.high_open, -1)):
+            if bound is None:
+                continue
+            bound = int(bound) if s.kind == "int" else float(bound)
+            assert accepts(bound) != open_, f"{s.name}={bound} is {'refused' if open_ else 'accepted'} per the help"
+            assert accepts(bound + inward * eps) and not accepts(bound - inward * eps), (s.name, bound)
+            checked += 1
+    assert checked >= 25
+
+
 def test_preset_values_apply_the_preset_over_the_defaults():
     quick = runs.preset_values("quick CPU demo")
     for k, v in PRESETS["quick CPU demo"].items():
@@ -344,6 +400,26 @@ def test_charts_carry_the_runs_numbers():
         charts.overlay_figure({}, "x")
     many = [step(i) for i in range(1, 5001)]
     assert len(charts.loss_figure(many).data[0].x) <= charts.MAX_POINTS  # thinned for the browser
+
+
+def test_dev_chart_never_joins_a_subset_and_a_full_dev_evaluation():
+    """A subset evaluation and a full-dev one at the same step (the final pass, a full_eval_at_s
+    mark) are different measurements: no line runs through both."""
+    during = [evaluation(i, average=0.5 + 0.01 * i, full=False, examples={"sst": 100}) for i in (2, 4, 6)]
+    full = [evaluation(i, average=avg, sst_acc=0.45, para_acc=0.75, full=True, examples={"sst": 1101})
+            for i, avg in ((4, 0.9), (6, 0.8))]
+    recs = [step(1), *during, step(5), *full]
+    values = [{v for r in evals for v in r.values() if isinstance(v, float)} for evals in (during, full)]
+    assert not values[0] & values[1]  # every point tells which kind of evaluation it came from
+    for fig, name in ((charts.dev_figure(recs), "Average"), (charts.overlay_figure({"run-a": recs}, "dev"), "run-a")):
+        traces = {t.name: t for t in fig.data}
+        line, stars = traces[name], traces[f"{name} (full dev set)"]
+        assert list(zip(line.x, line.y)) == [(2, 0.52), (4, 0.54), (6, 0.56)] and "lines" in line.mode
+        assert list(zip(stars.x, stars.y)) == [(4, 0.9), (6, 0.8)] and stars.mode == "markers"
+        assert stars.marker.color == line.line.color  # one score, one colour
+        for t in fig.data:
+            assert set(t.y) <= values[0] or set(t.y) <= values[1], f"{t.name} mixes subset and full-dev points"
+    assert len(charts.dev_figure(recs).data) == 8  # 4 scores, each a line and its full-dev stars
 
 
 def test_ema_matches_its_definition():

@@ -416,7 +416,7 @@ def test_playground_reports_a_malformed_hub_setting_and_keeps_the_local_checkpoi
     at = no_exception(page("pages/2_Playground.py").run())
     assert any("MTBERT_HUB_CHECKPOINT: 'not/a/repo' is not a Hub model repo id" in e for e in messages(at, "error"))
     assert at.selectbox(key="ckpt_a").options[0] == "20260101-000000-tiny/best"
-    assert any(c.startswith("base minilm-l6, cls pooling; dev: ") and "sst_acc 0.250" in c
+    assert any(c.startswith("base minilm-l6, cls pooling; dev: ") and "SST accuracy 0.250" in c
                for c in messages(at, "caption"))  # the local checkpoint loaded
     with pytest.raises(runs.RunError):
         pg.load_model("tester/ok")  # a malformed setting offers nothing from the Hub
