@@ -21,6 +21,7 @@ OUTPUT_SPLITS = {"dev": "dev", "test-student": "test"}
 HEADERS = {"sst": "Predicted_Sentiment", "para": "Predicted_Is_Paraphrase", "sts": "Predicted_Similiary"}
 ZIP_NAME = "cs224n_default_final_project_submission.zip"
 ZIP_FOLDER = "predictions"  # prepare_submit.py stores each file as ./predictions/<name>
+STALE = "an older leaderboard file this checkpoint did not rewrite"
 
 
 class SubmitError(Exception):
@@ -98,6 +99,10 @@ class Submission:
     def table(self) -> str:
         return seed_table({"Dev": self.dev})
 
+    def notes(self) -> list[str]:
+        """What the user should know beside the files written: the skipped and the removed."""
+        return self.skipped + [f"removed {p}: {STALE}" for p in self.removed]
+
 
 def write_submission(model, tokenizer, data_dir, out_dir, tasks=TASKS, batch_size: int = 64,
                      device="cpu", zip_path=None, log=lambda line: None) -> Submission:
@@ -131,7 +136,7 @@ def write_submission(model, tokenizer, data_dir, out_dir, tasks=TASKS, batch_siz
         if stale not in out.written and stale.is_file():
             stale.unlink()
             out.removed.append(stale)
-            log(f"removed {stale}: an older leaderboard file this checkpoint did not rewrite")
+            log(f"removed {stale}: {STALE}")
     if zip_path is not None:
         out.zip_path = zip_files(out.written, zip_path)
     return out

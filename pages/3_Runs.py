@@ -1,8 +1,8 @@
-"""Runs: every run with its settings and final scores, overlaid curves, pushing a checkpoint to the
-Hugging Face Hub, and deleting old runs."""
+"""Runs: every run with its settings and final scores, overlaid curves, the CS224N leaderboard files
+of a run's best checkpoint, pushing a checkpoint to the Hugging Face Hub, and deleting old runs."""
 import streamlit as st
 
-from mtbert import charts, runs
+from mtbert import charts, runs, submit
 from mtbert.hub import HubError
 
 st.set_page_config(page_title="Runs · mtbert", layout="wide")
@@ -51,6 +51,36 @@ else:
             st.error(f"Not pushed: {e}")
         else:
             st.success(f"Pushed {ref.name} to {url}")
+
+st.subheader("Leaderboard files")
+submittable = [f.name for f in folders if submit.best_checkpoint(f)]
+if not submittable:
+    st.caption("No best checkpoint yet: a run writes best/ at its first evaluation.")
+else:
+    st.caption("The six prediction files the CS224N default project hands in, in the starter code's format, "
+               f"from the run's best checkpoint: written to the run's {submit.ZIP_FOLDER}/ folder, and packed "
+               "as prepare_submit.py packs them. A split whose file the data folder lacks is skipped.")
+    left, right = st.columns(2)
+    lb_run = left.selectbox("Run", submittable, key="leaderboard_run")
+    lb_folders = submit.run_data_folders(runs.runs_dir() / lb_run)
+    lb_data = right.selectbox("Data", list(lb_folders), key="leaderboard_data")
+    if st.button("Leaderboard files", icon=":material/leaderboard:", key="leaderboard_go"):
+        try:
+            with st.spinner(f"Predicting with {lb_run}/best…"):
+                st.session_state.leaderboard = submit.run_leaderboard_files(runs.runs_dir() / lb_run,
+                                                                            lb_folders[lb_data])
+        except submit.SubmitError as e:
+            st.session_state.pop("leaderboard", None)
+            st.error(f"No leaderboard files: {e}")
+    done = st.session_state.get("leaderboard")
+    if done and done.out_dir.parent.name == lb_run and done.zip_path.is_file():
+        st.success(f"Wrote {len(done.written)} files to {done.out_dir}: " + ", ".join(p.name for p in done.written))
+        for line in done.notes():
+            st.warning(line)
+        st.markdown(done.table())
+        st.download_button("Download the submission zip", done.zip_path.read_bytes(), file_name=done.zip_path.name,
+                           mime="application/zip", icon=":material/download:", on_click="ignore",
+                           key="leaderboard_zip")
 
 st.subheader("Delete a run")
 victim = st.selectbox("Run", names, index=None, placeholder="choose a run", key="delete_choice")
