@@ -673,12 +673,10 @@ def settings_spec() -> list[Setting]:
 
 def preset_values(preset: str | None) -> dict:
     """Every form setting's value under a preset (None: the defaults)."""
-    from .config import PRESETS
+    from .config import preset_settings
 
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"preset={preset!r} is not allowed; choose one of {', '.join(PRESETS)}")
     values = {s.name: s.default for s in settings_spec()}
-    values.update({k: v for k, v in (PRESETS[preset] if preset else {}).items() if k not in DATA_SETTINGS})
+    values.update({k: v for k, v in (preset_settings(preset) if preset else {}).items() if k not in DATA_SETTINGS})
     return values
 
 
@@ -687,7 +685,6 @@ def environment() -> dict:
     import torch
 
     from .checkpoint import CheckpointError, resolve_base
-    from .data import SAMPLE_DIR, SHARED_DIR
 
     if torch.cuda.is_available():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
@@ -700,13 +697,21 @@ def environment() -> dict:
             bases[b] = f"available ({resolve_base(b)})"
         except CheckpointError as e:
             bases[b] = f"not available: {e}"
-    data = {"shipped sample": SAMPLE_DIR}
-    if SHARED_DIR.is_dir():
-        data["CS224N full data"] = SHARED_DIR
-    return {"device": device, "torch": torch.__version__, "base_models": bases, "data": data}
+    return {"device": device, "torch": torch.__version__, "base_models": bases, "data": data_folders()}
 
 
 # ---- data folders ---------------------------------------------------------------------------
+
+def data_folders() -> dict[str, Path]:
+    """The data folders this installation has: the shipped sample, and the official CS224N files
+    once `python -m mtbert data fetch` has put them in data/cs224n."""
+    from .data import FULL_DATA_DIR, SAMPLE_DIR
+
+    folders = {"shipped sample": SAMPLE_DIR}
+    if FULL_DATA_DIR.is_dir():
+        folders[f"CS224N full data ({FULL_DATA_DIR.relative_to(ROOT)})"] = FULL_DATA_DIR
+    return folders
+
 
 def describe_data(data_dir, quora_train: str | None = None) -> list[dict]:
     """The CS224N files a run on `data_dir` would read, per split and task, with row counts."""
@@ -744,10 +749,17 @@ def data_summary(rows: list[dict]) -> str:
 
 
 def data_problem(rows: list[dict], tasks) -> str | None:
-    """Why a run on these files could not start (a train or dev file missing for a chosen task)."""
-    missing = [f"{r['split']} {r['task']} ({r['file']})" for r in rows
-               if r["task"] in tasks and r["split"] in ("train", "dev") and not r["usable"]]
-    return ("no usable data in: " + ", ".join(missing)) if missing else None
+    """Why a run on these files could not start (a train or dev file missing for a chosen task),
+    and the command that fetches the official files."""
+    from .data import FETCH_COMMAND
+
+    bad = [r for r in rows if r["task"] in tasks and r["split"] in ("train", "dev") and not r["usable"]]
+    if not bad:
+        return None
+    problem = "no usable data in: " + ", ".join(f"{r['split']} {r['task']} ({r['file']})" for r in bad)
+    if any(r["rows"] is None for r in bad):  # a file is missing, not merely empty or malformed
+        problem += f"; `{FETCH_COMMAND.format(dest='DIR')}` fetches the official CS224N files"
+    return problem
 
 
 # ---- progress ------------------------------------------------------------------------------

@@ -9,11 +9,11 @@ import streamlit as st
 
 from mtbert import charts, runs
 from mtbert.config import PRESETS
-from mtbert.data import SAMPLE_DIR, SHARED_DIR, DataError, TASKS
+from mtbert.data import SAMPLE_DIR, DataError
 
 st.set_page_config(page_title="Train · mtbert", layout="wide")
 
-DEFAULTS = "defaults (the seed's settings)"
+DEFAULTS = "defaults (every setting at its default)"
 SPEC = runs.settings_spec()
 # widget details the settings' types and bounds do not say; everything else comes from TrainConfig
 # and runs.ABOUT (label, help, bounds)
@@ -76,7 +76,7 @@ st.title("Train")
 FORM_KEYS = ["preset", "data_source", "data_folder", "quora_train", *(key(s.name) for s in SPEC)]
 saved = st.session_state.setdefault("train_form", {})
 if key("name") not in st.session_state and not saved:
-    st.session_state.preset = DEFAULTS
+    st.session_state.preset = PRESETS[0]  # the quick CPU demo: a newcomer's first run
     apply_preset()
 for k in FORM_KEYS:
     if k not in st.session_state and k in saved:
@@ -84,9 +84,7 @@ for k in FORM_KEYS:
 
 # ---- 1. data ---------------------------------------------------------------------------------
 st.subheader("1 · Data")
-sources = {"shipped sample": SAMPLE_DIR}
-if SHARED_DIR.is_dir():
-    sources["CS224N full data"] = SHARED_DIR
+sources = runs.data_folders()
 source = st.radio("Training data", [*sources, "another folder"], horizontal=True, key="data_source",
                   help="CS224N-format files: ids-sst-*.csv, quora-*.csv, sts-*.csv (TAB-separated, with a header)")
 if source == "another folder":
@@ -94,8 +92,8 @@ if source == "another folder":
 else:
     folder = str(sources[source])
 quora_train = st.text_input("Quora train file (optional)", key="quora_train",
-                            help="Use this file instead of quora-train.csv (where that file is missing, the "
-                                 "quora-full stand-in beside the data folder is used by itself)").strip() or None
+                            help="Use this file instead of the folder's quora-train.csv (setting "
+                                 "`quora_train`, flag --quora-train)").strip() or None
 data_ok = False
 if not folder:
     st.info("Type the folder that holds your CS224N files.")
@@ -117,7 +115,7 @@ else:
 
 # ---- 2. settings -----------------------------------------------------------------------------
 st.subheader("2 · Settings")
-st.selectbox("Preset", [DEFAULTS, *PRESETS], key="preset", on_change=apply_preset,
+st.selectbox("Preset", [*PRESETS, DEFAULTS], key="preset", on_change=apply_preset,
              help="Fills the form below; the quick CPU demo finishes in a few minutes on 2 cores.")
 with st.form("settings"):
     for section in dict.fromkeys(s.section for s in SPEC):

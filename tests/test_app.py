@@ -10,9 +10,9 @@ import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
 
-from mtbert import lock
+from mtbert import lock, runs
 from mtbert.checkpoint import load_encoder, save_checkpoint
-from mtbert.config import TrainConfig
+from mtbert.config import TrainConfig, read_config_file
 from mtbert.model import ModelConfig, MultitaskBert
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,18 +89,24 @@ def test_home_shows_the_machine_runs_and_checkpoints(runs_dir):
 
 # ---- train -------------------------------------------------------------------------------------------
 
-def test_train_form_starts_at_the_defaults_and_applies_the_quick_preset():
+def test_train_form_starts_at_the_quick_demo_and_applies_the_defaults():
+    """A newcomer's form holds the quick CPU demo (configs/quick-demo.yaml); "defaults" resets it."""
     at = no_exception(page("pages/1_Train.py").run())
+    demo = read_config_file(REPO / "configs" / "quick-demo.yaml")
+    assert at.selectbox(key="preset").value == "quick CPU demo"
+    assert at.number_input(key="setting.time_budget_s").value == demo["time_budget_s"]
+    assert at.number_input(key="setting.lr").value == demo["lr"]
+    assert at.selectbox(key="setting.pooling").value == demo["pooling"] == "mean"
+    assert at.text_input(key="setting.name").value == "quick-demo"
+    at.selectbox(key="preset").set_value(next(o for o in at.selectbox(key="preset").options
+                                              if o.startswith("defaults"))).run()
     defaults = TrainConfig()
     assert at.number_input(key="setting.epochs").value == defaults.epochs
     assert at.number_input(key="setting.lr").value == defaults.lr
     assert at.selectbox(key="setting.gradient_method").value == defaults.gradient_method
     assert at.multiselect(key="setting.tasks").value == ["sst", "para", "sts"]
     assert at.number_input(key="setting.max_steps").value is None
-    at.selectbox(key="preset").set_value("quick CPU demo").run()
-    assert at.number_input(key="setting.max_steps").value == 40
-    assert at.number_input(key="setting.epochs").value == 1
-    assert at.text_input(key="setting.name").value == "quick-demo"
+    assert at.number_input(key="setting.time_budget_s").value is None
     assert "No run yet" in " ".join(c.value for c in at.caption)
 
 
@@ -151,7 +157,7 @@ def test_failed_run_shows_its_error_and_a_stopped_one_offers_resume(runs_dir):
 
 def test_data_picker_counts_rows_and_warns_about_missing_files(tmp_path):
     at = no_exception(page("pages/1_Train.py").run())
-    assert any("train: sst 400, para 400, sts 400" in m.value for m in at.markdown)  # the shipped sample
+    assert any("train: sst 3,000, para 3,000, sts 3,000" in m.value for m in at.markdown)  # the shipped sample
     at.radio(key="data_source").set_value("another folder").run()
     at.text_input(key="data_folder").set_value(str(tmp_path / "nowhere")).run()
     assert any("nowhere: not a folder" in e for e in messages(at, "error"))
@@ -261,13 +267,13 @@ def test_runs_page_without_runs():
 def test_train_form_survives_a_visit_to_another_page():
     at = page("app.py").run()
     at.switch_page("pages/1_Train.py").run()
-    at.selectbox(key="preset").set_value("quick CPU demo").run()
+    at.selectbox(key="preset").set_value("seed (CS224N report)").run()  # away from the quick demo's values
     at.radio(key="data_source").set_value("another folder").run()
     at.switch_page("pages/3_Runs.py").run()
     at.switch_page("pages/1_Train.py").run()
     no_exception(at)
-    assert at.selectbox(key="preset").value == "quick CPU demo"
-    assert at.number_input(key="setting.max_steps").value == 40
+    assert at.selectbox(key="preset").value == "seed (CS224N report)"
+    assert at.number_input(key="setting.lr").value == TrainConfig().lr != runs.preset_values("quick CPU demo")["lr"]
     assert at.radio(key="data_source").value == "another folder"
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from mtbert import charts, lock, runs
-from mtbert.config import PRESETS, TrainConfig
+from mtbert.config import PRESET_FILES, TrainConfig, read_config_file
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -349,14 +351,27 @@ def test_the_forms_bounds_are_the_ones_trainconfig_enforces():
     assert checked >= 25
 
 
-def test_preset_values_apply_the_preset_over_the_defaults():
+def test_preset_values_apply_the_preset_file_over_the_defaults():
+    """A preset is its config file in configs/: the Train page and `--config FILE` read the same file."""
+    for label, name in PRESET_FILES.items():
+        from_file = read_config_file(REPO / "configs" / name)
+        values = runs.preset_values(label)
+        assert from_file and all(values[k] == v for k, v in from_file.items() if k not in runs.DATA_SETTINGS)
     quick = runs.preset_values("quick CPU demo")
-    for k, v in PRESETS["quick CPU demo"].items():
-        if k not in runs.DATA_SETTINGS:
-            assert quick[k] == v
+    assert quick["time_budget_s"] <= 180 and quick["pooling"] == "mean"  # the demo fits in 3 minutes
+    assert runs.preset_values("seed (CS224N report)")["pooling"] == TrainConfig().pooling == "cls"
     assert runs.preset_values(None)["epochs"] == TrainConfig().epochs
-    with pytest.raises(ValueError, match="preset='nope' is not allowed; choose one of quick CPU demo"):
+    with pytest.raises(ValueError, match="preset='nope' is not allowed; allowed values: quick CPU demo"):
         runs.preset_values("nope")
+
+
+def test_a_broken_preset_file_names_the_setting(tmp_path, monkeypatch):
+    import mtbert.config as C
+
+    (tmp_path / "quick-demo.yaml").write_text("lr: 0.0001\ngradient_method: nope\n")
+    monkeypatch.setattr(C, "CONFIGS_DIR", tmp_path)
+    with pytest.raises(ValueError, match="gradient_method='nope' is not allowed; allowed values: sum, pcgrad"):
+        runs.preset_values("quick CPU demo")
 
 
 def test_describe_data_counts_rows_and_flags_missing_files(tmp_path):
@@ -370,7 +385,8 @@ def test_describe_data_counts_rows_and_flags_missing_files(tmp_path):
     rows = runs.describe_data(tmp_path)
     assert next(r for r in rows if r["file"] == "ids-sst-train.csv")["usable"] == 1
     assert "train: sst 1, para missing" in runs.data_summary(rows)
-    assert runs.data_problem(rows, ["sst"]) == "no usable data in: dev sst (ids-sst-dev.csv)"
+    assert runs.data_problem(rows, ["sst"]) == ("no usable data in: dev sst (ids-sst-dev.csv); `python -m mtbert "
+                                                "data fetch --dest DIR` fetches the official CS224N files")
 
 
 def test_progress_line():
