@@ -1,11 +1,11 @@
 """mtbert studio, the entrypoint of `streamlit run app.py`: the pages, their titles, icons and
-URLs (/, /Train, /Playground, /Runs). Each page's body is its own file: home.py and pages/."""
+URLs (/, /Train, /Playground, /Runs). Each page's body is its own file: home.py and app_pages/."""
 import streamlit as st
 
 PAGES = [
     st.Page("home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/1_Train.py", title="Train", icon=":material/model_training:", url_path="Train"),
-    st.Page("pages/2_Playground.py", title="Playground", icon=":material/science:", url_path="Playground"),
-    st.Page("pages/3_Runs.py", title="Runs", icon=":material/table_chart:", url_path="Runs"),
+    st.Page("app_pages/1_Train.py", title="Train", icon=":material/model_training:", url_path="Train"),
+    st.Page("app_pages/2_Playground.py", title="Playground", icon=":material/science:", url_path="Playground"),
+    st.Page("app_pages/3_Runs.py", title="Runs", icon=":material/table_chart:", url_path="Runs"),
 ]
 st.navigation(PAGES).run()

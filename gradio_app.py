@@ -108,18 +108,14 @@ def build_app(choices: list[runs.CheckpointRef] | None = None) -> gr.Blocks:
         try:
             view = pg.attention(model, tok, a, b if b and b.strip() else None)
             fig = pg.attention_heatmap(view, int(layer), int(head))
-            try:
-                folder, offline_note = pg.js_dir(), None
-            except pg.InputError as e:  # a misconfigured MTBERT_BERTVIZ_JS: say so, use the CDN
-                folder, offline_note = None, str(e)
-            page = pg.bertviz_html(view, kind, folder)
+            page = pg.bertviz_html(view, kind)  # d3 and jQuery inlined; a bad MTBERT_BERTVIZ_JS raises
         except pg.InputError as e:
             raise gr.Error(str(e)) from None
         # gradio's HTML does not run scripts; bertviz's page does, inside its own sandboxed frame
         frame = (f'<iframe title="bertviz {kind} view" sandbox="allow-scripts" '
                  f'style="width:100%;height:{pg.bertviz_height(view, kind)}px;border:0" '
                  f'srcdoc="{html.escape(page, quote=True)}"></iframe>')
-        return fig, frame, _note(view.note, offline_note)
+        return fig, frame, _note(view.note)
 
     def ranges(ref):
         if not ref:

@@ -51,11 +51,11 @@ st.subheader("Where next")
 c1, c2, c3 = st.columns(3)
 # each link is titled as its page is in the navigation (app.py)
 with c1:
-    st.page_link("pages/1_Train.py")
+    st.page_link("app_pages/1_Train.py")
     st.caption("Pick settings or the quick CPU demo preset, start a run, watch the live charts.")
 with c2:
-    st.page_link("pages/2_Playground.py")
+    st.page_link("app_pages/2_Playground.py")
     st.caption("Sentiment, paraphrase and similarity for your own sentences; attention views; batch files.")
 with c3:
-    st.page_link("pages/3_Runs.py")
+    st.page_link("app_pages/3_Runs.py")
     st.caption("Every run with its settings and scores; overlay curves; delete old runs.")

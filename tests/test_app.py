@@ -91,7 +91,7 @@ def test_home_shows_the_machine_runs_and_checkpoints(runs_dir):
 
 def test_train_form_starts_at_the_quick_demo_and_applies_the_defaults():
     """A newcomer's form holds the quick CPU demo (configs/quick-demo.yaml); "defaults" resets it."""
-    at = no_exception(page("pages/1_Train.py").run())
+    at = no_exception(page("app_pages/1_Train.py").run())
     demo = read_config_file(REPO / "configs" / "quick-demo.yaml")
     assert at.selectbox(key="preset").value == "quick CPU demo"
     assert at.number_input(key="setting.time_budget_s").value == demo["time_budget_s"]
@@ -112,7 +112,7 @@ def test_train_form_starts_at_the_quick_demo_and_applies_the_defaults():
 
 def test_train_page_attaches_to_the_active_run_and_refuses_a_second_start(runs_dir):
     active_run(runs_dir, "20260101-000000-busy")
-    at = no_exception(page("pages/1_Train.py").run())
+    at = no_exception(page("app_pages/1_Train.py").run())
     assert any("20260101-000000-busy" in h.value for h in at.subheader)
     bar = at.get("progress")[0]
     assert "running · step 5/10 · epoch 1/1 · ETA 1:05 · 12.5 examples/s" in bar.proto.text
@@ -125,7 +125,7 @@ def test_train_page_attaches_to_the_active_run_and_refuses_a_second_start(runs_d
 
 
 def test_train_refuses_a_bad_setting_by_name(runs_dir):
-    at = page("pages/1_Train.py").run()
+    at = page("app_pages/1_Train.py").run()
     at.multiselect(key="setting.tasks").set_value([])
     button(at, "Start training").click().run()
     assert any("Not started: setting tasks=[] is not allowed" in e for e in messages(at, "error"))
@@ -136,7 +136,7 @@ def test_finished_run_shows_the_seed_table_and_its_checkpoint(runs_dir):
     fake_run(runs_dir, "20260101-000000-done", records=records(), step=5, total_steps=5, best_checkpoint="best",
              results={"train": {"para_acc": 0.75, "sst_acc": 0.5, "sts_corr": 0.9, "average": 0.72},
                       "dev": {"para_acc": 0.7, "sst_acc": 0.45, "sts_corr": 0.8, "average": 0.65}})
-    at = no_exception(page("pages/1_Train.py").run())
+    at = no_exception(page("app_pages/1_Train.py").run())
     assert any("Checkpoint: **20260101-000000-done/best**" in s for s in messages(at, "success"))
     table = at.dataframe[-1].value
     assert list(table[""]) == ["Train", "Dev"] and list(table["Average"]) == [0.72, 0.65]
@@ -145,18 +145,18 @@ def test_finished_run_shows_the_seed_table_and_its_checkpoint(runs_dir):
 
 def test_failed_run_shows_its_error_and_a_stopped_one_offers_resume(runs_dir):
     fake_run(runs_dir, "20260101-000000-bad", state="failed", error="the sst loss became nan at step 3")
-    at = no_exception(page("pages/1_Train.py").run())
+    at = no_exception(page("app_pages/1_Train.py").run())
     assert any("The run failed: the sst loss became nan at step 3" in e for e in messages(at, "error"))
     stopped = fake_run(runs_dir, "20260102-000000-paused", state="stopped", step=7)
     (stopped / "last").mkdir()
     (stopped / "last" / "trainer_state.json").write_text("{}")
-    at = no_exception(page("pages/1_Train.py").run())
+    at = no_exception(page("app_pages/1_Train.py").run())
     assert any("Stopped at step 7" in w for w in messages(at, "warning"))
     assert any(b.label == "Resume" for b in at.button)
 
 
 def test_data_picker_counts_rows_and_warns_about_missing_files(tmp_path):
-    at = no_exception(page("pages/1_Train.py").run())
+    at = no_exception(page("app_pages/1_Train.py").run())
     assert any("train: sst 3,000, para 3,000, sts 3,000" in m.value for m in at.markdown)  # the shipped sample
     at.radio(key="data_source").set_value("another folder").run()
     at.text_input(key="data_folder").set_value(str(tmp_path / "nowhere")).run()
@@ -188,7 +188,7 @@ def select(at: AppTest, key: str, name: str) -> None:
 
 
 def test_playground_sentiment_compare_and_bad_input(checkpoint):
-    at = no_exception(page("pages/2_Playground.py").run())
+    at = no_exception(page("app_pages/2_Playground.py").run())
     select(at, "ckpt_a", checkpoint)
     at.text_area(key="sst_text").set_value("   ")
     at.button(key="sst_go").click().run()
@@ -207,7 +207,7 @@ def test_playground_sentiment_compare_and_bad_input(checkpoint):
 
 
 def test_playground_pair_attention_and_long_input(checkpoint):
-    at = page("pages/2_Playground.py").run()
+    at = page("app_pages/2_Playground.py").run()
     select(at, "ckpt_a", checkpoint)
     at.text_input(key="pair_a").set_value("How old are you?")
     at.text_input(key="pair_b").set_value("")
@@ -229,7 +229,7 @@ def test_playground_reports_a_checkpoint_that_cannot_load(runs_dir):
     broken = fake_run(runs_dir, "20260101-000000-broken")
     (broken / "best").mkdir()
     (broken / "best" / "mtbert.json").write_text("{not json")
-    at = page("pages/2_Playground.py").run()
+    at = page("app_pages/2_Playground.py").run()
     select(at, "ckpt_a", "20260101-000000-broken/best")
     no_exception(at)
     assert any("20260101-000000-broken/best cannot be loaded" in e for e in messages(at, "error"))
@@ -241,7 +241,7 @@ def test_runs_page_table_overlay_and_confirmed_delete(runs_dir):
     fake_run(runs_dir, "20260101-000000-a", records=records(3))
     fake_run(runs_dir, "20260102-000000-b", records=records(6))
     active_run(runs_dir, "20260103-000000-live")
-    at = no_exception(page("pages/3_Runs.py").run())
+    at = no_exception(page("app_pages/3_Runs.py").run())
     table = at.dataframe[0].value
     assert list(table["run"]) == ["20260103-000000-live", "20260102-000000-b", "20260101-000000-a"]
     assert list(table["gradient_method"]) == ["pcgrad"] * 3 and list(table["Average"]) == [0.63] * 3
@@ -260,17 +260,17 @@ def test_runs_page_table_overlay_and_confirmed_delete(runs_dir):
 
 
 def test_runs_page_without_runs():
-    at = no_exception(page("pages/3_Runs.py").run())
+    at = no_exception(page("app_pages/3_Runs.py").run())
     assert "No runs in" in at.caption[0].value
 
 
 def test_train_form_survives_a_visit_to_another_page():
     at = page("app.py").run()
-    at.switch_page("pages/1_Train.py").run()
+    at.switch_page("app_pages/1_Train.py").run()
     at.selectbox(key="preset").set_value("seed (CS224N report)").run()  # away from the quick demo's values
     at.radio(key="data_source").set_value("another folder").run()
-    at.switch_page("pages/3_Runs.py").run()
-    at.switch_page("pages/1_Train.py").run()
+    at.switch_page("app_pages/3_Runs.py").run()
+    at.switch_page("app_pages/1_Train.py").run()
     no_exception(at)
     assert at.selectbox(key="preset").value == "seed (CS224N report)"
     assert at.number_input(key="setting.lr").value == TrainConfig().lr != runs.preset_values("quick CPU demo")["lr"]
@@ -284,14 +284,14 @@ def test_runs_page_push_section_names_where_the_token_comes_from_never_the_token
 
     monkeypatch.setattr(runs, "CHECKPOINTS_DIR", runs_dir.parent / "no-shipped")
     fake_run(runs_dir, "20260101-000000-early")  # no checkpoint yet
-    at = no_exception(page("pages/3_Runs.py").run())
+    at = no_exception(page("app_pages/3_Runs.py").run())
     assert "No checkpoint to push yet" in " ".join(c.value for c in at.caption)
     run = fake_run(runs_dir, "20260102-000000-tiny")
     encoder, tok = load_encoder(tiny_base, max_length=32)
     save_checkpoint(MultitaskBert(encoder, ModelConfig()), tok, run / "best", base=str(tiny_base))
     token = "hf_EnvToken0123456789abcdefSECRET"
     monkeypatch.setenv("HF_TOKEN", token)
-    at = no_exception(page("pages/3_Runs.py").run())
+    at = no_exception(page("app_pages/3_Runs.py").run())
     assert at.selectbox(key="push_checkpoint").options == ["20260102-000000-tiny/best"]
     captions = " ".join(c.value for c in at.caption)
     assert "Token: the HF_TOKEN environment variable." in captions and token not in captions
@@ -304,7 +304,7 @@ def test_playground_offers_a_typed_folder_and_refuses_one_outside(runs_dir, chec
     from mtbert import runs
 
     monkeypatch.setattr(runs, "CHECKPOINTS_DIR", tmp_path / "no-shipped")
-    at = no_exception(page("pages/2_Playground.py").run())
+    at = no_exception(page("app_pages/2_Playground.py").run())
     select(at, "ckpt_a", "another checkpoint folder (type its path)")
     at.text_input(key="ckpt_a_path").set_value(f"runs/{checkpoint}").run()
     no_exception(at)

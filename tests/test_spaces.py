@@ -146,7 +146,7 @@ def test_dockerignore_keeps_secrets_and_local_state_out_but_not_the_app():
     needed = ["app.py", "requirements.txt", "pyproject.toml", "mtbert/hub.py", "mtbert/checkpoint.py",
               ".streamlit/config.toml", "data/sample/sts-dev.csv",
               "mtbert/static/js/manifest.json", "mtbert/static/js/d3.min.js", "mtbert/static/js/jquery.min.js"]
-    needed += [str(p.relative_to(REPO)) for p in (REPO / "pages").glob("*.py")]
+    needed += [str(p.relative_to(REPO)) for p in (REPO / "app_pages").glob("*.py")]
     for path in needed:
         assert (REPO / path).exists() and not _ignored(path, patterns), f"{path} is needed in the image"
 

@@ -159,7 +159,7 @@ def test_safe_checkpoint_path_refuses_every_way_out(places, runs_dir):
 
 
 def test_playground_refuses_typed_and_listed_paths_leading_out(places):
-    at = no_exception(page("pages/2_Playground.py").run())
+    at = no_exception(page("app_pages/2_Playground.py").run())
     options = at.selectbox(key="ckpt_a").options
     assert options[-1] == TYPED and "20260102-000000-sneaky/best" in options  # listed: it is in runs/
     # what the user types; each is refused, with why, and no model is offered
@@ -196,7 +196,7 @@ def test_runs_page_push_refuses_a_checkpoint_leading_out(places, monkeypatch, tm
     import huggingface_hub.constants as C
 
     monkeypatch.setattr(C, "ENDPOINT", "http://127.0.0.1:9")  # nothing may be sent anywhere anyway
-    at = page("pages/3_Runs.py")
+    at = page("app_pages/3_Runs.py")
     at.secrets["HF_TOKEN"] = TOKEN
     at.run()
     for choice, why in (("20260102-000000-sneaky/best", "a symbolic link leading outside the allowed places"),
@@ -254,7 +254,7 @@ def test_stop_and_resume_from_the_train_page_lose_nothing(runs_dir, tiny_base, m
     monkeypatch.setattr(runs, "_spawn", spawn_frozen)
     # a crashed trainer's lock (its PID is gone) must not block the studio
     (runs_dir / ".lock").write_text(json.dumps({"pid": dead_pid(), "run_id": "20260101-000000-crashed"}))
-    at = no_exception(page("pages/1_Train.py").run())
+    at = no_exception(page("app_pages/1_Train.py").run())
     fill_train_form(at, tiny_base, "studio")
     button(at, "Start training").click().run()
     no_exception(at)
@@ -267,7 +267,7 @@ def test_stop_and_resume_from_the_train_page_lose_nothing(runs_dir, tiny_base, m
         assert owner == {"pid": pid, "run_id": run.name}  # the stale lock was taken over
 
         # a second browser session meanwhile: Start is refused, naming the live run; nothing is created
-        other = page("pages/1_Train.py").run()
+        other = page("app_pages/1_Train.py").run()
         fill_train_form(other, tiny_base, "second")
         button(other, "Start training").click().run()
         errors = messages(other, "error")
@@ -333,7 +333,7 @@ def run_checkpoint(runs_dir, tiny_base) -> Path:
 
 
 def push_page(choice: str, repo_id: str, token: str | None = None, private: bool = False) -> AppTest:
-    at = page("pages/3_Runs.py")
+    at = page("app_pages/3_Runs.py")
     if token is not None:
         at.secrets["HF_TOKEN"] = token
     at.run()
@@ -387,7 +387,7 @@ def test_push_button_explains_failures_without_the_token(run_checkpoint, monkeyp
 def test_playground_loads_exactly_the_hub_checkpoints_it_offers(stub_hub, run_checkpoint, monkeypatch):
     hub.push_checkpoint(run_checkpoint, "tester/tiny-hub", token=TOKEN)
     monkeypatch.setenv("MTBERT_HUB_CHECKPOINT", "tester/tiny-hub")
-    at = no_exception(page("pages/2_Playground.py").run())
+    at = no_exception(page("app_pages/2_Playground.py").run())
     options = at.selectbox(key="ckpt_a").options
     assert options[0] == "tester/tiny-hub (Hugging Face Hub)"  # what the deployment names comes first
     assert any(c.startswith("tester/tiny-hub from the Hugging Face Hub: ") for c in messages(at, "caption"))
@@ -413,7 +413,7 @@ def test_playground_loads_exactly_the_hub_checkpoints_it_offers(stub_hub, run_ch
 
 def test_playground_reports_a_malformed_hub_setting_and_keeps_the_local_checkpoints(run_checkpoint, monkeypatch):
     monkeypatch.setenv("MTBERT_HUB_CHECKPOINT", "tester/ok, not/a/repo")
-    at = no_exception(page("pages/2_Playground.py").run())
+    at = no_exception(page("app_pages/2_Playground.py").run())
     assert any("MTBERT_HUB_CHECKPOINT: 'not/a/repo' is not a Hub model repo id" in e for e in messages(at, "error"))
     assert at.selectbox(key="ckpt_a").options[0] == "20260101-000000-tiny/best"
     assert any(c.startswith("base minilm-l6, cls pooling; dev: ") and "SST accuracy 0.250" in c

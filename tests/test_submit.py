@@ -301,7 +301,7 @@ def downloads(monkeypatch) -> list[dict]:
 def test_runs_page_button_writes_the_files_and_offers_the_zip(runs_dir, tiny_base, downloads):
     run = run_with_best(runs_dir, "20260102-000000-tiny", tiny_base)
     run_with_best(runs_dir, "20260103-000000-early", None)  # no best/ yet: not offered
-    at = AppTest.from_file(str(REPO / "pages" / "3_Runs.py"), default_timeout=120).run()
+    at = AppTest.from_file(str(REPO / "app_pages" / "3_Runs.py"), default_timeout=120).run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.selectbox(key="leaderboard_run").options == ["20260102-000000-tiny"]
     assert at.selectbox(key="leaderboard_data").value == "shipped sample"
@@ -329,7 +329,7 @@ def test_runs_page_button_reports_a_missing_split(runs_dir, tiny_base, monkeypat
     data = sample_without(tmp_path, "sts-test-student.csv")
     monkeypatch.setattr(runs, "data_folders", lambda: {"the test data": data})
     run = run_with_best(runs_dir, "20260102-000000-tiny", tiny_base)
-    at = AppTest.from_file(str(REPO / "pages" / "3_Runs.py"), default_timeout=120).run()
+    at = AppTest.from_file(str(REPO / "app_pages" / "3_Runs.py"), default_timeout=120).run()
     next(b for b in at.button if b.label == "Leaderboard files").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("sts-test-student.csv: no such file" in w.value and "python -m mtbert data fetch" in w.value
