@@ -32,11 +32,15 @@ def key(name: str) -> str:
     return f"setting.{name}"
 
 
-def apply_preset() -> None:
+def preset_widgets() -> dict:
+    """Every setting's widget value under the chosen preset."""
     choice = st.session_state.preset
     values = runs.preset_values(None if choice == DEFAULTS else choice)
-    for s in SPEC:
-        st.session_state[key(s.name)] = s.to_widget(values[s.name])
+    return {key(s.name): s.to_widget(values[s.name]) for s in SPEC}
+
+
+def apply_preset() -> None:
+    st.session_state.update(preset_widgets())
 
 
 @st.cache_data(ttl=30, show_spinner="Counting rows…")
@@ -75,12 +79,14 @@ st.title("Train")
 # Streamlit forgets a widget's value when another page is shown; keep a copy to restore on return
 FORM_KEYS = ["preset", "data_source", "data_folder", "quora_train", *(key(s.name) for s in SPEC)]
 saved = st.session_state.setdefault("train_form", {})
-if key("name") not in st.session_state and not saved:
-    st.session_state.preset = PRESETS[0]  # the quick CPU demo: a newcomer's first run
-    apply_preset()
-for k in FORM_KEYS:
-    if k not in st.session_state and k in saved:
-        st.session_state[k] = saved[k]
+if "preset" not in st.session_state:
+    st.session_state.preset = saved.get("preset", PRESETS[0])  # the quick CPU demo: a newcomer's first run
+# a setting without a value (first visit, or a run interrupted before its widgets were drawn)
+# gets the one it had, else the preset's
+missing = [k for k in FORM_KEYS if k not in st.session_state]
+if missing:
+    fallback = {**preset_widgets(), **saved}
+    st.session_state.update({k: fallback[k] for k in missing if k in fallback})
 
 # ---- 1. data ---------------------------------------------------------------------------------
 st.subheader("1 · Data")

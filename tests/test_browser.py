@@ -183,14 +183,15 @@ def test_train_watch_then_play(studio, browser, tiny_base, tiny_data):
     page.goto(f"{url}/Train")
     page.get_by_role("heading", name="Train").wait_for(timeout=60_000)
     wait_idle(page)
+    label = {s.name: s.label for s in runs.settings_spec()}  # the form's widgets by config key
+    demo = runs.preset_values("quick CPU demo")
+    expect(page.get_by_label(label["max_steps"], exact=True)).to_have_value(str(demo["max_steps"]))  # the preset
+    page.wait_for_timeout(2000)  # the first run of the page draws the form, then settles
     page.get_by_text("another folder", exact=True).click()
     page.get_by_label("Folder of CS224N files", exact=True).fill(str(tiny_data))
     page.get_by_label("Folder of CS224N files", exact=True).press("Enter")
     page.get_by_text("train: sst 24, para 24, sts 24").wait_for()  # the row counts of the chosen folder
-    choose(page, "Preset", "quick CPU demo")
-    label = {s.name: s.label for s in runs.settings_spec()}  # the form's widgets by config key
-    expect(page.get_by_label(label["max_steps"], exact=True)).to_have_value(  # the preset filled the form
-        str(runs.preset_values("quick CPU demo")["max_steps"]))
+    expect(page.get_by_label(label["max_steps"], exact=True)).to_have_value(str(demo["max_steps"]))  # still there
     page.locator("[data-testid='stExpander'] summary").filter(has_text="Evaluation").click()
     for key, value in {"max_steps": 6, "train_subset": 48, "eval_subset": 16, "train_eval_subset": 16,
                        "max_length": 32, "eval_every": 3}.items():
