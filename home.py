@@ -30,7 +30,7 @@ with left:
         st.markdown(f"- `{name}`: {state}")
     st.markdown("**Data**")
     for label, folder in env["data"].items():
-        st.markdown(f"- {label}: `{folder}`")
+        st.markdown(f"- {label}: `{runs.display_path(folder)}`")
 
 with right:
     st.subheader("Recent runs")

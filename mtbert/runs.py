@@ -694,13 +694,23 @@ def environment() -> dict:
     bases = {}
     for b in BASE_MODELS:
         try:
-            bases[b] = f"available ({resolve_base(b)})"
+            resolve_base(b)  # the packaged weights, their sha256 checked
+            bases[b] = "available (packaged weights, sha256 verified)"
         except CheckpointError as e:
             bases[b] = f"not available: {e}"
     return {"device": device, "torch": torch.__version__, "base_models": bases, "data": data_folders()}
 
 
 # ---- data folders ---------------------------------------------------------------------------
+
+def display_path(path) -> str:
+    """A path as a user of this installation reads it: relative to the studio's folder when inside it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
 
 def data_folders() -> dict[str, Path]:
     """The data folders this installation has: the shipped sample, and the official CS224N files

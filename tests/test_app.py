@@ -80,7 +80,8 @@ def test_home_shows_the_machine_runs_and_checkpoints(runs_dir):
     at = no_exception(page("app.py").run())
     text = " ".join(m.value for m in at.markdown)
     assert "**Device:** CPU only" in text or "**Device:** CUDA GPU" in text
-    assert "`minilm-l6`: available" in text
+    assert "`minilm-l6`: available (packaged weights, sha256 verified)" in text
+    assert "shipped sample: `data/sample`" in text and str(REPO) not in text  # no paths of the server
     assert any("20260102-000000-now" in m for m in messages(at, "info"))
     runs_table, ckpt_table = (df.value for df in at.dataframe)
     assert list(runs_table["run"]) == ["20260102-000000-now", "20260101-000000-old"]
