@@ -14,11 +14,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .data import REPO_DIR, SAMPLE_DIR, SPLITS, TASKS, DataError, load_split
+from .data import FULL_DATA_DIR, SAMPLE_DIR, SPLITS, TASKS, DataError, load_split
 
 COMMIT = "7ac8260577fc12a86c7aaf38918056c30054ef39"
 DEFAULT_BASE_URL = f"https://raw.githubusercontent.com/gpoesia/minbert-default-final-project/{COMMIT}/data"
-DEFAULT_DEST = REPO_DIR / "data" / "cs224n"
+DEFAULT_DEST = FULL_DATA_DIR
 TIMEOUT_S = 60
 CHUNK = 1 << 20
 

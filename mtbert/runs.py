@@ -719,7 +719,7 @@ def data_folders() -> dict[str, Path]:
 
     folders = {"shipped sample": SAMPLE_DIR}
     if FULL_DATA_DIR.is_dir():
-        folders[f"CS224N full data ({FULL_DATA_DIR.relative_to(ROOT)})"] = FULL_DATA_DIR
+        folders[f"CS224N full data ({display_path(FULL_DATA_DIR)})"] = FULL_DATA_DIR
     return folders
 
 
