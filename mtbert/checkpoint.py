@@ -7,7 +7,9 @@ Base-model sources, by name:
 
 A fine-tuned checkpoint folder is itself a Hugging Face BERT folder (so `transformers` and the
 Hub read its encoder), plus `heads.safetensors`, `mtbert.json` (the model config) and
-`metrics.json`. A heads-only checkpoint (frozen encoder) names its base model and that model's
+`metrics.json`. mtbert.json holds the task definitions, so a checkpoint loads and predicts without
+the task file it was trained from; one saved before tasks were data (no `tasks` in its model
+config) is read as the built-in trio. A heads-only checkpoint (frozen encoder) names its base model and that model's
 sha256 in `mtbert.json` instead of copying the encoder.
 """
 from __future__ import annotations
@@ -178,7 +180,7 @@ def save_checkpoint(model: MultitaskBert, tokenizer: Tokenizer, folder: str | Pa
     _remove_partial(folder)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        meta = {"format": "mtbert-checkpoint", "version": 1, "model": model.cfg.to_dict(),
+        meta = {"format": "mtbert-checkpoint", "version": 2, "model": model.cfg.to_dict(),
                 "max_length": tokenizer.max_length, "base_model": base, **(extra or {})}
         if include_encoder:
             _write_json(tmp / "config.json", model.encoder.config.to_hf_dict())
@@ -247,15 +249,17 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[MultitaskBer
     return model.to(device).eval(), tok, meta
 
 
-def set_para_logit_offset(folder: str | Path, offset: float) -> None:
-    """Store a fitted Quora threshold in a checkpoint's mtbert.json (atomically; weights untouched)."""
+def set_logit_offset(folder: str | Path, task: str, offset: float) -> None:
+    """Store a binary task's fitted threshold in a checkpoint's mtbert.json (atomically; weights untouched)."""
     path = Path(folder) / "mtbert.json"
     try:
         meta = json.loads(path.read_text())
-        meta["model"]["para_logit_offset"] = float(offset)
+        cfg = ModelConfig.from_dict(meta["model"])
+        cfg.logit_offsets[cfg.task(task).name] = float(offset)
+        meta["model"] = ModelConfig(cfg.pooling, cfg.dropout, cfg.tasks, cfg.logit_offsets).to_dict()
     except FileNotFoundError as e:
         raise CheckpointError(f"{folder}: not an mtbert checkpoint (no mtbert.json)") from e
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: unusable ({e})") from e
     atomic_write_bytes(path, _json_text(meta).encode())
 

@@ -6,7 +6,9 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-TASKS = ("sst", "para", "sts")
+from .tasks import BUILTIN_NAMES, TaskSpec, available_tasks, select, specs_from_dicts, with_weight
+
+TASKS = BUILTIN_NAMES  # the built-in tasks; a task file adds others (mtbert/tasks.py)
 MODEL_CHOICES = {
     "pooling": ("cls", "mean"),
     "pair_encoding": ("separate", "joint"),
@@ -30,7 +32,11 @@ class TrainConfig:
     base_model: str = "minilm-l6"  # minilm-l6 | a folder | a Hub repo id (bert-base-uncased)
     mode: str = "finetune"
     freeze_word_embeddings: bool = False  # 12 M of MiniLM's 22.7 M weights: cheaper steps, PCGrad buffers
-    tasks: list = field(default_factory=lambda: list(TASKS))
+    tasks: list | None = None  # names of the tasks to train; None: every task defined (built-in and tasks_file's)
+    tasks_file: str | None = None  # a YAML file of task definitions, added to the built-in tasks or replacing them
+    # the definitions of the tasks trained, as the run started: config.json keeps them, so a run resumes
+    # (and its checkpoints load) without the task file; None: from the built-in tasks and tasks_file
+    task_definitions: list | None = None
     schedule: str = "parallel"
     gradient_method: str = "sum"
     # model
@@ -89,11 +95,6 @@ class TrainConfig:
                                  f"allowed values: {', '.join(allowed)}")
         if isinstance(self.tasks, str):
             self.tasks = [t.strip() for t in self.tasks.split(",") if t.strip()]
-        bad = [t for t in self.tasks if t not in TASKS]
-        if bad or not self.tasks or len(set(self.tasks)) != len(self.tasks):
-            raise ValueError(f"setting tasks={self.tasks!r} is not allowed; choose a non-empty subset of "
-                             f"{', '.join(TASKS)}")
-        self.tasks = [t for t in TASKS if t in self.tasks]  # canonical order
         positive = {"epochs": 1, "batch_size": 1, "max_length": 8, "eval_batch_size": 1}
         for name, lo in positive.items():
             if not isinstance(getattr(self, name), int) or getattr(self, name) < lo:
@@ -142,6 +143,21 @@ class TrainConfig:
             raise ValueError("settings weight_decay and warmup_steps must be >= 0")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"setting grad_clip={self.grad_clip} is not allowed; allowed values: a number > 0 or none")
+        self.tasks = [s.name for s in self.task_specs()]  # checked, in the order of definition
+
+    def defined_tasks(self) -> list[TaskSpec]:
+        """Every task this config can train: its saved definitions, else the built-in tasks (their heads
+        set by the settings below) and the task file's."""
+        if self.task_definitions is not None:
+            return specs_from_dicts(self.task_definitions)
+        return available_tasks(self.tasks_file, pair_encoding=self.pair_encoding, para_encoding=self.para_encoding,
+                               sts_encoding=self.sts_encoding, para_features=self.para_features,
+                               sts_loss=self.sts_loss)
+
+    def task_specs(self) -> list[TaskSpec]:
+        """The tasks trained, each with its loss weight (a built-in task's from <name>_weight)."""
+        return [with_weight(s, s.weight * getattr(self, f"{s.name}_weight", 1.0)) if s.name in TASKS else s
+                for s in select(self.defined_tasks(), self.tasks)]
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

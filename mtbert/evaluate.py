@@ -1,4 +1,4 @@
-"""Metrics on any split (SST acc, Quora acc, STS Pearson/Spearman, the seed's Average) and prediction files."""
+"""Metrics on any split (each task's metrics, the average of their main scores) and prediction files."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from scipy.stats import pearsonr, spearmanr
 
-from .data import Example, make_batch
+from .data import Example, as_spec, make_batch
 
 from .report import SEED_COLUMNS, seed_table  # noqa: F401  (re-exported)
 
@@ -22,7 +22,8 @@ def _to_device(batch: dict, device) -> dict:
 @torch.inference_mode()
 def predict_raw(model, tokenizer, task: str, examples: list[Example], batch_size: int = 64,
                 device: str | torch.device = "cpu", autocast_dtype=None) -> np.ndarray:
-    """Model outputs in input order: sst (N, 5) probabilities; para (N,) probability; sts (N,) 0..5."""
+    """Model outputs in input order: (N, K) class probabilities, (N,) probability of class 1 (binary),
+    or (N,) score in the task's range."""
     # sorting by length cuts padding to a minimum; the permutation is undone at the end
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].text_a) + len(examples[i].text_b or ""))
     was_training = model.training
@@ -38,36 +39,56 @@ def predict_raw(model, tokenizer, task: str, examples: list[Example], batch_size
     finally:
         model.train(was_training)
     if not outs:
-        return np.zeros((0, 5) if task == "sst" else (0,), dtype=np.float32)
+        k = model.cfg.task(task).num_outputs
+        return np.zeros((0, k) if k > 1 else (0,), dtype=np.float32)
     flat = torch.cat(outs).numpy()
     result = np.empty_like(flat)
     result[np.array(order)] = flat
     return result
 
 
-def to_predictions(task: str, raw: np.ndarray) -> list:
-    """sst: class 0..4; para: 0/1; sts: float 0..5 (the `mtbert predict` output)."""
-    if task == "sst":
-        return raw.argmax(-1).astype(int).tolist()
-    if task == "para":
-        return (raw > 0.5).astype(int).tolist()
-    return [round(float(x), 4) for x in raw]
+def to_predictions(spec, raw: np.ndarray) -> list:
+    """A class index (classification) or a score to 4 decimals (regression): `mtbert predict`'s output."""
+    spec = as_spec(spec)
+    if spec.kind == "regression":
+        return [round(float(x), 4) for x in raw]
+    return class_predictions(spec, raw).astype(int).tolist()
+
+
+def class_predictions(spec, raw: np.ndarray) -> np.ndarray:
+    return (raw > 0.5).astype(int) if raw.ndim == 1 else raw.argmax(-1)
 
 
 def predict_examples(model, tokenizer, task: str, examples: list[Example], batch_size: int = 64,
                      device="cpu", autocast_dtype=None) -> list:
-    return to_predictions(task, predict_raw(model, tokenizer, task, examples, batch_size, device, autocast_dtype))
+    return to_predictions(model.cfg.task(task), predict_raw(model, tokenizer, task, examples, batch_size, device, autocast_dtype))
 
 
-def task_metrics(task: str, raw: np.ndarray, examples: list[Example]) -> dict:
+def task_metrics(spec, raw: np.ndarray, examples: list[Example]) -> dict:
+    """The task's metrics, keyed as in results (sst_acc, para_acc, sts_corr, mrpc_f1, ...)."""
+    spec = as_spec(spec)
     y = np.array([e.label for e in examples], dtype=np.float64)
-    if task == "sst":
-        return {"sst_acc": float((raw.argmax(-1) == y).mean())}
-    if task == "para":
-        return {"para_acc": float(((raw > 0.5) == (y > 0.5)).mean())}
-    if len(y) < 2 or np.std(raw) == 0 or np.std(y) == 0:
-        return {"sts_corr": float("nan"), "sts_spearman": float("nan")}
-    return {"sts_corr": float(pearsonr(raw, y)[0]), "sts_spearman": float(spearmanr(raw, y)[0])}
+    out = {}
+    if spec.kind == "classification":
+        pred = class_predictions(spec, raw)
+        for m in spec.metrics:
+            out[spec.metric_key(m)] = {"accuracy": lambda: float((pred == y).mean()),
+                                       "f1": lambda: _f1(pred == 1, y == 1),
+                                       "macro_f1": lambda: float(np.mean([_f1(pred == k, y == k)
+                                                                          for k in range(spec.classes)]))}[m]()
+        return out
+    degenerate = len(y) < 2 or np.std(raw) == 0 or np.std(y) == 0
+    for m in spec.metrics:
+        corr = pearsonr if m == "pearson" else spearmanr
+        out[spec.metric_key(m)] = float("nan") if degenerate else float(corr(raw, y)[0])
+    return out
+
+
+def _f1(pred: np.ndarray, gold: np.ndarray) -> float:
+    """F1 of one class; 0 when the class is neither predicted nor present (as scikit-learn's zero_division=0)."""
+    tp = float((pred & gold).sum())
+    denom = float(pred.sum() + gold.sum())
+    return 2 * tp / denom if denom else 0.0
 
 
 def fit_para_offset(probs: np.ndarray, labels) -> float:
@@ -105,21 +126,24 @@ def shift_para_probs(probs: np.ndarray, offset: float) -> np.ndarray:
 
 
 def calibrate_para(model, tokenizer, examples: list[Example], fit: int, seed: int = 0, batch_size: int = 64,
-                   device="cpu") -> dict:
-    """Fit model.cfg.para_logit_offset on `fit` labelled Quora pairs (a seeded random pick) and
+                   device="cpu", task: str = "para") -> dict:
+    """Fit a binary task's logit offset on `fit` labelled pairs (a seeded random pick) and
     score the fitted threshold on the pairs the fit never saw: for a checkpoint trained without
     `calibrate_para`. Sets the offset on the model; returns what it measured."""
     if not 0 < fit < len(examples):
         raise ValueError(f"fit={fit} is not allowed; allowed values: 1..{len(examples) - 1} "
                          f"(there are {len(examples)} labelled pairs and some must be held out)")
-    previous = model.cfg.para_logit_offset
-    model.cfg.para_logit_offset = 0.0
-    raw = predict_raw(model, tokenizer, "para", examples, batch_size, device)
+    if not model.cfg.task(task).binary:
+        raise ValueError(f"task={task!r} is not allowed; a decision threshold is fitted for binary (bce) tasks: "
+                         f"{', '.join(s.name for s in model.cfg.tasks if s.binary) or 'none in this model'}")
+    previous = model.cfg.logit_offset(task)
+    model.cfg.logit_offsets[task] = 0.0
+    raw = predict_raw(model, tokenizer, task, examples, batch_size, device)
     y = np.array([e.label for e in examples], dtype=np.float64) > 0.5
     picked = np.zeros(len(examples), dtype=bool)
     picked[np.random.default_rng(seed).permutation(len(examples))[:fit]] = True
     offset = fit_para_offset(raw[picked], y[picked])
-    model.cfg.para_logit_offset = offset
+    model.cfg.logit_offsets[task] = offset
     acc = lambda probs, mask: float(((probs[mask] > 0.5) == y[mask]).mean())
     shifted = shift_para_probs(raw, offset)
     return {"offset": offset, "previous_offset": previous, "fit_pairs": int(picked.sum()),
@@ -128,37 +152,43 @@ def calibrate_para(model, tokenizer, examples: list[Example], fit: int, seed: in
             "acc_heldout_previous": acc(shift_para_probs(raw, previous), ~picked)}
 
 
-def seed_average(m: dict) -> float:
-    """The seed's Average: the mean of the task scores present."""
-    main = [m[k] for k in ("para_acc", "sst_acc", "sts_corr") if k in m and not math.isnan(m[k])]
+def seed_average(m: dict, specs=None) -> float:
+    """The Average: the mean of the tasks' main scores present (the seed's Paraphrase acc, SST acc and
+    STS corr for the built-in trio)."""
+    keys = [s.main_key for s in specs] if specs is not None else ["para_acc", "sst_acc", "sts_corr"]
+    main = [m[k] for k in keys if isinstance(m.get(k), (int, float)) and not math.isnan(m[k])]
     return float(np.mean(main)) if main else float("nan")
 
 
 def evaluate(model, tokenizer, data: dict[str, list[Example]], batch_size: int = 64, device="cpu",
-             autocast_dtype=None, calibrate_para: bool = False, raw_out: dict | None = None) -> dict:
-    """Metrics for every task present in `data`; `average` is the mean of those present (the seed's Average).
+             autocast_dtype=None, calibrate_para: bool = False, raw_out: dict | None = None,
+             calibrate: tuple = ()) -> dict:
+    """Metrics for every task present in `data`; `average` is the mean of their main scores.
 
-    calibrate_para: fit model.cfg.para_logit_offset on these Quora examples first (and keep it);
-    `para_acc_uncalibrated` then reports the plain 0.5 threshold next to it.
-    raw_out: filled with each task's raw outputs (the calibrated ones for para).
+    calibrate: binary tasks whose decision threshold (model.cfg.logit_offsets) is fitted on these
+    examples first, and kept; `<task>_acc_uncalibrated` then reports the plain 0.5 threshold next to
+    it (calibrate_para=True is calibrate=("para",)).
+    raw_out: filled with each task's raw outputs (the calibrated ones for calibrated tasks).
     """
+    calibrate = set(calibrate) | ({"para"} if calibrate_para else set())
     out = {}
     for task, examples in data.items():
         if not examples:
             continue
-        if task == "para" and calibrate_para:
-            model.cfg.para_logit_offset = 0.0
+        spec = model.cfg.task(task)
+        if task in calibrate and spec.binary:
+            model.cfg.logit_offsets[task] = 0.0
             raw = predict_raw(model, tokenizer, task, examples, batch_size, device, autocast_dtype)
-            out["para_acc_uncalibrated"] = task_metrics(task, raw, examples)["para_acc"]
-            model.cfg.para_logit_offset = fit_para_offset(raw, [e.label for e in examples])
-            out["para_logit_offset"] = model.cfg.para_logit_offset
-            raw = shift_para_probs(raw, model.cfg.para_logit_offset)
+            out[f"{task}_acc_uncalibrated"] = float(((raw > 0.5) == (np.array([e.label for e in examples]) > 0.5)).mean())
+            model.cfg.logit_offsets[task] = fit_para_offset(raw, [e.label for e in examples])
+            out[f"{task}_logit_offset"] = model.cfg.logit_offsets[task]
+            raw = shift_para_probs(raw, model.cfg.logit_offsets[task])
         else:
             raw = predict_raw(model, tokenizer, task, examples, batch_size, device, autocast_dtype)
         if raw_out is not None:
             raw_out[task] = raw
-        out.update(task_metrics(task, raw, examples))
-    out["average"] = seed_average(out)
+        out.update(task_metrics(spec, raw, examples))
+    out["average"] = seed_average(out, [model.cfg.task(t) for t in data if data[t]])
     return out
 
 

@@ -53,7 +53,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .model import TASKS
+from .tasks import BUILTIN_NAMES as TASKS
 
 AllReduce = Callable[[torch.Tensor], None]
 

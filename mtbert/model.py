@@ -1,69 +1,103 @@
-"""The multitask model: one shared BERT encoder, three task heads and their losses.
+"""The multitask model: one shared BERT encoder and one head per task definition (mtbert/tasks.py).
 
-Heads, as in the seed report:
-  sst  : dropout -> linear -> 5 logits                      (cross-entropy)
-  para : encode a and b separately, dropout, [u; v] -> 1 logit (BCE with logits)
-  sts  : hidden->hidden linear on u and v, cosine x 5        (MSE)
-Options beyond the seed: mean pooling, richer pair features [u; v; |u-v|; u*v], joint
-cross-encoding of pairs ([CLS] a [SEP] b [SEP]), and the seed's failed STS variant
-(CosineEmbeddingLoss on labels mapped to +-1).
+What a head computes, by the task's `head`:
+  linear            z = W dropout(pool(x))                                  sentence tasks
+  concat            z = W dropout([u; v])            u, v: a and b encoded separately
+  concat_diff_prod  z = W dropout([u; v; |u-v|; u*v])
+  cosine            score = low + (high-low) cos(P u, P v), P hidden->hidden   pair regression
+  cross             z = W dropout(pool([CLS] a [SEP] b [SEP]))             jointly cross-encoded pair
+z is K logits (ce), one logit (bce) or, for regression, a score low + (high-low) sigmoid(z).
+The CS224N trio are the built-in definitions: sst linear/ce, para concat/bce, sts cosine/mse
+(the seed report's heads), so their numbers are the ones the three fixed heads always gave.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .bert import BertModel
+from .tasks import TaskError, TaskSpec, builtin_tasks, check_unique
 
-from .config import MODEL_CHOICES as CHOICES
-from .config import TASKS
+POOLING = ("cls", "mean")
+FEATURE_WIDTH = {"linear": 1, "cross": 1, "concat": 2, "concat_diff_prod": 4}
+# the model config of checkpoints saved before tasks were data; they describe the built-in trio
+LEGACY_FIELDS = ("pair_encoding", "para_encoding", "sts_encoding", "para_features", "sts_loss")
 
 
 @dataclass
 class ModelConfig:
     pooling: str = "cls"
-    pair_encoding: str = "separate"
-    para_encoding: str | None = None  # per-task overrides of pair_encoding
-    sts_encoding: str | None = None
-    para_features: str = "concat"  # [u; v] (seed) or [u; v; |u-v|; u*v]
-    sts_loss: str = "cosine_mse"
     dropout: float = 0.1
-    num_sentiment_classes: int = 5
-    # added to the duplicate logit at prediction time only (not in the loss): a decision threshold
+    tasks: list = None  # TaskSpecs (dicts in JSON); None: the built-in trio with the seed's heads
+    # added to a binary task's logit at prediction time only (not in the loss): a decision threshold
     # fitted on dev when the training pairs' label mix differs from the data predicted on
-    para_logit_offset: float = 0.0
+    logit_offsets: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        for name in ("para_encoding", "sts_encoding"):
-            if getattr(self, name) not in (None, *CHOICES["pair_encoding"]):
-                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; choose one of "
-                                 f"{', '.join(CHOICES['pair_encoding'])} or none (= pair_encoding)")
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; "
-                                 f"choose one of {', '.join(allowed)}")
+        if self.pooling not in POOLING:
+            raise ValueError(f"pooling={self.pooling!r} is not allowed; choose one of {', '.join(POOLING)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} is not allowed; choose a value in [0, 1)")
-        if not math.isfinite(self.para_logit_offset):
-            raise ValueError(f"para_logit_offset={self.para_logit_offset} is not allowed; choose a finite number")
+        specs = builtin_tasks() if self.tasks is None else self.tasks
+        self.tasks = [s if isinstance(s, TaskSpec) else TaskSpec.from_dict(s) for s in specs]
+        check_unique(self.tasks)
+        self.logit_offsets = {k: float(v) for k, v in (self.logit_offsets or {}).items()}
+        for k, v in self.logit_offsets.items():
+            if k not in self.names or not self.task(k).binary or not math.isfinite(v):
+                raise ValueError(f"logit_offsets[{k!r}]={v} is not allowed; allowed: a finite number for a "
+                                 "binary (bce) task of the model")
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.tasks]
+
+    def task(self, name: str) -> TaskSpec:
+        for s in self.tasks:
+            if s.name == name:
+                return s
+        raise TaskError(f"task={name!r} is not allowed; this model's tasks: {', '.join(self.names)}")
+
+    def encoding(self, task: str) -> str:
+        """How `task` reaches the encoder: joint (cross-encoded pair) or separate."""
+        return self.task(task).pair_encoding
+
+    def logit_offset(self, task: str) -> float:
+        return self.logit_offsets.get(task, 0.0)
+
+    @property
+    def para_logit_offset(self) -> float:  # the Quora threshold, by the name the CS224N tools know it
+        return self.logit_offset("para")
+
+    @para_logit_offset.setter
+    def para_logit_offset(self, value: float) -> None:
+        self.logit_offsets["para"] = float(value)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """A saved model config; one without `tasks` is the built-in trio, its heads set by the old fields."""
+        d = dict(d)
+        if d.get("tasks") is None:
+            legacy = {k: d[k] for k in LEGACY_FIELDS if d.get(k) is not None}
+            d["tasks"] = builtin_tasks(**legacy)
+            if d.get("para_logit_offset"):
+                d["logit_offsets"] = {"para": d["para_logit_offset"]}
+        return cls(pooling=d.get("pooling", "cls"), dropout=d.get("dropout", 0.1), tasks=d["tasks"],
+                   logit_offsets=d.get("logit_offsets") or {})
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"pooling": self.pooling, "dropout": self.dropout, "tasks": [s.to_dict() for s in self.tasks],
+                "logit_offsets": dict(self.logit_offsets)}
 
-    def encoding(self, task: str) -> str:
-        """How `task` encodes its inputs: sst is always a single sentence; pairs are separate or joint."""
-        if task == "sst":
-            return "separate"
-        return getattr(self, f"{task}_encoding") or self.pair_encoding
+
+def head_shape(spec: TaskSpec, hidden: int) -> tuple[int, int]:
+    """(in, out) of a task's linear layer."""
+    if spec.head == "cosine":
+        return hidden, hidden
+    return FEATURE_WIDTH[spec.head] * hidden, spec.num_outputs
 
 
 class MultitaskBert(nn.Module):
@@ -73,19 +107,20 @@ class MultitaskBert(nn.Module):
         self.cfg = cfg
         H = encoder.config.hidden_size
         self.dropout = nn.Dropout(cfg.dropout)
-        self.sst_head = nn.Linear(H, cfg.num_sentiment_classes)
-        k = 2 if cfg.para_features == "concat" else 4
-        self.para_head = nn.Linear(H if cfg.encoding("para") == "joint" else k * H, 1)
-        self.sts_head = nn.Linear(H, 1 if cfg.encoding("sts") == "joint" else H)
-        for head in self.heads().values():
+        self.task_heads = nn.ModuleDict({s.name: nn.Linear(*head_shape(s, H)) for s in cfg.tasks})
+        for head in self.task_heads.values():
             nn.init.normal_(head.weight, std=0.02)
             nn.init.zeros_(head.bias)
-        if cfg.encoding("sts") == "separate":
-            # start the similarity projection at the identity: cosine of the pretrained embeddings
-            nn.init.eye_(self.sts_head.weight)
+        for s in cfg.tasks:
+            if s.head == "cosine":  # start the projection at the identity: cosine of the pretrained embeddings
+                nn.init.eye_(self.task_heads[s.name].weight)
 
     def heads(self) -> dict[str, nn.Module]:
-        return {"sst": self.sst_head, "para": self.para_head, "sts": self.sts_head}
+        return dict(self.task_heads)
+
+    @property
+    def tasks(self) -> list[TaskSpec]:
+        return self.cfg.tasks
 
     # ---- embeddings ------------------------------------------------------------------------
 
@@ -106,51 +141,57 @@ class MultitaskBert(nn.Module):
 
     # ---- task outputs ----------------------------------------------------------------------
 
-    def sst_logits(self, batch: dict) -> torch.Tensor:  # (B, 5)
-        return self.sst_head(self.dropout(self.embed(batch["enc"])))
-
-    def para_logit(self, batch: dict) -> torch.Tensor:  # (B,)
-        if self.cfg.encoding("para") == "joint":
-            return self.para_head(self.dropout(self.embed(batch["enc"]))).squeeze(-1)
-        u, v = self.embed_pair(batch)
-        u, v = self.dropout(u), self.dropout(v)
-        feats = [u, v] if self.cfg.para_features == "concat" else [u, v, (u - v).abs(), u * v]
-        return self.para_head(torch.cat(feats, dim=-1)).squeeze(-1)
-
-    def sts_score(self, batch: dict) -> torch.Tensor:  # (B,) in [-5, 5] (separate) or [0, 5] (joint)
-        if self.cfg.encoding("sts") == "joint":
-            return 5.0 * torch.sigmoid(self.sts_head(self.dropout(self.embed(batch["enc"]))).squeeze(-1))
-        u, v = self.embed_pair(batch)
-        return 5.0 * F.cosine_similarity(self.sts_head(u), self.sts_head(v), dim=-1)
+    def output(self, task: str, batch: dict) -> torch.Tensor:
+        """ce: (B, K) logits; bce: (B,) logit; regression: (B,) score (unclipped)."""
+        spec, head = self.cfg.task(task), self.task_heads[task]
+        if spec.head == "cosine":
+            u, v = self.embed_pair(batch)
+            lo, hi = spec.range
+            return lo + (hi - lo) * F.cosine_similarity(head(u), head(v), dim=-1)
+        if spec.head in ("linear", "cross"):
+            z = head(self.dropout(self.embed(batch["enc"])))
+        else:
+            u, v = self.embed_pair(batch)
+            u, v = self.dropout(u), self.dropout(v)
+            feats = [u, v] if spec.head == "concat" else [u, v, (u - v).abs(), u * v]
+            z = head(torch.cat(feats, dim=-1))
+        if spec.num_outputs > 1:
+            return z
+        z = z.squeeze(-1)
+        if spec.kind == "regression":
+            lo, hi = spec.range
+            return lo + (hi - lo) * torch.sigmoid(z)
+        return z
 
     # ---- losses ----------------------------------------------------------------------------
 
     def loss(self, task: str, batch: dict) -> torch.Tensor:
-        y = batch["labels"]
-        if task == "sst":
-            return F.cross_entropy(self.sst_logits(batch), y)
-        if task == "para":
-            return F.binary_cross_entropy_with_logits(self.para_logit(batch), y.float())
-        if task == "sts":
-            if self.cfg.sts_loss == "cosine_embedding" and self.cfg.encoding("sts") == "separate":
-                u, v = self.embed_pair(batch)
-                target = torch.where(y.float() >= 2.5, 1.0, -1.0)  # the seed's +-1 mapping
-                return F.cosine_embedding_loss(self.sts_head(u), self.sts_head(v), target)
-            return F.mse_loss(self.sts_score(batch).float(), y.float())
-        raise ValueError(f"task={task!r} is not allowed; choose one of {', '.join(TASKS)}")
+        spec, y = self.cfg.task(task), batch["labels"]
+        if spec.loss == "cosine_embedding":  # the seed's STS variant: labels mapped to +-1 at mid-range
+            u, v = self.embed_pair(batch)
+            head = self.task_heads[task]
+            target = torch.where(y.float() >= sum(spec.range) / 2, 1.0, -1.0)
+            return F.cosine_embedding_loss(head(u), head(v), target)
+        out = self.output(task, batch)
+        if spec.loss == "ce":
+            return F.cross_entropy(out, y)
+        if spec.loss == "bce":
+            return F.binary_cross_entropy_with_logits(out, y.float())
+        return F.mse_loss(out.float(), y.float())
 
     # ---- predictions -----------------------------------------------------------------------
 
     @torch.inference_mode()
     def predict(self, task: str, batch: dict) -> torch.Tensor:
-        """sst: class probabilities; para: probability of duplicate (offset applied); sts: score clipped to 0..5."""
-        if task == "sst":
-            return self.sst_logits(batch).softmax(-1)
-        if task == "para":
-            return torch.sigmoid(self.para_logit(batch) + self.cfg.para_logit_offset)
-        if task == "sts":
-            return self.sts_score(batch).clamp(0.0, 5.0)
-        raise ValueError(f"task={task!r} is not allowed; choose one of {', '.join(TASKS)}")
+        """ce: class probabilities (B, K); bce: probability of class 1 (offset applied); regression: the
+        score clipped to the task's range."""
+        spec = self.cfg.task(task)
+        out = self.output(task, batch)
+        if spec.loss == "ce":
+            return out.softmax(-1)
+        if spec.binary:
+            return torch.sigmoid(out + self.cfg.logit_offset(task))
+        return out.clamp(*spec.range)
 
 
 def _stack_encodings(a: dict, b: dict) -> dict:

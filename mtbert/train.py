@@ -25,11 +25,12 @@ from . import distributed as dist
 from . import lock
 from .checkpoint import load_base, load_checkpoint, save_checkpoint
 from .config import CHOICES, PRESETS, TrainConfig  # noqa: F401  (re-exported for the studio)
-from .data import SAMPLE_DIR, Example, load_split, make_batch
+from .data import SAMPLE_DIR, Example, batch_order, load_split, make_batch
 from .evaluate import evaluate, seed_average, shift_para_probs
 from .gradients import make_method
 from .io import JsonlWriter, atomic_write_json
-from .model import TASKS, ModelConfig, MultitaskBert
+from .model import ModelConfig, MultitaskBert
+from .tasks import BUILTIN_NAMES, select
 from .runs import runs_dir
 
 STATE_TENSORS, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"
@@ -53,25 +54,20 @@ def new_run_dir(name: str, root: Path | None = None) -> Path:
 
 class TaskStream:
     """Batches of one task, pass after pass. Its whole state is (pass, position): the order of each
-    pass is a pure function of (seed, task, pass), so a resumed run sees exactly the same batches."""
+    pass is a pure function of (seed, task, pass), so a resumed run sees exactly the same batches.
+    `index` is the task's place among the defined tasks (the built-in trio: 0, 1, 2), its stream's seed."""
 
-    def __init__(self, task: str, examples: list[Example], batch_size: int, seed: int, bucket: bool):
+    def __init__(self, task: str, examples: list[Example], batch_size: int, seed: int, bucket: bool,
+                 index: int | None = None):
         self.task, self.examples, self.batch_size, self.seed, self.bucket = task, examples, batch_size, seed, bucket
+        self.index = index if index is not None else (BUILTIN_NAMES.index(task) if task in BUILTIN_NAMES else 0)
         self.n_batches = max(1, math.ceil(len(examples) / batch_size))
         self.pass_idx, self.position = 0, 0
         self._order = None
 
     def _batches_of_pass(self, p: int) -> list[list[int]]:
-        g = torch.Generator().manual_seed(self.seed * 1000 + TASKS.index(self.task) * 100003 + p)
-        idx = torch.randperm(len(self.examples), generator=g).tolist()
-        if self.bucket:  # sort by length within windows of 50 batches, then shuffle the batches
-            w = self.batch_size * 50
-            length = lambda i: len(self.examples[i].text_a) + len(self.examples[i].text_b or "")  # noqa: E731
-            idx = [i for s in range(0, len(idx), w) for i in sorted(idx[s:s + w], key=length)]
-        batches = [idx[s:s + self.batch_size] for s in range(0, len(idx), self.batch_size)]
-        if self.bucket:
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
-        return batches
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.index * 100003 + p)
+        return batch_order(self.examples, self.batch_size, shuffle=True, generator=g, bucket=self.bucket)
 
     def next(self) -> list[Example]:
         if self.position >= self.n_batches:
@@ -241,9 +237,10 @@ class Trainer:
         self.device = dist.local_device(pick_device(cfg.device).type)
         self.amp = torch.bfloat16 if (cfg.bf16 and self.device.type == "cuda") else None
         data_dir = cfg.data_dir or str(SAMPLE_DIR)
+        self.specs = {s.name: s for s in cfg.task_specs()}
         overrides = {"para": cfg.quora_train} if cfg.quora_train and "para" in cfg.tasks else None
-        train = load_split(data_dir, "train", cfg.tasks, overrides=overrides)
-        dev = load_split(data_dir, "dev", cfg.tasks)
+        train = load_split(data_dir, "train", self.specs.values(), overrides=overrides)
+        dev = load_split(data_dir, "dev", self.specs.values())
         for split, loaded in (("train", train), ("dev", dev)):
             for task, (examples, report) in loaded.items():
                 self.log(f"[data] {split} {task}: {report.summary()}")
@@ -258,9 +255,7 @@ class Trainer:
             self.model, self.tok, _ = load_checkpoint(self._last_dir())
         else:
             encoder, self.tok = load_base(cfg.base_model, cfg.max_length, dropout=cfg.dropout)
-            mcfg = ModelConfig(pooling=cfg.pooling, pair_encoding=cfg.pair_encoding,
-                               para_encoding=cfg.para_encoding, sts_encoding=cfg.sts_encoding,
-                               para_features=cfg.para_features, sts_loss=cfg.sts_loss, dropout=cfg.dropout)
+            mcfg = ModelConfig(pooling=cfg.pooling, dropout=cfg.dropout, tasks=list(self.specs.values()))
             self.model = MultitaskBert(encoder, mcfg)
         self.model.to(self.device).train()
         if dist.active():
@@ -283,7 +278,8 @@ class Trainer:
         self.method = make_method(cfg.gradient_method, enc + heads, seed=cfg.seed, telemetry=True,
                                   all_reduce=dist.average_ if dist.active() else None)
 
-        self.streams = {t: TaskStream(t, self.train_data[t], cfg.batch_size, cfg.seed, cfg.bucket)
+        index = {s.name: i for i, s in enumerate(cfg.defined_tasks())}
+        self.streams = {t: TaskStream(t, self.train_data[t], cfg.batch_size, cfg.seed, cfg.bucket, index[t])
                         for t in cfg.tasks}
         self.plan = Plan(cfg.schedule, cfg.tasks, {t: s.n_batches for t, s in self.streams.items()})
         self.total_steps = cfg.epochs * self.plan.steps_per_epoch
@@ -388,7 +384,7 @@ class Trainer:
                      calibrate_para=calibrate and self.cfg.calibrate_para, raw_out=raw)
         if extra:
             m.update(extra)
-            m["average"] = seed_average(m)
+            m["average"] = seed_average(m, [self.specs[t] for t in sizes])
         self._record({"type": "eval", "split": split, "step": self.step, "epoch": self.epoch, "time": time.time(),
                       "train_time_s": self.train_time, "full": full, "examples": sizes,
                       **m})
@@ -439,7 +435,7 @@ class Trainer:
         losses, n_examples = {}, 0
         for t in tasks:
             examples = self.streams[t].next()[self.rank::self.world]  # this rank's slice of the global batch
-            n_examples += len(examples) * (1 if t == "sst" else 2) * self.world
+            n_examples += len(examples) * (2 if self.specs[t].is_pair else 1) * self.world
             batch = to_device(make_batch(t, examples, self.tok, self.model.cfg.encoding(t)), self.device)
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 losses[t] = self.model.loss(t, batch).float()
@@ -449,7 +445,7 @@ class Trainer:
             raise TrainingError(f"{what} at step {self.step + 1} (lr {self.sched.get_last_lr()[0]:.2e}); "
                                 "training stopped. Lower the learning rate or keep grad_clip on; "
                                 "the last good checkpoint is in last/")
-        stats = self.method.backward({t: v * getattr(self.cfg, f"{t}_weight") for t, v in losses.items()})
+        stats = self.method.backward({t: v * self.specs[t].weight for t, v in losses.items()})
         if self.cfg.grad_clip:
             params = [p for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
             total = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
@@ -480,6 +476,8 @@ class Trainer:
             self.log = lambda msg: None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not self.resume and self.is_main:
+            if self.cfg.task_definitions is None:  # the run keeps its tasks' definitions, not the file's name
+                self.cfg.task_definitions = [s.to_dict() for s in select(self.cfg.defined_tasks(), self.cfg.tasks)]
             atomic_write_json(self.run_dir / "config.json", self.cfg.to_dict())
         lock_path = self.run_dir.parent / ".lock"
         try:
