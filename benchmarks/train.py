@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     amp = torch.bfloat16 if device.type == "cuda" else None
 
     encoder, tok = build(args.model, args.max_length, args.base_model)
-    model = MultitaskBert(encoder, ModelConfig(pooling="mean", para_features="concat_diff_prod")).to(device).train()
+    model = MultitaskBert(encoder, ModelConfig.from_dict({"pooling": "mean", "para_features": "concat_diff_prod"})).to(device).train()
     data = {t: ex for t, (ex, _) in load_split(args.data_dir, "dev", TASKS).items()}
     batches = [{t: make_batch(t, data[t][i * args.batch_size:(i + 1) * args.batch_size], tok) for t in TASKS}
                for i in range(args.reps + args.warmup)]

@@ -7,7 +7,6 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-TASK_CHOICES = ("sst", "para", "sts")
 
 
 def _add_train(sub) -> None:
@@ -22,6 +21,8 @@ def _add_train(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no terminal progress bar")
     g = p.add_argument_group("settings (override the config file)")
     for f in fields(TrainConfig):
+        if f.name in NOT_FLAGS:
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if not callable(getattr(f, "default_factory", None)) else f.default_factory()
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
@@ -33,12 +34,16 @@ def _add_train(sub) -> None:
                            help=f"default: {default}")
         elif f.name == "tasks":
             g.add_argument(flag, dest="tasks", default=argparse.SUPPRESS,
-                           help="comma-separated subset of sst,para,sts (default: all three)")
+                           help="comma-separated names of defined tasks: sst, para, sts and the --tasks-file's "
+                                "(default: all of them)")
         else:
             conv = int if kind.startswith("int") else float if kind.startswith("float") else str
             g.add_argument(flag, dest=f.name, type=_optional(conv), default=argparse.SUPPRESS,
                            help=f"default: {default}" + (" ('none' for no limit)" if "None" in kind else ""))
-    p.set_defaults(func=_cmd_train, _fields=[f.name for f in fields(TrainConfig)])
+    p.set_defaults(func=_cmd_train, _fields=[f.name for f in fields(TrainConfig) if f.name not in NOT_FLAGS])
+
+
+NOT_FLAGS = ("task_definitions",)  # written by the trainer into config.json, not given by hand
 
 
 def given_settings(args) -> dict:
@@ -100,13 +105,18 @@ def _cmd_train(args) -> int:
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="print the seed-style results table of a checkpoint",
-                       description="Evaluate a checkpoint on a split of CS224N-format files.")
+    p = sub.add_parser("evaluate", help="print the results table of a checkpoint",
+                       description="Evaluate a checkpoint on a split of each of its tasks' files (the task "
+                                   "definitions it stores say which files, in which format), or on one file.")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, Hub repo id, or minilm-l6 (untrained heads)")
     p.add_argument("--split", default="dev", choices=("train", "dev"), help="default: dev")
-    p.add_argument("--data-dir", help="folder of CS224N files (default: the shipped sample)")
+    p.add_argument("--data-dir", help="folder of the tasks' files (default: the shipped sample); a task whose "
+                                      "definition names its own data_dir reads from there")
     p.add_argument("--quora-train", help="Quora train file to use when --split train")
-    p.add_argument("--tasks", default="sst,para,sts", help="comma-separated (default: all three)")
+    p.add_argument("--task", action="append", metavar="NAME",
+                   help="evaluate this task only (repeat for several; default: all of the checkpoint's tasks)")
+    p.add_argument("--tasks", help="comma-separated task names (the same as repeating --task)")
+    p.add_argument("--input", help="with one --task: a labelled file in that task's format instead of its split file")
     p.add_argument("--limit", type=int, help="evaluate only the first N examples per task")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=_cmd_evaluate)
@@ -122,45 +132,60 @@ def _load_any(name: str):
     return load_checkpoint(name)
 
 
-def _print_metrics(split: str, m: dict) -> None:
-    from .report import seed_table
-    print(seed_table({split: m}))
-    if "sts_spearman" in m:
-        print(f"\nSTS Spearman: {m['sts_spearman']:.3f}")
+def _print_metrics(split: str, m: dict, specs=None) -> None:
+    from .report import other_lines, seed_table
+    print(seed_table({split: m}, specs))
+    lines = other_lines(m, specs)
+    if lines:
+        print("\n" + "\n".join(lines))
+
+
+def _chosen_tasks(model, args) -> list:
+    """The checkpoint's task definitions that --task/--tasks name (all of them when neither is given)."""
+    names = list(args.task or []) + [t.strip() for t in (args.tasks or "").split(",") if t.strip()]
+    if not names:
+        return list(model.cfg.tasks)
+    bad = [n for n in names if n not in model.cfg.names]
+    if bad:
+        raise ValueError(f"--task {bad[0]} is not allowed; this checkpoint's tasks: {', '.join(model.cfg.names)}")
+    return [model.cfg.task(n) for n in dict.fromkeys(names)]
 
 
 def _cmd_evaluate(args) -> int:
     from .checkpoint import CheckpointError
-    from .data import SAMPLE_DIR, DataError, load_split
+    from .data import SAMPLE_DIR, DataError, load_split, read_task_file
     from .evaluate import evaluate
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    bad = [t for t in tasks if t not in TASK_CHOICES]
-    if bad:
-        print(f"error: --tasks {','.join(bad)} not allowed; choose from {', '.join(TASK_CHOICES)}", file=sys.stderr)
-        return 2
     try:
         model, tok, _ = _load_any(args.checkpoint)
-        overrides = {"para": args.quora_train} if args.quora_train else None
-        loaded = load_split(args.data_dir or SAMPLE_DIR, args.split, tasks, overrides=overrides)
-    except (CheckpointError, DataError) as e:
+        specs = _chosen_tasks(model, args)
+        if args.input:
+            if len(specs) != 1 or not (args.task or args.tasks):
+                raise ValueError("--input needs exactly one --task (the task whose format the file is in)")
+            examples, report = read_task_file(specs[0], args.input, labelled=True)
+            loaded = {specs[0].name: (examples, report)}
+        else:
+            overrides = {"para": args.quora_train} if args.quora_train and "para" in model.cfg.names else None
+            loaded = load_split(args.data_dir or SAMPLE_DIR, args.split, specs, overrides=overrides)
+    except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     data = {}
     for t, (examples, report) in loaded.items():
         print(f"[data] {report.summary()}", file=sys.stderr)
         data[t] = examples[:args.limit] if args.limit else examples
-    _print_metrics(args.split.capitalize(), evaluate(model, tok, data, args.batch_size))
+    _print_metrics(args.split.capitalize(), evaluate(model, tok, data, args.batch_size), specs)
     return 0
 
 
 def _add_calibrate(sub) -> None:
-    p = sub.add_parser("calibrate", help="fit a checkpoint's Quora duplicate threshold on labelled pairs",
-                       description="Fit the Quora decision threshold of a checkpoint trained without "
-                                   "calibrate_para: on --fit randomly picked labelled pairs of --input, "
-                                   "scored on the rest, then stored in the checkpoint's mtbert.json "
-                                   "(weights untouched). Use dev pairs, never test pairs.")
+    p = sub.add_parser("calibrate", help="fit a checkpoint's decision threshold of a binary task on labelled pairs",
+                       description="Fit the decision threshold of a binary task (Quora's by default) of a "
+                                   "checkpoint trained without calibrate_para: on --fit randomly picked "
+                                   "labelled rows of --input, scored on the rest, then stored in the "
+                                   "checkpoint's mtbert.json (weights untouched). Use dev rows, never test rows.")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (it is updated in place)")
-    p.add_argument("--input", required=True, help="labelled CS224N Quora file, e.g. quora-dev.csv")
+    p.add_argument("--task", default="para", help="a binary task of the checkpoint (default: para)")
+    p.add_argument("--input", required=True, help="labelled file of the task, e.g. quora-dev.csv")
     p.add_argument("--fit", type=int, default=2000, help="pairs to fit on (default: 2000); the rest are held out")
     p.add_argument("--seed", type=int, default=0, help="which pairs are picked (default: 0)")
     p.add_argument("--dry-run", action="store_true", help="report, but do not write the checkpoint")
@@ -169,23 +194,23 @@ def _add_calibrate(sub) -> None:
 
 
 def _cmd_calibrate(args) -> int:
-    from .checkpoint import CheckpointError, load_checkpoint, set_para_logit_offset
+    from .checkpoint import CheckpointError, load_checkpoint, set_logit_offset
     from .data import DataError, read_task_file
     from .evaluate import calibrate_para
     try:
         if not Path(args.checkpoint).is_dir():
             raise CheckpointError(f"{args.checkpoint}: not a checkpoint folder (calibrate writes into one)")
-        examples, report = read_task_file("para", args.input, labelled=True)
-        print(f"[data] {report.summary()}", file=sys.stderr)
         model, tok, _ = load_checkpoint(args.checkpoint)
-        r = calibrate_para(model, tok, examples, args.fit, args.seed, args.batch_size)
+        examples, report = read_task_file(model.cfg.task(args.task), args.input, labelled=True)
+        print(f"[data] {report.summary()}", file=sys.stderr)
+        r = calibrate_para(model, tok, examples, args.fit, args.seed, args.batch_size, task=args.task)
         if not args.dry_run:
-            set_para_logit_offset(args.checkpoint, r["offset"])
+            set_logit_offset(args.checkpoint, args.task, r["offset"])
     except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     threshold = 1 / (1 + math.exp(r["offset"]))
-    print(f"fitted on {r['fit_pairs']} pairs: duplicate when P >= {threshold:.3f} (logit offset {r['offset']:+.3f}; "
+    print(f"fitted on {r['fit_pairs']} pairs: positive when P >= {threshold:.3f} (logit offset {r['offset']:+.3f}; "
           f"was {r['previous_offset']:+.3f})")
     print(f"accuracy on the {r['heldout_pairs']} held-out pairs: {r['acc_heldout']:.3f} fitted, "
           f"{r['acc_heldout_previous']:.3f} before, {r['acc_heldout_at_0.5']:.3f} at 0.5")
@@ -194,13 +219,13 @@ def _cmd_calibrate(args) -> int:
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="write id,prediction CSV for a CS224N file",
-                       description="Predict one task for every usable row of a CS224N file (labelled or not). "
-                                   "Output: CSV with header id,prediction — class 0-4 (sst), 0/1 (para), "
-                                   "float 0-5 (sts) — in input order.")
+    p = sub.add_parser("predict", help="write id,prediction CSV for a file of one task",
+                       description="Predict one task for every usable row of a file in that task's own format "
+                                   "(labelled or not). Output: CSV with header id,prediction — the class index "
+                                   "(sst 0-4, para 0/1) or the score (sts 0-5) — in input order.")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--task", required=True, choices=TASK_CHOICES)
-    p.add_argument("--input", required=True, help="CS224N-format TSV file")
+    p.add_argument("--task", required=True, help="one of the checkpoint's tasks (sst, para, sts, or its own)")
+    p.add_argument("--input", required=True, help="a file in the task's format (a CS224N TSV for the built-in tasks)")
     p.add_argument("--output", required=True, help="CSV to write")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=_cmd_predict)
@@ -211,13 +236,16 @@ def _cmd_predict(args) -> int:
     from .data import DataError, read_task_file
     from .evaluate import predict_examples, write_predictions
     try:
-        examples, report = read_task_file(args.task, args.input)
-        print(f"[data] {report.summary()}", file=sys.stderr)
         model, tok, _ = _load_any(args.checkpoint)
-    except (CheckpointError, DataError) as e:
+        if args.task not in model.cfg.names:
+            raise ValueError(f"--task {args.task} is not allowed; this checkpoint's tasks: {', '.join(model.cfg.names)}")
+        spec = model.cfg.task(args.task)
+        examples, report = read_task_file(spec, args.input)
+        print(f"[data] {report.summary()}", file=sys.stderr)
+    except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    preds = predict_examples(model, tok, args.task, examples, args.batch_size)
+    preds = predict_examples(model, tok, spec.name, examples, args.batch_size)
     write_predictions(args.output, [e.id for e in examples], preds)
     print(f"wrote {len(preds)} predictions to {args.output}", file=sys.stderr)
     return 0
@@ -259,7 +287,7 @@ def _cmd_submit(args) -> int:
           file=sys.stderr)
     if sub.zip_path:
         print(f"submission zip: {sub.zip_path}", file=sys.stderr)
-    _print_metrics("Dev", sub.dev)
+    _print_metrics("Dev", sub.dev, [model.cfg.task(t) for t in checkpoint_tasks(meta) if t in model.cfg.names])
     return 0
 
 

@@ -15,13 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from .tasks import BUILTIN_NAMES, TaskError, TaskSpec, builtin_task
+from .tasks import BUILTIN_NAMES, TaskError, TaskSpec, builtin_task, builtin_tasks
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
 
+TASKS = BUILTIN_NAMES
+# the built-in tasks' CS224N columns, as their definitions declare them
+TEXT_COLUMNS = {s.name: s.text_columns for s in builtin_tasks()}
+LABEL_COLUMN = {s.name: s.label_column for s in builtin_tasks()}
 SPLITS = ("train", "dev", "test-student")  # the CS224N file names' splits; a task definition says "test"
 PAIR_ENCODINGS = ("separate", "joint")
 
@@ -161,7 +165,7 @@ def _columns(path: Path, spec: TaskSpec, header: list[str], labelled: bool | Non
     cols: dict[str, int] = {}
     for i, h in enumerate(header):
         cols.setdefault(h.strip(), i)
-    for c in spec.text_columns + ((spec.id_column,) if spec.id_column else ()):
+    for c in ((spec.id_column,) if spec.id_column else ()) + spec.text_columns:
         if c not in cols:
             shown = ", ".join(map(repr, header))[:200]
             raise DataError(f"{path}: no column {c!r} for task {spec.name} (its {_field_of(spec, c)}); "

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .data import FULL_DATA_DIR, SAMPLE_DIR, SPLITS, TASKS, DataError, load_split
+from .data import FULL_DATA_DIR, SAMPLE_DIR, SPLITS, DataError, missing_file_message, read_task_file
 
 COMMIT = "7ac8260577fc12a86c7aaf38918056c30054ef39"
 DEFAULT_BASE_URL = f"https://raw.githubusercontent.com/gpoesia/minbert-default-final-project/{COMMIT}/data"
@@ -121,15 +121,32 @@ def _cmd_fetch(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    """Read every file of the split and print what was usable; 1 if a file is missing or unreadable."""
+    """Read every file of every task (or of --split) and print what was usable; 1 if a file is missing or
+    unreadable, or a task definition is unusable."""
+    from .tasks import TaskError, available_tasks
+    try:
+        specs = available_tasks(args.tasks_file)
+    except TaskError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     rc = 0
-    for task in TASKS:
-        try:
-            _, report = load_split(args.data_dir, args.split, tasks=(task,))[task]
-            print(report.summary())
-        except DataError as e:
-            print(f"error: {e}", file=sys.stderr)
-            rc = 1
+    for spec in specs:
+        for split in ([args.split] if args.split else [s for s in ("train", "dev", "test") if s in spec.files]):
+            path = spec.file("test" if split == "test-student" else split, args.data_dir)
+            if path is None:
+                print(f"error: task {spec.name} has no {split} file in its definition", file=sys.stderr)
+                rc = 1
+                continue
+            if not path.is_file():
+                print(f"error: {missing_file_message(path, split, spec)}", file=sys.stderr)
+                rc = 1
+                continue
+            try:
+                _, report = read_task_file(spec, path)
+                print(f"{spec.name} {split}: {report.summary()}")
+            except DataError as e:
+                print(f"error: {spec.name} {split}: {e}", file=sys.stderr)
+                rc = 1
     return rc
 
 
@@ -145,8 +162,10 @@ def add_cli(subparsers) -> None:
                    help=f"only these files (default: all): {', '.join(FILES)}")
     f.set_defaults(func=_cmd_fetch)
 
-    c = subparsers.add_parser("check", help="read a split's files and report malformed rows",
-                              description="Read a split's three files and report usable and skipped rows.")
+    c = subparsers.add_parser("check", help="read every task's files and report malformed rows",
+                              description="Read every file of every task (the built-in ones and a task file's) "
+                                          "and report rows, usable rows and the first bad lines, by file and line.")
     c.add_argument("--data-dir", type=Path, default=SAMPLE_DIR, help="default: the shipped sample")
-    c.add_argument("--split", choices=SPLITS, default="train")
+    c.add_argument("--tasks-file", help="a YAML file of task definitions (see docs/tasks.md)")
+    c.add_argument("--split", choices=SPLITS + ("test",), help="only this split (default: every file of every task)")
     c.set_defaults(func=_cmd_check)

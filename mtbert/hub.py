@@ -19,22 +19,25 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .report import seed_table
+from .report import other_lines, seed_table
+from .tasks import TaskError, specs_of_model_config
 
 HUB_CHECKPOINT_ENV = "MTBERT_HUB_CHECKPOINT"
 DEFAULT_LICENSE = "apache-2.0"  # the licence of the base encoders (MiniLM, BERT) a checkpoint derives from
 EXCLUDED = ("trainer_state.*", "README.md")  # resume state stays local; the card is generated
 BASE_HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
-TASKS = {
-    "sst": ("Sentiment", "SST-5 (Stanford Sentiment Treebank, 5 classes)", "text-classification",
-            "sst_acc", "accuracy"),
-    "para": ("Paraphrase", "Quora Question Pairs", "text-classification", "para_acc", "accuracy"),
-    "sts": ("Similarity", "STS Benchmark (similarity 0-5)", "sentence-similarity", "sts_corr", "pearsonr"),
+# the built-in tasks' datasets: (model-index task type, dataset name, metric type per metric)
+BUILTIN_CARD = {
+    "sst": ("text-classification", "SST-5 (Stanford Sentiment Treebank, 5 classes)"),
+    "para": ("text-classification", "Quora Question Pairs"),
+    "sts": ("sentence-similarity", "STS Benchmark (similarity 0-5)"),
 }
+METRIC_TYPES = {"accuracy": "accuracy", "f1": "f1", "macro_f1": "f1", "pearson": "pearsonr", "spearman": "spearmanr"}
 # settings shown in the card; paths (data_dir, quora_train) are left out: they name the author's disk
 CARD_SETTINGS = ("mode", "tasks", "schedule", "gradient_method", "pooling", "pair_encoding", "para_encoding",
                  "sts_encoding", "para_features", "sts_loss", "dropout", "max_length", "epochs", "batch_size",
                  "lr", "head_lr", "layer_lr_decay", "ema_decay", "sst_weight", "para_weight", "sts_weight",
+                 "tasks_file",
                  "optimizer", "weight_decay", "warmup_steps", "lr_decay", "grad_clip",
                  "max_steps", "time_budget_s", "train_subset", "freeze_word_embeddings", "bf16", "seed")
 
@@ -85,6 +88,13 @@ def base_model_id(name: str | None) -> str | None:
     return name
 
 
+def _target(s) -> str:
+    if s.kind == "regression":
+        return f"a score {s.range[0]:g}–{s.range[1]:g}"
+    names = f": {', '.join(s.label_names)}" if s.label_names else ""
+    return f"{s.classes} classes{names}"
+
+
 def _fmt(v) -> str:
     if isinstance(v, list):
         return ", ".join(map(str, v)) or "–"
@@ -100,39 +110,54 @@ def model_card(folder: str | Path, repo_id: str, license: str = DEFAULT_LICENSE)
     metrics = _read_json(folder / "metrics.json")
     cfg = meta.get("train_config") if isinstance(meta.get("train_config"), dict) else {}
     model_cfg = meta.get("model") if isinstance(meta.get("model"), dict) else {}
-    tasks = [t for t in (cfg.get("tasks") or list(TASKS)) if t in TASKS]
+    try:
+        specs = specs_of_model_config(model_cfg)
+    except TaskError as e:
+        raise HubError(f"{folder / 'mtbert.json'}: {e}") from None
     base = meta.get("base_model")
     base_id = base_model_id(base)
     has_encoder = (folder / "config.json").is_file()
     dev = metrics.get("dev") if isinstance(metrics.get("dev"), dict) else {}
     train = metrics.get("train") if isinstance(metrics.get("train"), dict) else {}
 
-    results = [EvalResult(task_type=TASKS[t][2], task_name=TASKS[t][0], dataset_type=f"cs224n-{t}",
-                          dataset_name=f"{TASKS[t][1]}, CS224N dev split", dataset_split="dev",
-                          metric_type=TASKS[t][4], metric_value=round(float(dev[TASKS[t][3]]), 4))
-               for t in tasks if isinstance(dev.get(TASKS[t][3]), (int, float))]
-    tags = ["mtbert", "bert", "multitask", "text-classification", "sentiment-analysis",
-            "paraphrase-identification", "semantic-textual-similarity"]
+    def dataset(s):
+        kind, name = BUILTIN_CARD.get(s.name, ("sentence-similarity" if s.kind == "regression" and s.is_pair
+                                               else "text-classification", s.title))
+        return kind, (f"{name}, CS224N dev split" if s.name in BUILTIN_CARD else f"{name}, dev split")
+
+    results = [EvalResult(task_type=dataset(s)[0], task_name=s.title, dataset_type=f"cs224n-{s.name}"
+                          if s.name in BUILTIN_CARD else s.name, dataset_name=dataset(s)[1], dataset_split="dev",
+                          metric_type=METRIC_TYPES[m], metric_name=s.metric_title(m),
+                          metric_value=round(float(dev[s.metric_key(m)]), 4))
+               for s in specs for m in (s.main_metric,) if isinstance(dev.get(s.metric_key(m)), (int, float))]
+    tags = ["mtbert", "bert", "multitask"] + sorted({dataset(s)[0] for s in specs})
+    tags += [t for n, t in (("sst", "sentiment-analysis"), ("para", "paraphrase-identification"),
+                            ("sts", "semantic-textual-similarity")) if n in [s.name for s in specs]]
     if cfg.get("gradient_method") == "pcgrad":
         tags.append("pcgrad")
     data = ModelCardData(
         library_name="mtbert", license=license, base_model=base_id, tags=tags,
         datasets=["stanfordnlp/sst", "nyu-mll/glue"], language="en",
-        metrics=sorted({TASKS[t][4] for t in tasks}),
+        metrics=sorted({METRIC_TYPES[m] for s in specs for m in s.metrics}),
         model_name=repo_id.split("/")[-1] if results else None, eval_results=results or None)
 
     base_text = (f"[{base_id}](https://huggingface.co/{base_id})" if base_id
                  else f"a local BERT folder ({Path(str(base)).name})" if base else "unknown")
     lines = [f"# {repo_id.split('/')[-1]}", "",
-             "A multitask BERT fine-tuned with mtbert (an interactive studio for the CS224N minBERT "
-             "default project): one shared encoder and three task heads — sentiment (SST-5, 5 classes), "
-             "paraphrase detection (Quora Question Pairs) and semantic textual similarity (STS-B, 0–5).", "",
+             "A multitask BERT fine-tuned with mtbert (an interactive studio for multitask BERT fine-tuning, "
+             f"grown from the CS224N minBERT default project): one shared encoder and {len(specs)} task "
+             f"head{'s' if len(specs) > 1 else ''}.", "",
              f"- **Base model:** {base_text}",
-             f"- **Tasks trained:** {', '.join(TASKS[t][0].lower() + f' ({t})' for t in tasks)}",
+             f"- **Tasks trained:** {', '.join(f'{s.title} ({s.name})' for s in specs)}",
              "- **Encoder:** " + ("fine-tuned weights included" if has_encoder
                                   else "not included (frozen base; heads only)"),
-             f"- **Pooling:** {model_cfg.get('pooling', '?')}, pair encoding: {model_cfg.get('pair_encoding', '?')}",
+             f"- **Pooling:** {model_cfg.get('pooling', '?')}",
              f"- **Licence:** {license}", ""]
+    lines += ["## Tasks", "", "| task | input | target | head | loss | metrics |", "|---|---|---|---|---|---|"]
+    lines += [f"| {s.title} (`{s.name}`) | {s.input} | {_target(s)} | {s.head} | {s.loss} | "
+              f"{', '.join(s.metrics)} (main: {s.main_metric}) |" for s in specs]
+    lines += ["", "The definitions are in `mtbert.json` (`model.tasks`): the checkpoint predicts without the "
+                  "task file it was trained from.", ""]
     if meta.get("step") is not None or meta.get("run_id"):
         lines += [f"Saved at step {meta.get('step', '?')} of run `{meta.get('run_id', '?')}`.", ""]
     lines += ["## Data", "",
@@ -144,7 +169,9 @@ def model_card(folder: str | Path, repo_id: str, license: str = DEFAULT_LICENSE)
                       "below say the pipeline works, not how good the model can be." if cfg else ""), ""]
     rows = {name: m for name, m in (("Train", train), ("Dev", dev)) if m}
     lines += ["## Results", ""]
-    lines += [seed_table(rows), ""] if rows else ["No evaluation was recorded with this checkpoint.", ""]
+    lines += [seed_table(rows, specs), ""] if rows else ["No evaluation was recorded with this checkpoint.", ""]
+    more = [line for name, m in rows.items() for line in (f"{name} {x}" for x in other_lines(m, specs))]
+    lines += (more + [""]) if more else []
     if cfg:
         lines += ["## Training settings", "", "| setting | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(cfg[k])} |" for k in CARD_SETTINGS if k in cfg]
@@ -164,7 +191,7 @@ def model_card(folder: str | Path, repo_id: str, license: str = DEFAULT_LICENSE)
                   f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")', "```", ""]
     lines += ["## Files", "",
               "`config.json`, `model.safetensors`, `tokenizer.json`: the encoder in Hugging Face layout; "
-              "`heads.safetensors`: the three task heads; `mtbert.json`: the model config and training "
+              "`heads.safetensors`: the task heads; `mtbert.json`: the model config and training "
               "settings; `metrics.json`: the evaluation above. Nothing is pickled.", ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 

@@ -20,12 +20,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .bert import BertModel
-from .tasks import TaskError, TaskSpec, builtin_tasks, check_unique
+from .tasks import TaskError, TaskSpec, builtin_tasks, check_unique, specs_of_model_config
 
 POOLING = ("cls", "mean")
 FEATURE_WIDTH = {"linear": 1, "cross": 1, "concat": 2, "concat_diff_prod": 4}
-# the model config of checkpoints saved before tasks were data; they describe the built-in trio
-LEGACY_FIELDS = ("pair_encoding", "para_encoding", "sts_encoding", "para_features", "sts_loss")
 
 
 @dataclass
@@ -79,14 +77,9 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         """A saved model config; one without `tasks` is the built-in trio, its heads set by the old fields."""
-        d = dict(d)
-        if d.get("tasks") is None:
-            legacy = {k: d[k] for k in LEGACY_FIELDS if d.get(k) is not None}
-            d["tasks"] = builtin_tasks(**legacy)
-            if d.get("para_logit_offset"):
-                d["logit_offsets"] = {"para": d["para_logit_offset"]}
-        return cls(pooling=d.get("pooling", "cls"), dropout=d.get("dropout", 0.1), tasks=d["tasks"],
-                   logit_offsets=d.get("logit_offsets") or {})
+        offsets = d.get("logit_offsets") or ({"para": d["para_logit_offset"]} if d.get("para_logit_offset") else {})
+        return cls(pooling=d.get("pooling", "cls"), dropout=d.get("dropout", 0.1), tasks=specs_of_model_config(d),
+                   logit_offsets=offsets)
 
     def to_dict(self) -> dict:
         return {"pooling": self.pooling, "dropout": self.dropout, "tasks": [s.to_dict() for s in self.tasks],

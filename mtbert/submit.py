@@ -12,7 +12,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data import TASKS, DataError, data_files, missing_file_message, read_task_file
+from .data import DataError, data_files, missing_file_message, read_task_file
+from .tasks import BUILTIN_NAMES as TASKS
 from .report import seed_table
 
 # the input split (its CS224N file name) -> the name the starter gives it in the output file

@@ -247,15 +247,15 @@ def builtin_tasks(pair_encoding: str = "separate", para_encoding: str | None = N
     para_joint = (para_encoding or pair_encoding) == "joint"
     sts_joint = (sts_encoding or pair_encoding) == "joint"
     return [
-        TaskSpec("sst", "SST-5 sentiment", "sentence", "classification", classes=5, label_names=SST_LABELS,
+        TaskSpec("sst", "SST", "sentence", "classification", classes=5, label_names=SST_LABELS,
                  files=files["sst"], text_columns=("sentence",), label_column="sentiment", id_column="id",
                  head="linear", loss="ce", metrics=("accuracy",), main_metric="accuracy"),
-        TaskSpec("para", "Quora paraphrase", "pair", "classification", classes=2,
+        TaskSpec("para", "Paraphrase", "pair", "classification", classes=2,
                  label_names=("not duplicate", "duplicate"), files=files["para"],
                  text_columns=("sentence1", "sentence2"), label_column="is_duplicate", id_column="id",
                  head="cross" if para_joint else para_features, loss="bce",
                  metrics=("accuracy",), main_metric="accuracy"),
-        TaskSpec("sts", "STS similarity", "pair", "regression", range=(0.0, 5.0), files=files["sts"],
+        TaskSpec("sts", "STS", "pair", "regression", range=(0.0, 5.0), files=files["sts"],
                  text_columns=("sentence1", "sentence2"), label_column="similarity", id_column="id",
                  head="cross" if sts_joint else "cosine",
                  loss="cosine_embedding" if sts_loss == "cosine_embedding" and not sts_joint else "mse",
@@ -344,3 +344,14 @@ def specs_from_dicts(items: list[dict]) -> list[TaskSpec]:
 
 def with_weight(spec: TaskSpec, weight: float) -> TaskSpec:
     return replace(spec, weight=weight)
+
+
+# the model config of checkpoints saved before tasks were data; it describes the built-in trio
+LEGACY_MODEL_FIELDS = ("pair_encoding", "para_encoding", "sts_encoding", "para_features", "sts_loss")
+
+
+def specs_of_model_config(d: dict) -> list[TaskSpec]:
+    """The task definitions a saved model config (mtbert.json's `model`) describes."""
+    if d.get("tasks") is not None:
+        return specs_from_dicts(d["tasks"])
+    return builtin_tasks(**{k: d[k] for k in LEGACY_MODEL_FIELDS if d.get(k) is not None})

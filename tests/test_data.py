@@ -186,10 +186,10 @@ def test_missing_file_column_and_bad_settings(tmp_path):
         D.read_task_file("sst", write(tmp_path, "empty.csv", ""))
     with pytest.raises(DataError, match="is a directory|cannot read"):
         D.read_task_file("sst", tmp_path)
-    with pytest.raises(DataError, match=r"task='nli'.*sst, para, sts"):
+    with pytest.raises(DataError, match=r"task='nli'.*built-in tasks: sst, para, sts"):
         D.read_task_file("nli", tmp_path / "x.csv")
-    with pytest.raises(DataError, match=r"split='test'.*train, dev, test-student"):
-        D.data_files(tmp_path, "test")
+    with pytest.raises(DataError, match=r"split='testing'.*train, dev, test-student"):
+        D.data_files(tmp_path, "testing")
     with pytest.raises(DataError, match=r"data override task='qqp'"):
         D.resolve_files(tmp_path, "train", {"qqp": "x.csv"})
 

@@ -61,7 +61,7 @@ def served(tiny_base, tmp_path_factory):
         (run / "config.json").write_text("{}")
         encoder, tok = load_encoder(tiny_base)
         torch.manual_seed(5)
-        local = save_checkpoint(MultitaskBert(encoder, ModelConfig(pair_encoding="joint")), tok, run / "best",
+        local = save_checkpoint(MultitaskBert(encoder, ModelConfig.from_dict({"pair_encoding": "joint"})), tok, run / "best",
                                 base="minilm-l6", metrics={"dev": {"sst_acc": 0.25, "average": 0.25}})
         hub.push_checkpoint(local, HUB_ID, token=TOKEN)
         broken = tmp / "runs" / BROKEN

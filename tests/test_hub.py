@@ -86,8 +86,8 @@ def test_push_sends_the_checkpoint_files_and_a_model_card(stub_hub, checkpoint):
     assert {"mtbert", "multitask", "pcgrad"} <= set(data.tags)
     sent = {(r.task_name, r.metric_type): r.metric_value for r in data.eval_results}
     dev = METRICS["dev"]
-    assert sent == {("Sentiment", "accuracy"): dev["sst_acc"], ("Paraphrase", "accuracy"): dev["para_acc"],
-                    ("Similarity", "pearsonr"): dev["sts_corr"]}
+    assert sent == {("SST", "accuracy"): dev["sst_acc"], ("Paraphrase", "accuracy"): dev["para_acc"],
+                    ("STS", "pearsonr"): dev["sts_corr"]}
     # the seed's table: Paraphrase acc | SST acc | STS corr | Average, a Train and a Dev row
     assert "| Paraphrase acc | SST acc | STS corr | Average |" in text
     for name, m in (("Train", METRICS["train"]), ("Dev", dev)):
@@ -111,7 +111,7 @@ def test_second_push_updates_the_existing_repo(stub_hub, checkpoint, tmp_path):
     assert url.endswith("/tester/again") and len(repo.commits) == 2 and repo.private is True
     assert json.loads(repo.files["metrics.json"]) == {"dev": {"sst_acc": 0.5, "average": 0.5}}
     data, text = _front_matter_and_text(repo.files["README.md"])
-    assert [(r.task_name, r.metric_value) for r in data.eval_results] == [("Sentiment", 0.5)]
+    assert [(r.task_name, r.metric_value) for r in data.eval_results] == [("SST", 0.5)]
     assert "| Dev | – | 0.500 | – | 0.500 |" in text and "| Train |" not in text
 
 

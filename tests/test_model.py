@@ -30,7 +30,7 @@ STS = [Example(e.id, e.text_a, e.text_b, float(i) * 2.1) for i, e in enumerate(P
 def model_for(base, **cfg) -> tuple[MultitaskBert, object]:
     enc, tok = load_base(str(base))
     torch.manual_seed(0)
-    return MultitaskBert(enc, ModelConfig(**cfg)).eval(), tok
+    return MultitaskBert(enc, ModelConfig.from_dict(cfg)).eval(), tok
 
 
 @pytest.mark.parametrize("cfg", [{}, {"pooling": "mean"}, {"pair_encoding": "joint"},
@@ -39,10 +39,10 @@ def model_for(base, **cfg) -> tuple[MultitaskBert, object]:
 def test_heads_shapes_ranges_and_losses(tiny_base, cfg):
     model, tok = model_for(tiny_base, **cfg)
     sst = make_batch("sst", SST, tok)
-    assert model.sst_logits(sst).shape == (3, 5)
+    assert model.output("sst", sst).shape == (3, 5)
     para = make_batch("para", PAIRS, tok, model.cfg.encoding("para"))
     sts = make_batch("sts", STS, tok, model.cfg.encoding("sts"))
-    assert model.para_logit(para).shape == (3,)
+    assert model.output("para", para).shape == (3,)
     assert ((model.predict("sts", sts) >= 0) & (model.predict("sts", sts) <= 5)).all()
     assert torch.allclose(model.predict("sst", sst).sum(-1), torch.ones(3))
     model.train()
@@ -50,26 +50,26 @@ def test_heads_shapes_ranges_and_losses(tiny_base, cfg):
         loss = model.loss(task, batch)
         assert loss.ndim == 0 and torch.isfinite(loss)
         loss.backward()
-    assert model.sst_head.weight.grad is not None and model.para_head.weight.grad is not None
+    assert model.task_heads["sst"].weight.grad is not None and model.task_heads["para"].weight.grad is not None
 
 
 def test_losses_are_the_seed_formulas(tiny_base):
     model, tok = model_for(tiny_base, dropout=0.0)
     sst = make_batch("sst", SST, tok)
-    assert torch.allclose(model.loss("sst", sst), F.cross_entropy(model.sst_logits(sst), sst["labels"]))
+    assert torch.allclose(model.loss("sst", sst), F.cross_entropy(model.output("sst", sst), sst["labels"]))
     para = make_batch("para", PAIRS, tok)
     u, v = model.embed(para["a"]), model.embed(para["b"])  # each sentence encoded on its own
-    logit = model.para_head(torch.cat([u, v], -1)).squeeze(-1)
-    assert torch.allclose(model.para_logit(para), logit, atol=1e-6)
+    logit = model.task_heads["para"](torch.cat([u, v], -1)).squeeze(-1)
+    assert torch.allclose(model.output("para", para), logit, atol=1e-6)
     sts = make_batch("sts", STS, tok)
-    cos = 5 * F.cosine_similarity(model.sts_head(model.embed(sts["a"])), model.sts_head(model.embed(sts["b"])))
+    cos = 5 * F.cosine_similarity(model.task_heads["sts"](model.embed(sts["a"])), model.task_heads["sts"](model.embed(sts["b"])))
     assert torch.allclose(model.loss("sts", sts), F.mse_loss(cos, sts["labels"]), atol=1e-6)
 
 
 def test_cosine_embedding_variant_maps_labels_to_plus_minus_one(tiny_base):
     model, tok = model_for(tiny_base, sts_loss="cosine_embedding", dropout=0.0)
     sts = make_batch("sts", STS, tok)
-    u, v = model.sts_head(model.embed(sts["a"])), model.sts_head(model.embed(sts["b"]))
+    u, v = model.task_heads["sts"](model.embed(sts["a"])), model.task_heads["sts"](model.embed(sts["b"]))
     target = torch.tensor([-1.0, 1.0, 1.0])  # labels 0.0, 2.1, 4.2 around the 2.5 midpoint: 0.0 and 2.1 -> -1
     target = torch.where(sts["labels"] >= 2.5, 1.0, -1.0)
     assert torch.allclose(model.loss("sts", sts), F.cosine_embedding_loss(u, v, target))
@@ -146,8 +146,8 @@ def test_para_offset_applies_at_prediction_and_travels_with_the_checkpoint(tiny_
     loaded, ltok, _ = load_checkpoint(tmp_path / "ck")
     assert loaded.cfg.para_logit_offset == pytest.approx(off)
     np.testing.assert_allclose(predict_raw(loaded, ltok, "para", ex), shifted, atol=1e-6)
-    with pytest.raises(ValueError, match="para_logit_offset"):
-        ModelConfig(para_logit_offset=float("nan"))
+    with pytest.raises(ValueError, match="logit_offsets"):
+        ModelConfig(logit_offsets={"para": float("nan")})
 
 
 def test_evaluate_batched_equals_one_at_a_time(tiny_base):
@@ -177,7 +177,7 @@ def test_checkpoint_round_trip_gives_identical_predictions(tiny_base, tmp_path):
     assert files == ["config.json", "heads.safetensors", "metrics.json", "model.safetensors", "mtbert.json",
                      "tokenizer.json"]
     loaded, tok2, meta = load_checkpoint(tmp_path / "ck")
-    assert meta["model"]["para_encoding"] == "joint" and meta["metrics"]["dev"]["average"] == 0.5
+    assert meta["model"]["tasks"][1]["head"] == "cross" and meta["metrics"]["dev"]["average"] == 0.5
     for a, b in zip(_outputs(model, tok), _outputs(loaded, tok2)):
         assert torch.equal(a, b)
     # the encoder folder is a Hugging Face BERT: transformers reads it as it is

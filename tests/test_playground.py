@@ -32,7 +32,7 @@ def no_js_setting(ckpt_root, monkeypatch):
 def make_checkpoint(base, folder, **model_cfg):
     encoder, tok = load_encoder(base, max_length=32)
     torch.manual_seed(0)
-    model = MultitaskBert(encoder, ModelConfig(**model_cfg))
+    model = MultitaskBert(encoder, ModelConfig.from_dict(model_cfg))
     return save_checkpoint(model, tok, folder, base=str(base))
 
 
@@ -224,7 +224,7 @@ def test_plain_base_model_is_labelled_as_untrained():
     assert meta["untrained_heads"] is True
     assert "UNTRAINED task heads" in pg.describe_model(meta)
     again = pg.load_model("minilm-l6")[0]
-    assert torch.equal(model.sst_head.weight, again.sst_head.weight)  # the same heads on every load
+    assert torch.equal(model.task_heads["sst"].weight, again.task_heads["sst"].weight)  # the same heads on every load
 
 
 def test_a_shipped_checkpoint_is_described_in_words():

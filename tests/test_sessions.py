@@ -53,7 +53,7 @@ def make_checkpoint(tiny_base: Path, folder: Path, seed: int) -> None:
     (folder.parent / "config.json").write_text(json.dumps(TrainConfig(name=folder.parent.name).to_dict()))
     encoder, tok = load_encoder(tiny_base, max_length=32)
     torch.manual_seed(seed)
-    model = MultitaskBert(encoder, ModelConfig(pooling="mean", sts_encoding="joint"))
+    model = MultitaskBert(encoder, ModelConfig.from_dict({"pooling": "mean", "sts_encoding": "joint"}))
     with torch.no_grad():
         for head in model.heads().values():
             head.weight.normal_(0.0, 0.3)

@@ -109,7 +109,7 @@ def test_calibrated_quora_threshold_is_fitted_on_the_subset_and_reported_on_the_
     best = json.loads((run / "best" / "mtbert.json").read_text())
     chosen = json.loads((run / "best" / "metrics.json").read_text())
     # the final report uses the best checkpoint's own threshold, not a refit
-    assert best["model"]["para_logit_offset"] == chosen["dev"]["para_logit_offset"] == full[-1]["para_logit_offset"]
+    assert best["model"]["logit_offsets"]["para"] == chosen["dev"]["para_logit_offset"] == full[-1]["para_logit_offset"]
 
 
 def test_stop_then_resume_gives_the_same_losses_as_an_uninterrupted_run(tiny_base, tmp_path):
@@ -185,8 +185,8 @@ def test_frozen_mode_trains_heads_only(tiny_base, tmp_path):
     torch.manual_seed(t.cfg.seed)  # the trainer's own initialisation, replayed
     enc, _ = load_base(str(tiny_base), dropout=t.cfg.dropout)
     initial = MultitaskBert(enc, ModelConfig())
-    for name in ("sst_head", "para_head", "sts_head"):
-        assert not torch.equal(getattr(initial, name).weight, getattr(model, name).weight), name
+    for name in ("sst", "para", "sts"):
+        assert not torch.equal(initial.task_heads[name].weight, model.task_heads[name].weight), name
     assert meta["base_model"] == str(tiny_base)
 
 
@@ -227,7 +227,7 @@ def test_task_weight_scales_that_tasks_gradient_and_not_the_logged_loss(tiny_bas
     three, loss3 = first_update(3.0, "b")
     assert loss1 == loss3  # the same batch; the weight is not in the logged loss
     moved = [n for n in one if one[n].abs().max() > 0]
-    assert "sst_head.weight" in moved and any(n.startswith("encoder.") for n in moved)
+    assert "task_heads.sst.weight" in moved and any(n.startswith("encoder.") for n in moved)
     for n in moved:
         torch.testing.assert_close(three[n], 3 * one[n], rtol=1e-3, atol=1e-6)  # p_new - p_old rounds at |p|
     with pytest.raises(ValueError, match="para_weight=0 is not allowed; allowed values: a number > 0"):
