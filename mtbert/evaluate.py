@@ -32,7 +32,7 @@ def predict_raw(model, tokenizer, task: str, examples: list[Example], batch_size
     try:
         for s in range(0, len(order), batch_size):
             chunk = [examples[i] for i in order[s:s + batch_size]]
-            batch = _to_device(make_batch(task, chunk, tokenizer, model.cfg.encoding(task)), device)
+            batch = _to_device(make_batch(model.cfg.task(task), chunk, tokenizer), device)
             with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
                                 enabled=autocast_dtype is not None):
                 outs.append(model.predict(task, batch).float().cpu())

@@ -436,7 +436,7 @@ class Trainer:
         for t in tasks:
             examples = self.streams[t].next()[self.rank::self.world]  # this rank's slice of the global batch
             n_examples += len(examples) * (2 if self.specs[t].is_pair else 1) * self.world
-            batch = to_device(make_batch(t, examples, self.tok, self.model.cfg.encoding(t)), self.device)
+            batch = to_device(make_batch(self.model.cfg.task(t), examples, self.tok), self.device)
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 losses[t] = self.model.loss(t, batch).float()
         bad = [(t, v.item()) for t, v in losses.items() if not torch.isfinite(v)]
