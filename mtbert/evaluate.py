@@ -199,3 +199,25 @@ def write_predictions(path: str | Path, ids: list[str], preds: list) -> None:
         w = csv.writer(f)
         w.writerow(["id", "prediction"])
         w.writerows(zip(ids, preds))
+
+
+def predict_text(model, tokenizer, task: str, text_a: str, text_b: str | None = None) -> dict:
+    """One input of one task, as the Playground and the Gradio app show it:
+    {"task", "title", "kind": "classes" | "probability" | "score", "value", ...}:
+      classes      value: {label name: probability}, top: the most likely label
+      probability  value: P(class 1) with the decision threshold applied, label: the class it implies
+      score        value: the score, range: (low, high)
+    """
+    spec = model.cfg.task(task)
+    if spec.is_pair and text_b is None:
+        raise ValueError(f"task {task} reads a pair of sentences; give the second one too")
+    raw = predict_raw(model, tokenizer, task, [Example("0", text_a, text_b if spec.is_pair else None, None)])[0]
+    out = {"task": task, "title": spec.title}
+    if spec.kind == "regression":
+        return {**out, "kind": "score", "value": float(raw), "range": spec.range}
+    if spec.binary:
+        p = float(raw)
+        return {**out, "kind": "probability", "value": p, "label": spec.label_name(int(p > 0.5)),
+                "positive": spec.label_name(1)}
+    probs = {spec.label_name(k): float(x) for k, x in enumerate(raw)}
+    return {**out, "kind": "classes", "value": probs, "top": max(probs, key=probs.get)}
