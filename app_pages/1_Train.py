@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from mtbert import charts, runs
+from mtbert import charts, runfolder, runs
 from mtbert.config import PRESETS
 from mtbert.data import SAMPLE_DIR, DataError
 
@@ -169,7 +169,7 @@ def monitor(run_dir: Path) -> None:
     live = runs.is_live(status)
     if started_live and not live:
         st.rerun()  # the run just ended: redraw the whole page, with the results and no more polling
-    tail = tails.setdefault(str(run_dir), runs.MetricsTail(run_dir))
+    tail = tails.setdefault(str(run_dir), runfolder.MetricsTail(run_dir))
     tail.update()
     frac, text = runs.progress(status)
     st.progress(frac, text=f"{status.get('state')} · {text}")

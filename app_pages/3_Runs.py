@@ -2,7 +2,7 @@
 of a run's best checkpoint, pushing a checkpoint to the Hugging Face Hub, and deleting old runs."""
 import streamlit as st
 
-from mtbert import charts, runs, submit
+from mtbert import charts, runfolder, runs, submit
 from mtbert.hub import HubError
 
 st.set_page_config(page_title="Runs · mtbert", layout="wide")
@@ -10,7 +10,7 @@ st.title("Runs")
 
 folders = runs.list_runs()
 if not folders:
-    st.caption(f"No runs in {runs.runs_dir()} yet: start one on the Train page.")
+    st.caption(f"No runs in {runfolder.runs_dir()} yet: start one on the Train page.")
     st.stop()
 
 # the run and its scores stay in view when the settings columns are scrolled sideways
@@ -23,7 +23,7 @@ st.subheader("Compare curves")
 names = [f.name for f in folders]
 chosen = st.multiselect("Runs to overlay", names, default=names[:3], key="overlay")
 if chosen:
-    records = {n: runs.read_metrics(runs.runs_dir() / n)[0] for n in chosen}
+    records = {n: runfolder.read_metrics(runfolder.runs_dir() / n)[0] for n in chosen}
     left, right = st.columns(2)
     left.plotly_chart(charts.overlay_figure(records, "loss"), key="overlay_loss")
     right.plotly_chart(charts.overlay_figure(records, "dev"), key="overlay_dev")
@@ -62,12 +62,12 @@ else:
                "as prepare_submit.py packs them. A split whose file the data folder lacks is skipped.")
     left, right = st.columns(2)
     lb_run = left.selectbox("Run", submittable, key="leaderboard_run")
-    lb_folders = submit.run_data_folders(runs.runs_dir() / lb_run)
+    lb_folders = submit.run_data_folders(runfolder.runs_dir() / lb_run)
     lb_data = right.selectbox("Data", list(lb_folders), key="leaderboard_data")
     if st.button("Leaderboard files", icon=":material/leaderboard:", key="leaderboard_go"):
         try:
             with st.spinner(f"Predicting with {lb_run}/best…"):
-                st.session_state.leaderboard = submit.run_leaderboard_files(runs.runs_dir() / lb_run,
+                st.session_state.leaderboard = submit.run_leaderboard_files(runfolder.runs_dir() / lb_run,
                                                                             lb_folders[lb_data])
         except submit.SubmitError as e:
             st.session_state.pop("leaderboard", None)
@@ -93,7 +93,7 @@ if st.session_state.get("confirm_delete"):
     if yes.button("Yes, delete", type="primary", key="delete_yes"):
         del st.session_state.confirm_delete
         try:
-            runs.delete_run(runs.runs_dir() / name)
+            runs.delete_run(runfolder.runs_dir() / name)
             st.session_state.pop("delete_choice", None)
             st.toast(f"Deleted {name}")
             st.rerun()

@@ -7,7 +7,6 @@ blocks and a reload re-attaches to whatever is running. No Streamlit in here: th
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -15,12 +14,13 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import lock
-from .io import atomic_write_json
+from . import runfolder
+from .lock import pid_alive
 from .report import SEED_COLUMNS
+from .runfolder import BEST, LAST, LOG, STATE_JSON, STATUS, runs_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 # shipped checkpoints; MTBERT_CHECKPOINTS_DIR points elsewhere (a deployment's own, or none for a test)
@@ -34,23 +34,7 @@ class RunError(Exception):
     """An action on a run that cannot be done; the message says which run and why."""
 
 
-LockHeld = lock.LockHeld
-
-
-def runs_dir() -> Path:
-    """Where runs live: $MTBERT_RUNS_DIR, else ./runs (the same rule as the trainer)."""
-    return Path(os.environ.get("MTBERT_RUNS_DIR") or "runs").absolute()
-
-
-def lock_path() -> Path:
-    return runs_dir() / ".lock"
-
-
-def _read_json(path: Path, default=None):
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return default
+LockHeld = runfolder.LockHeld
 
 
 # ---- reading runs ---------------------------------------------------------------------------
@@ -60,18 +44,13 @@ def list_runs() -> list[Path]:
     root = runs_dir()
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-             and ((p / "config.json").is_file() or (p / "status.json").is_file())]
+    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and runfolder.is_run_dir(p)]
     return sorted(found, key=lambda p: p.name, reverse=True)
-
-
-def read_config(run_dir) -> dict:
-    return _read_json(Path(run_dir) / "config.json", {}) or {}
 
 
 def log_tail(run_dir, lines: int = LOG_TAIL_LINES) -> str:
     try:
-        with open(Path(run_dir) / "train.log", "rb") as f:
+        with open(Path(run_dir) / LOG, "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - 16384))
             text = f.read().decode("utf-8", "replace")
@@ -85,19 +64,19 @@ def read_status(run_dir) -> dict:
     whose process is gone (killed, crashed before it could write) is reported as failed."""
     run_dir = Path(run_dir)
     _reap_children()
-    st = _read_json(run_dir / "status.json", None)
-    if not isinstance(st, dict):
-        st = {"run_id": run_dir.name, "state": "queued" if (run_dir / "config.json").is_file() else "unknown"}
+    st = runfolder.read_status(run_dir)
+    if st is None:
+        st = {"run_id": run_dir.name, "state": "queued" if (run_dir / runfolder.CONFIG).is_file() else "unknown"}
     st.setdefault("run_id", run_dir.name)
     pid = st.get("pid")
-    if st.get("state") in LIVE_STATES and not (isinstance(pid, int) and lock.pid_alive(pid)):
+    if st.get("state") in LIVE_STATES and not (isinstance(pid, int) and pid_alive(pid)):
         # a queued run without a pid yet is being started right now, unless that was long ago
-        fresh = st.get("state") == "queued" and pid is None and time.time() - _mtime(run_dir / "status.json") < 30
+        fresh = st.get("state") == "queued" and pid is None and time.time() - _mtime(run_dir / STATUS) < 30
         if not fresh:
             tail = log_tail(run_dir)
             st = {**st, "state": "failed", "error": st.get("error") or (
                 f"the training process (pid {pid}) ended without reporting why"
-                + (f"; the end of train.log:\n{tail}" if tail else ""))}
+                + (f"; the end of {LOG}:\n{tail}" if tail else ""))}
     return st
 
 
@@ -112,55 +91,9 @@ def is_live(status: dict) -> bool:
     return status.get("state") in LIVE_STATES
 
 
-def read_metrics(run_dir, since_offset: int = 0) -> tuple[list[dict], int]:
-    """Records of metrics.jsonl from byte `since_offset` on, and the offset to continue from.
-
-    Only whole lines count: a torn last line (the trainer is mid-write) is left for the next call.
-    A complete line that is not JSON is skipped rather than failing the page."""
-    path = Path(run_dir) / "metrics.jsonl"
-    try:
-        with open(path, "rb") as f:
-            f.seek(since_offset)
-            data = f.read()
-    except OSError:
-        return [], since_offset
-    end = data.rfind(b"\n") + 1  # 0 when there is no complete line yet
-    records = []
-    for line in data[:end].splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-    return records, since_offset + end
-
-
-@dataclass
-class MetricsTail:
-    """All records of one run so far, read incrementally: each update parses only new lines."""
-    run_dir: Path
-    records: list = field(default_factory=list)
-    offset: int = 0
-    _file: tuple | None = None  # (inode, device) of the file read so far
-
-    def update(self) -> list[dict]:
-        try:
-            st = (Path(self.run_dir) / "metrics.jsonl").stat()
-            file, size = (st.st_ino, st.st_dev), st.st_size
-        except OSError:
-            file, size = None, 0
-        if file != self._file or size < self.offset:
-            # a resume rewrites the file (dropping steps after the saved state): start over
-            self.records, self.offset, self._file = [], 0, file
-        new, self.offset = read_metrics(self.run_dir, self.offset)
-        self.records.extend(new)
-        return new
-
-
 def active_run() -> Path | None:
     """The run that holds the machine's training lock, or None. A stale lock (dead PID) is no owner."""
-    owner = lock.read_lock(lock_path())
+    owner = runfolder.lock_owner()
     if owner is None:
         return None
     return runs_dir() / str(owner.get("run_id"))
@@ -176,7 +109,7 @@ def describe_run(run_dir) -> dict:
     """One row of the Runs table: the run's id and its best dev scores first (what runs are
     compared by, readable without scrolling sideways), then its state and main settings."""
     run_dir = Path(run_dir)
-    cfg, st = read_config(run_dir), read_status(run_dir)
+    cfg, st = runfolder.read_config(run_dir), read_status(run_dir)
     dev = next((r for r in results_table(run_dir, st) if r[""] == "Dev"), {})
     return {"run": run_dir.name, **{title: dev.get(title) for title in RUN_SCORES},
             "state": st.get("state"), "step": st.get("step"),
@@ -216,7 +149,7 @@ def results_table(run_dir, status: dict | None = None) -> list[dict]:
         order = sorted(results, key=_split_key)
         return [{"": s.capitalize(), **{title: _num((results[s] or {}).get(k)) for k, title in SEED_COLUMNS}}
                 for s in order if isinstance(results[s], dict)]
-    return results_rows(read_metrics(run_dir)[0])
+    return results_rows(runfolder.read_metrics(run_dir)[0])
 
 
 def _split_key(split: str):
@@ -244,7 +177,7 @@ def _spawn(run_dir: Path, args: list[str]) -> subprocess.Popen:
     env["MTBERT_RUNS_DIR"] = str(runs_dir())  # the child's lock and ours are the same file
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"  # train.log shows progress as it happens
-    with open(run_dir / "train.log", "ab") as log:
+    with open(run_dir / LOG, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "mtbert", "train", "--no-progress", *args], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)  # a page reload or Ctrl-C in the UI spares it
@@ -257,20 +190,19 @@ def _launch(run_dir: Path, args: list[str]) -> Path:
     try:
         # hold the lock for the child from this instant: the trainer needs seconds to import torch,
         # and a second Start in that gap must already be refused (the trainer re-takes its own lock)
-        lock.acquire(lock_path(), run_dir.name, pid=proc.pid)
+        runfolder.acquire_lock(run_dir, pid=proc.pid)
     except LockHeld:
         proc.terminate()
         proc.wait(10)
         raise
-    st = _read_json(run_dir / "status.json", {}) or {}
+    st = runfolder.read_status(run_dir) or {}
     if st.get("state") in (None, "queued"):  # do not overwrite a status the trainer already wrote
-        atomic_write_json(run_dir / "status.json", {**st, "state": "queued", "pid": proc.pid,
-                                                    "updated_at": time.time()})
+        runfolder.write_status(run_dir, {**st, "state": "queued", "pid": proc.pid, "updated_at": time.time()})
     return run_dir
 
 
 def _refuse_if_active() -> None:
-    owner = lock.read_lock(lock_path())
+    owner = runfolder.lock_owner()
     if owner is not None:
         raise LockHeld(owner)
 
@@ -279,21 +211,20 @@ def start_run(config: dict, name: str | None = None) -> Path:
     """Create a run folder for `config` and start the trainer on it. Raises LockHeld (naming the
     active run) while another training runs, ValueError for a bad setting."""
     from .config import TrainConfig  # validates every setting; the message names the bad one
-    from .train import new_run_dir
 
     cfg = TrainConfig.from_dict({**config, **({"name": name} if name else {})})
     _refuse_if_active()
     runs_dir().mkdir(parents=True, exist_ok=True)
-    run_dir = new_run_dir(cfg.name, runs_dir())
+    run_dir = runfolder.new_run_dir(cfg.name, runs_dir())
     run_dir.mkdir(parents=True)
-    atomic_write_json(run_dir / "config.json", cfg.to_dict())
-    atomic_write_json(run_dir / "status.json", {"run_id": run_dir.name, "state": "queued", "pid": None,
-                                                "started_at": time.time(), "updated_at": time.time()})
+    runfolder.write_config(run_dir, cfg.to_dict())
+    runfolder.write_status(run_dir, {"run_id": run_dir.name, "state": "queued", "pid": None,
+                                     "started_at": time.time(), "updated_at": time.time()})
     try:
         return _launch(run_dir, ["--run-dir", str(run_dir)])
     except LockHeld as e:
-        atomic_write_json(run_dir / "status.json", {"run_id": run_dir.name, "state": "failed", "pid": None,
-                                                    "error": str(e), "updated_at": time.time()})
+        runfolder.write_status(run_dir, {"run_id": run_dir.name, "state": "failed", "pid": None,
+                                         "error": str(e), "updated_at": time.time()})
         raise
 
 
@@ -303,21 +234,21 @@ def resume_run(run_dir) -> Path:
     st = read_status(run_dir)
     if is_live(st):
         raise RunError(f"run {run_dir.name} is still {st['state']}; nothing to resume")
-    if not (run_dir / "last" / "trainer_state.json").is_file():
-        raise RunError(f"run {run_dir.name} has no last/ checkpoint with trainer state to resume from")
+    if not (run_dir / LAST / STATE_JSON).is_file():
+        raise RunError(f"run {run_dir.name} has no {LAST}/ checkpoint with trainer state to resume from")
     deadline = time.time() + 10
     while (active_run() or Path()).name == run_dir.name and time.time() < deadline:
         time.sleep(0.2)  # the trainer marks itself stopped a moment before it lets go of the lock
     _refuse_if_active()
     # queued from now on, as a start is: the page must not keep offering Resume (a second press
     # would be refused by the lock) while the new trainer imports torch
-    before = _read_json(run_dir / "status.json", {}) or {}
-    atomic_write_json(run_dir / "status.json", {**before, "state": "queued", "pid": None, "error": None,
-                                                "updated_at": time.time()})
+    before = runfolder.read_status(run_dir) or {}
+    runfolder.write_status(run_dir, {**before, "state": "queued", "pid": None, "error": None,
+                                     "updated_at": time.time()})
     try:
         return _launch(run_dir, ["--resume", str(run_dir)])
     except LockHeld:
-        atomic_write_json(run_dir / "status.json", {**before, "updated_at": time.time()})
+        runfolder.write_status(run_dir, {**before, "updated_at": time.time()})
         raise
 
 
@@ -326,7 +257,7 @@ def _is_trainer(pid: int) -> bool:
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return lock.pid_alive(pid)  # no /proc (macOS): trust the PID
+        return pid_alive(pid)  # no /proc (macOS): trust the PID
     # `python -m mtbert train …` or the `mtbert train …` console script
     return b"train" in argv and any(a == b"mtbert" or a.endswith(b"/mtbert") for a in argv)
 
@@ -362,7 +293,7 @@ def _own_run(run_dir) -> Path:
     root = runs_dir().resolve()
     if p.is_symlink() or p.resolve().parent != root:
         raise RunError(f"{run_dir}: not a run folder under {root}")
-    if not p.is_dir() or not ((p / "config.json").is_file() or (p / "status.json").is_file()):
+    if not p.is_dir() or not runfolder.is_run_dir(p):
         raise RunError(f"{run_dir}: no such run under {root}")
     return p.resolve()
 
@@ -387,12 +318,12 @@ def list_checkpoints() -> list[CheckpointRef]:
     if CHECKPOINTS_DIR.is_dir():
         for d in sorted(CHECKPOINTS_DIR.iterdir()):
             if (d / "mtbert.json").is_file():
-                dev = (_read_json(d / "metrics.json", {}) or {}).get("dev", {})
+                dev = (runfolder.read_json(d / "metrics.json", {}) or {}).get("dev", {})
                 avg = _num(dev.get("average")) if isinstance(dev, dict) else None
                 out.append(CheckpointRef(d.name, str(d), "shipped", f"{d.name} (shipped" +
                                          (f", dev average {avg:.3f})" if avg is not None else ")")))
     for run in list_runs():
-        for which in ("best", "last"):
+        for which in (BEST, LAST):
             d = run / which
             if (d / "mtbert.json").is_file():
                 out.append(CheckpointRef(f"{run.name}/{which}", str(d), "run", f"{run.name}/{which}"))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .data import TASKS, DataError, data_files, missing_file_message, read_task_file
 from .report import seed_table
+from .runfolder import BEST
 
 # the input split (its CS224N file name) -> the name the starter gives it in the output file
 OUTPUT_SPLITS = {"dev": "dev", "test-student": "test"}
@@ -169,14 +170,15 @@ def submit_checkpoint(checkpoint, data_dir, out_dir, zip_path=None, batch_size: 
 # ---- the Runs page ------------------------------------------------------------------------
 
 def best_checkpoint(run_dir) -> Path | None:
-    best = Path(run_dir) / "best"
+    best = Path(run_dir) / BEST
     return best if (best / "mtbert.json").is_file() else None
 
 
 def run_data_folders(run_dir) -> dict[str, Path]:
     """Where a run's leaderboard files can be predicted from: the folder the run trained on when
     it is still there, then the installation's data folders (mtbert.runs.data_folders)."""
-    from .runs import ROOT, data_folders, read_config
+    from .runfolder import read_config
+    from .runs import ROOT, data_folders
 
     folders = {}
     trained_on = read_config(run_dir).get("data_dir")

@@ -10,7 +10,6 @@ the shipped sample), waits for the run to reach --at-step, takes the screenshot,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -23,7 +22,9 @@ from streamlit_server import chromium, streamlit_app  # noqa: E402
 
 
 def run_step(runs_dir: Path) -> int:
-    status = [json.loads(p.read_text()) for p in runs_dir.glob("*/status.json")]
+    from mtbert.runfolder import STATUS, read_status
+
+    status = [read_status(p.parent) or {} for p in runs_dir.glob(f"*/{STATUS}")]
     return max((s.get("step") or 0 for s in status), default=0)
 
 

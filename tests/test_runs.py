@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mtbert import charts, lock, runs
+from mtbert import charts, lock, runfolder, runs
 from mtbert.config import PRESET_FILES, TrainConfig, read_config_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,37 +66,6 @@ def wait_for(pred, timeout: float = 120, what: str = "condition"):
 
 
 # ---- reading -----------------------------------------------------------------------------------
-
-def test_read_metrics_leaves_a_torn_last_line_for_the_next_call(runs_dir):
-    d = fake_run(runs_dir, "r1", records=[step(1), step(2)])
-    with open(d / "metrics.jsonl", "a") as f:
-        f.write('{"type": "step", "step": 3, "lo')  # the trainer is mid-write
-    recs, off = runs.read_metrics(d)
-    assert [r["step"] for r in recs] == [1, 2]
-    assert off == len((d / "metrics.jsonl").read_bytes()) - len('{"type": "step", "step": 3, "lo')
-    with open(d / "metrics.jsonl", "a") as f:
-        f.write('ss": {"sst": 1.0}}\nnot json at all\n' + json.dumps(step(4)) + "\n")
-    more, off2 = runs.read_metrics(d, off)
-    assert [r["step"] for r in more] == [3, 4]  # the completed line parsed; the garbage line skipped
-    assert off2 == (d / "metrics.jsonl").stat().st_size
-    assert runs.read_metrics(d, off2) == ([], off2)
-
-
-def test_metrics_tail_reads_only_new_lines_and_starts_over_when_the_file_is_replaced(runs_dir):
-    d = fake_run(runs_dir, "r1", records=[step(1), step(2)])
-    tail = runs.MetricsTail(d)
-    assert len(tail.update()) == 2
-    with open(d / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(step(3)) + "\n")
-    assert [r["step"] for r in tail.update()] == [3]
-    assert [r["step"] for r in tail.records] == [1, 2, 3]
-    # a resume rewrites the file (atomic replace) with the steps up to its saved state
-    new = d / "metrics.new"
-    new.write_text("".join(json.dumps(step(i)) + "\n" for i in (1, 2, 3, 4)))
-    os.replace(new, d / "metrics.jsonl")
-    tail.update()
-    assert [r["step"] for r in tail.records] == [1, 2, 3, 4]
-
 
 def test_a_running_run_whose_process_is_gone_reads_as_failed_with_its_log(runs_dir):
     d = fake_run(runs_dir, "crashed", state="running", pid=dead_pid())
@@ -235,7 +204,7 @@ def test_start_refuse_stop_resume_a_real_run(runs_dir, tiny_base):
     runs.stop_run(d)
     st = wait_for(lambda: (s := runs.read_status(d))["state"] != "running" and s, what="the second stop")
     assert st["state"] == "stopped" and st["step"] > stopped_at
-    recs, _ = runs.read_metrics(d)
+    recs, _ = runfolder.read_metrics(d)
     steps = [r["step"] for r in recs if r["type"] == "step"]
     assert steps == list(range(1, st["step"] + 1))  # one continuous run: no step lost or repeated
     assert "[resume]" in (d / "train.log").read_text()

@@ -26,7 +26,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from hub_stub import HubStub, point_huggingface_hub_at
-from mtbert import hub, lock, runs
+from mtbert import hub, lock, runfolder, runs
 from mtbert import playground as pg
 from mtbert.checkpoint import load_encoder, save_checkpoint
 from mtbert.config import TrainConfig
@@ -216,7 +216,7 @@ TRAIN = dict(epochs=2, batch_size=4, lr=1e-3, train_subset=24, eval_subset=4, tr
 
 
 def metrics_steps(run: Path) -> list[int]:
-    return [r["step"] for r in runs.read_metrics(run)[0] if r.get("type") == "step"]
+    return [r["step"] for r in runfolder.read_metrics(run)[0] if r.get("type") == "step"]
 
 
 def wait_for(pred, timeout: float = 300, every: float = 0.2, what: str = "condition"):
