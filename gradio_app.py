@@ -2,7 +2,7 @@
 sentiment distribution, paraphrase probability and similarity for your own input, and its
 attention (a heatmap per layer and head, and bertviz's head or model view).
 
-All the work is done by `mtbert.playground`, the same functions the Streamlit playground calls;
+All the work is done by `mtbert.studio.playground`, the same functions the Streamlit playground calls;
 this file only lays out the page. Checkpoints on offer: the local ones (checkpoints/, runs/, the
 plain base model) and the Hub repo ids in MTBERT_HUB_CHECKPOINT, each by its name
 (`minilm-l6-heads`, `<run>/best`, the repo id): the page and its API never show where a
@@ -19,8 +19,9 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when gradio is imported
 
 import gradio as gr  # noqa: E402
 
-from mtbert import hub, runs  # noqa: E402
-from mtbert import playground as pg  # noqa: E402
+from mtbert import hub  # noqa: E402
+from mtbert.studio import playground as pg  # noqa: E402
+from mtbert.studio import runs  # noqa: E402
 from mtbert.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 
 MAX_MODELS = 4  # loaded models kept in memory, most recently used first

@@ -1,7 +1,7 @@
 """Home: what the studio does, what this machine offers, where to go next."""
 import streamlit as st
 
-from mtbert import runs
+from mtbert.studio import runs
 
 st.set_page_config(page_title="mtbert studio", layout="wide")
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from mtbert import charts, runfolder, runs
+from mtbert import runfolder
 from mtbert.config import PRESETS
 from mtbert.data import SAMPLE_DIR, DataError
+from mtbert.studio import charts, runs
 
 st.set_page_config(page_title="Train · mtbert", layout="wide")
 

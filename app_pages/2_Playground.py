@@ -2,9 +2,9 @@
 side by side with a second checkpoint, its attention, and predictions for a whole file."""
 import streamlit as st
 
-from mtbert import playground as pg
-from mtbert import runs
 from mtbert.checkpoint import CheckpointError
+from mtbert.studio import playground as pg
+from mtbert.studio import runs
 
 st.set_page_config(page_title="Playground · mtbert", layout="wide")
 

@@ -2,8 +2,9 @@
 of a run's best checkpoint, pushing a checkpoint to the Hugging Face Hub, and deleting old runs."""
 import streamlit as st
 
-from mtbert import charts, runfolder, runs, submit
+from mtbert import runfolder, submit
 from mtbert.hub import HubError
+from mtbert.studio import charts, runs
 
 st.set_page_config(page_title="Runs · mtbert", layout="wide")
 st.title("Runs")
@@ -62,7 +63,7 @@ else:
                "as prepare_submit.py packs them. A split whose file the data folder lacks is skipped.")
     left, right = st.columns(2)
     lb_run = left.selectbox("Run", submittable, key="leaderboard_run")
-    lb_folders = submit.run_data_folders(runfolder.runs_dir() / lb_run)
+    lb_folders = runs.run_data_folders(runfolder.runs_dir() / lb_run)
     lb_data = right.selectbox("Data", list(lb_folders), key="leaderboard_data")
     if st.button("Leaderboard files", icon=":material/leaderboard:", key="leaderboard_go"):
         try:

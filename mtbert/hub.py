@@ -151,7 +151,7 @@ def model_card(folder: str | Path, repo_id: str, license: str = DEFAULT_LICENSE)
         lines += [""]
     lines += ["## How to use", "", "With mtbert (`pip install` the project, then):", "", "```python",
               "from mtbert.checkpoint import load_checkpoint",
-              "from mtbert import playground",
+              "from mtbert.studio import playground",
               "",
               f'model, tokenizer, meta = load_checkpoint("{repo_id}")',
               'print(playground.sentiment(model, tokenizer, "A gorgeous, witty, seductive movie."))',

@@ -174,25 +174,6 @@ def best_checkpoint(run_dir) -> Path | None:
     return best if (best / "mtbert.json").is_file() else None
 
 
-def run_data_folders(run_dir) -> dict[str, Path]:
-    """Where a run's leaderboard files can be predicted from: the folder the run trained on when
-    it is still there, then the installation's data folders (mtbert.runs.data_folders)."""
-    from .runfolder import read_config
-    from .runs import ROOT, data_folders
-
-    folders = {}
-    trained_on = read_config(run_dir).get("data_dir")
-    if trained_on:
-        # a relative data_dir is relative to where the trainer started: the studio's folder or the repository
-        found = next((p for p in (Path(trained_on), ROOT / trained_on) if p.is_dir()), None)
-        if found is not None:
-            folders[f"the run's data ({trained_on})"] = found.resolve()
-    for label, path in data_folders().items():
-        if path.resolve() not in folders.values():
-            folders[label] = path.resolve()
-    return folders
-
-
 def run_leaderboard_files(run_dir, data_dir, batch_size: int = 64) -> Submission:
     """A run's best checkpoint's leaderboard files, in <run>/predictions/ with the starter's
     submission zip beside them in the run folder."""

@@ -31,7 +31,7 @@ def run_step(runs_dir: Path) -> int:
 def stop(runs_dir: Path) -> None:
     """Stop the demo run (it is its own process) and wait until it has saved its state."""
     os.environ["MTBERT_RUNS_DIR"] = str(runs_dir)
-    from mtbert import runs
+    from mtbert.studio import runs
 
     active = runs.active_run()
     if active is None:

@@ -10,7 +10,8 @@ import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
 
-from mtbert import lock, runs
+from mtbert import lock
+from mtbert.studio import runs
 from mtbert.checkpoint import load_encoder, save_checkpoint
 from mtbert.config import TrainConfig, read_config_file
 from mtbert.model import ModelConfig, MultitaskBert
@@ -281,7 +282,7 @@ def test_train_form_survives_a_visit_to_another_page():
 # ---- the Hub push section and checkpoint paths (more in test_studio_reliability.py) -------------
 
 def test_runs_page_push_section_names_where_the_token_comes_from_never_the_token(runs_dir, tiny_base, monkeypatch):
-    from mtbert import runs
+    from mtbert.studio import runs
 
     monkeypatch.setattr(runs, "CHECKPOINTS_DIR", runs_dir.parent / "no-shipped")
     fake_run(runs_dir, "20260101-000000-early")  # no checkpoint yet
@@ -302,7 +303,7 @@ def test_runs_page_push_section_names_where_the_token_comes_from_never_the_token
 
 
 def test_playground_offers_a_typed_folder_and_refuses_one_outside(runs_dir, checkpoint, monkeypatch, tmp_path):
-    from mtbert import runs
+    from mtbert.studio import runs
 
     monkeypatch.setattr(runs, "CHECKPOINTS_DIR", tmp_path / "no-shipped")
     at = no_exception(page("app_pages/2_Playground.py").run())

@@ -21,8 +21,8 @@ from urllib.parse import urlparse
 import pytest
 from playwright.sync_api import expect
 
-from mtbert import runs
-from mtbert.playground import JS_ENV
+from mtbert.studio import runs
+from mtbert.studio.playground import JS_ENV
 from streamlit_server import streamlit_app
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from urllib.parse import urljoin
 import pytest
 from playwright.sync_api import expect
 
-from mtbert import runs
+from mtbert.studio import runs
 from mtbert.config import TrainConfig
 from streamlit_server import CHROMIUM, chromium, streamlit_app
 

@@ -1,4 +1,4 @@
-"""mtbert.playground: input checks, task outputs, attention, offline bertviz pages, batch files."""
+"""mtbert.studio.playground: input checks, task outputs, attention, offline bertviz pages, batch files."""
 from __future__ import annotations
 
 import csv
@@ -8,8 +8,8 @@ import re
 import pytest
 import torch
 
-from mtbert import playground as pg
-from mtbert import runs
+from mtbert.studio import playground as pg
+from mtbert.studio import runs
 from mtbert.checkpoint import load_encoder, save_checkpoint
 from mtbert.data import Example
 from mtbert.evaluate import predict_examples

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mtbert import charts, lock, runfolder, runs
+from mtbert import lock, runfolder
+from mtbert.studio import charts, runs
 from mtbert.config import PRESET_FILES, TrainConfig, read_config_file
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,8 +26,9 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from hub_stub import HubStub, point_huggingface_hub_at
-from mtbert import hub, lock, runfolder, runs
-from mtbert import playground as pg
+from mtbert import hub, lock, runfolder
+from mtbert.studio import playground as pg
+from mtbert.studio import runs
 from mtbert.checkpoint import load_encoder, save_checkpoint
 from mtbert.config import TrainConfig
 from mtbert.model import ModelConfig, MultitaskBert

@@ -325,7 +325,7 @@ def test_runs_page_button_writes_the_files_and_offers_the_zip(runs_dir, tiny_bas
 
 
 def test_runs_page_button_reports_a_missing_split(runs_dir, tiny_base, monkeypatch, tmp_path):
-    from mtbert import runs
+    from mtbert.studio import runs
     data = sample_without(tmp_path, "sts-test-student.csv")
     monkeypatch.setattr(runs, "data_folders", lambda: {"the test data": data})
     run = run_with_best(runs_dir, "20260102-000000-tiny", tiny_base)

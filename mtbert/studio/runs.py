@@ -17,12 +17,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import runfolder
-from .lock import pid_alive
-from .report import SEED_COLUMNS
-from .runfolder import BEST, LAST, LOG, STATE_JSON, STATUS, runs_dir
+from .. import runfolder
+from ..lock import pid_alive
+from ..report import SEED_COLUMNS
+from ..runfolder import BEST, LAST, LOG, STATE_JSON, STATUS, runs_dir
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the studio's folder: app.py, checkpoints/, data/
 # shipped checkpoints; MTBERT_CHECKPOINTS_DIR points elsewhere (a deployment's own, or none for a test)
 CHECKPOINTS_DIR = Path(os.environ.get("MTBERT_CHECKPOINTS_DIR") or ROOT / "checkpoints").absolute()
 BASE_MODELS = ("minilm-l6",)
@@ -210,7 +210,7 @@ def _refuse_if_active() -> None:
 def start_run(config: dict, name: str | None = None) -> Path:
     """Create a run folder for `config` and start the trainer on it. Raises LockHeld (naming the
     active run) while another training runs, ValueError for a bad setting."""
-    from .config import TrainConfig  # validates every setting; the message names the bad one
+    from ..config import TrainConfig  # validates every setting; the message names the bad one
 
     cfg = TrainConfig.from_dict({**config, **({"name": name} if name else {})})
     _refuse_if_active()
@@ -389,7 +389,7 @@ def push_checkpoint(path: str, repo_id: str, token: str | None = None, private: 
     """The studio's Push: a checkpoint folder inside checkpoints/ or the runs folder (the same
     check as loading one) to the Hub repo `repo_id`; returns the repo's URL. Raises RunError for
     the path, mtbert.hub.HubError for everything else, never with the token in the message."""
-    from . import hub
+    from .. import hub
 
     folder = safe_checkpoint_path(path)
     repo_id = str(repo_id or "").strip()
@@ -582,7 +582,7 @@ def settings_spec() -> list[Setting]:
     by itself (in the "Other" section until it is given a place)."""
     from dataclasses import MISSING, fields
 
-    from .config import CHOICES, TASKS, TrainConfig
+    from ..config import CHOICES, TASKS, TrainConfig
 
     where = {name: sec for sec, names in SECTIONS.items() for name in names}
     out = []
@@ -604,7 +604,7 @@ def settings_spec() -> list[Setting]:
 
 def preset_values(preset: str | None) -> dict:
     """Every form setting's value under a preset (None: the defaults)."""
-    from .config import preset_settings
+    from ..config import preset_settings
 
     values = {s.name: s.default for s in settings_spec()}
     values.update({k: v for k, v in (preset_settings(preset) if preset else {}).items() if k not in DATA_SETTINGS})
@@ -615,7 +615,7 @@ def environment() -> dict:
     """What this machine offers: the device, the base models that load, the data folders."""
     import torch
 
-    from .checkpoint import CheckpointError, resolve_base
+    from ..checkpoint import CheckpointError, resolve_base
 
     if torch.cuda.is_available():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
@@ -646,7 +646,7 @@ def display_path(path) -> str:
 def data_folders() -> dict[str, Path]:
     """The data folders this installation has: the shipped sample, and the official CS224N files
     once `python -m mtbert data fetch` has put them in data/cs224n."""
-    from .data import FULL_DATA_DIR, SAMPLE_DIR
+    from ..data import FULL_DATA_DIR, SAMPLE_DIR
 
     folders = {"shipped sample": SAMPLE_DIR}
     if FULL_DATA_DIR.is_dir():
@@ -654,9 +654,25 @@ def data_folders() -> dict[str, Path]:
     return folders
 
 
+def run_data_folders(run_dir) -> dict[str, Path]:
+    """Where a run's leaderboard files can be predicted from: the folder the run trained on when
+    it is still there, then the installation's data folders (data_folders())."""
+    folders = {}
+    trained_on = runfolder.read_config(run_dir).get("data_dir")
+    if trained_on:
+        # a relative data_dir is relative to where the trainer started: the studio's folder or the repository
+        found = next((p for p in (Path(trained_on), ROOT / trained_on) if p.is_dir()), None)
+        if found is not None:
+            folders[f"the run's data ({trained_on})"] = found.resolve()
+    for label, path in data_folders().items():
+        if path.resolve() not in folders.values():
+            folders[label] = path.resolve()
+    return folders
+
+
 def describe_data(data_dir, quora_train: str | None = None) -> list[dict]:
     """The CS224N files a run on `data_dir` would read, per split and task, with row counts."""
-    from .data import SPLITS, DataError, data_files, read_task_file, resolve_files
+    from ..data import SPLITS, DataError, data_files, read_task_file, resolve_files
 
     overrides = {"para": quora_train} if quora_train else None
     rows = []
@@ -692,7 +708,7 @@ def data_summary(rows: list[dict]) -> str:
 def data_problem(rows: list[dict], tasks) -> str | None:
     """Why a run on these files could not start (a train or dev file missing for a chosen task),
     and the command that fetches the official files."""
-    from .data import FETCH_COMMAND
+    from ..data import FETCH_COMMAND
 
     bad = [r for r in rows if r["task"] in tasks and r["split"] in ("train", "dev") and not r["usable"]]
     if not bad:
