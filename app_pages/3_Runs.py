@@ -4,7 +4,7 @@ import streamlit as st
 
 from mtbert import runfolder, submit
 from mtbert.hub import HubError
-from mtbert.studio import charts, runs
+from mtbert.studio import charts, checkpoints, environment, runs
 
 st.set_page_config(page_title="Runs · mtbert", layout="wide")
 st.title("Runs")
@@ -30,11 +30,11 @@ if chosen:
     right.plotly_chart(charts.overlay_figure(records, "dev"), key="overlay_dev")
 
 st.subheader("Push a checkpoint to the Hugging Face Hub")
-pushable = [c for c in runs.list_checkpoints() if c.kind in ("run", "shipped")]
+pushable = [c for c in checkpoints.list_checkpoints() if c.kind in ("run", "shipped")]
 if not pushable:
     st.caption("No checkpoint to push yet: a run writes best/ at its first evaluation.")
 else:
-    token_from = runs.token_source(st.secrets)
+    token_from = checkpoints.token_source(st.secrets)
     st.caption("Uploads the checkpoint (without the trainer's resume state) with a generated model card. "
                + (f"Token: {token_from}." if token_from else
                   "No token found: set HF_TOKEN in the Streamlit secrets or the environment, or run "
@@ -47,7 +47,8 @@ else:
     if st.button("Push to the Hub", icon=":material/cloud_upload:", key="push_go"):
         try:
             with st.spinner(f"Pushing {ref.name} to {repo_id}…"):
-                url = runs.push_checkpoint(ref.path, repo_id, token=runs.secret_token(st.secrets), private=private)
+                url = checkpoints.push_checkpoint(ref.path, repo_id, token=checkpoints.secret_token(st.secrets),
+                                                  private=private)
         except (runs.RunError, HubError) as e:
             st.error(f"Not pushed: {e}")
         else:
@@ -63,7 +64,7 @@ else:
                "as prepare_submit.py packs them. A split whose file the data folder lacks is skipped.")
     left, right = st.columns(2)
     lb_run = left.selectbox("Run", submittable, key="leaderboard_run")
-    lb_folders = runs.run_data_folders(runfolder.runs_dir() / lb_run)
+    lb_folders = environment.run_data_folders(runfolder.runs_dir() / lb_run)
     lb_data = right.selectbox("Data", list(lb_folders), key="leaderboard_data")
     if st.button("Leaderboard files", icon=":material/leaderboard:", key="leaderboard_go"):
         try:

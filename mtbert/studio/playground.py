@@ -22,7 +22,8 @@ import torch
 
 from ..checkpoint import download_from_hub, load_base, load_checkpoint
 from ..model import ModelConfig, MultitaskBert
-from .runs import BASE_MODELS, CheckpointRef, list_checkpoints, safe_checkpoint_path
+from .checkpoints import CheckpointRef, list_checkpoints, safe_checkpoint_path
+from .environment import BASE_MODELS
 
 SST_LABELS = ("very negative", "negative", "neutral", "positive", "very positive")
 MAX_CHARS = 100_000  # beyond this even tokenising is wasted work: the model reads <= 512 tokens
@@ -52,7 +53,7 @@ def offered_hub_checkpoints() -> list[str]:
 def checkpoint_choices() -> tuple[list[CheckpointRef], str | None]:
     """What the playground offers, and a problem to show (a malformed MTBERT_HUB_CHECKPOINT) or
     None: the Hub checkpoints the deployment names first, then the local ones
-    (runs.list_checkpoints), then TYPED_PATH."""
+    (checkpoints.list_checkpoints), then TYPED_PATH."""
     from ..hub import HubError, hub_checkpoints
 
     try:
