@@ -196,7 +196,7 @@ monitor(watch)
 status = runs.read_status(watch)
 state = status.get("state")
 if state == "finished":
-    best = watch / (status.get("best_checkpoint") or "best")
+    best = watch / (status.get("best_checkpoint") or runfolder.BEST)
     st.success(f"Finished. Checkpoint: **{watch.name}/{best.name}** — try it in the Playground.",
                icon=":material/check_circle:")
 elif state == "stopped":
@@ -210,7 +210,7 @@ if not started_live:
         st.markdown("**Results** (the seed report's table, for the best checkpoint)")
         st.dataframe(rows, hide_index=True, column_config={
             c: st.column_config.NumberColumn(format="%.3f") for c in ("Paraphrase acc", "SST acc", "STS corr", "Average")})
-    if state in ("stopped", "failed") and (watch / "last" / "trainer_state.json").is_file():
+    if state in ("stopped", "failed") and runs.resumable(watch):
         if st.button("Resume", icon=":material/play_arrow:"):
             try:
                 runs.resume_run(watch)

@@ -20,10 +20,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .report import seed_table
+from .runfolder import STATE_JSON, STATE_TENSORS
 
 HUB_CHECKPOINT_ENV = "MTBERT_HUB_CHECKPOINT"
 DEFAULT_LICENSE = "apache-2.0"  # the licence of the base encoders (MiniLM, BERT) a checkpoint derives from
-EXCLUDED = ("trainer_state.*", "README.md")  # resume state stays local; the card is generated
+EXCLUDED = (STATE_TENSORS, STATE_JSON, "README.md")  # resume state stays local; the card is generated
 BASE_HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
 TASKS = {
     "sst": ("Sentiment", "SST-5 (Stanford Sentiment Treebank, 5 classes)", "text-classification",

@@ -225,13 +225,18 @@ def start_run(config: dict, name: str | None = None) -> Path:
         raise
 
 
+def resumable(run_dir) -> bool:
+    """The run saved a trainer state (at an epoch's end, a stop, its budget's end) to resume from."""
+    return (Path(run_dir) / LAST / STATE_JSON).is_file()
+
+
 def resume_run(run_dir) -> Path:
     """Continue a stopped (or failed) run from its last/ checkpoint, in the same folder."""
     run_dir = _own_run(run_dir)
     st = read_status(run_dir)
     if is_live(st):
         raise RunError(f"run {run_dir.name} is still {st['state']}; nothing to resume")
-    if not (run_dir / LAST / STATE_JSON).is_file():
+    if not resumable(run_dir):
         raise RunError(f"run {run_dir.name} has no {LAST}/ checkpoint with trainer state to resume from")
     deadline = time.time() + 10
     while (active_run() or Path()).name == run_dir.name and time.time() < deadline:
