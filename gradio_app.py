@@ -2,7 +2,7 @@
 sentiment distribution, paraphrase probability and similarity for your own input, and its
 attention (a heatmap per layer and head, and bertviz's head or model view).
 
-All the work is done by `mtbert.playground`, the same functions the Streamlit playground calls;
+All the work is done by `mtbert.studio.playground`, the same functions the Streamlit playground calls;
 this file only lays out the page. Checkpoints on offer: the local ones (checkpoints/, runs/, the
 plain base model) and the Hub repo ids in MTBERT_HUB_CHECKPOINT, each by its name
 (`minilm-l6-heads`, `<run>/best`, the repo id): the page and its API never show where a
@@ -19,22 +19,24 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when gradio is imported
 
 import gradio as gr  # noqa: E402
 
-from mtbert import hub, runs  # noqa: E402
-from mtbert import playground as pg  # noqa: E402
+from mtbert import hub, runfolder  # noqa: E402
 from mtbert.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from mtbert.studio import checkpoints, environment, runs  # noqa: E402
+from mtbert.studio import playground as pg  # noqa: E402
 
 MAX_MODELS = 4  # loaded models kept in memory, most recently used first
 
 
-def checkpoint_choices() -> list[runs.CheckpointRef]:
-    """The Hub checkpoints a deployment names first, then the local ones (runs.list_checkpoints)."""
-    return [runs.CheckpointRef(r, r, "hub", f"{r} (Hub)") for r in hub.hub_checkpoints()] + runs.list_checkpoints()
+def checkpoint_choices() -> list[checkpoints.CheckpointRef]:
+    """The Hub checkpoints a deployment names first, then the local ones (checkpoints.list_checkpoints)."""
+    hub_refs = [checkpoints.CheckpointRef(r, r, "hub", f"{r} (Hub)") for r in hub.hub_checkpoints()]
+    return hub_refs + checkpoints.list_checkpoints()
 
 
-def public(text: str, ref: runs.CheckpointRef) -> str:
+def public(text: str, ref: checkpoints.CheckpointRef) -> str:
     """A message for a visitor: the checkpoint's folder and the server's folders by their short names."""
-    for path, name in ((ref.path, ref.name), (str(runs.runs_dir()), "runs"),
-                       (str(runs.CHECKPOINTS_DIR), "checkpoints"), (str(runs.ROOT), ".")):
+    for path, name in ((ref.path, ref.name), (str(runfolder.runs_dir()), "runs"),
+                       (str(checkpoints.CHECKPOINTS_DIR), "checkpoints"), (str(environment.ROOT), ".")):
         if path and path != name:
             text = text.replace(path, name)
     return text
@@ -45,7 +47,7 @@ class Models:
     together. Visitors name a checkpoint (`minilm-l6-heads`, `<run>/best`); where it lies on the
     server stays here."""
 
-    def __init__(self, choices: list[runs.CheckpointRef]):
+    def __init__(self, choices: list[checkpoints.CheckpointRef]):
         self.offered = {c.name: c for c in choices}
         self._cache: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
@@ -62,7 +64,7 @@ class Models:
             self._cache.move_to_end(name)
             return self._cache[name]
 
-    def _load(self, ref: runs.CheckpointRef):
+    def _load(self, ref: checkpoints.CheckpointRef):
         try:
             if ref.kind == "hub":  # only the ids the deployment named: a visitor cannot fetch others
                 model, tok, meta = load_checkpoint(ref.path)
@@ -76,7 +78,7 @@ def _note(*notes) -> str:
     return "\n\n".join(f"✂️ {n}" for n in notes if n)
 
 
-def build_app(choices: list[runs.CheckpointRef] | None = None) -> gr.Blocks:
+def build_app(choices: list[checkpoints.CheckpointRef] | None = None) -> gr.Blocks:
     choices = checkpoint_choices() if choices is None else choices
     models = Models(choices)
 

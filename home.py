@@ -1,15 +1,15 @@
 """Home: what the studio does, what this machine offers, where to go next."""
 import streamlit as st
 
-from mtbert import runs
+from mtbert.studio import checkpoints, environment, runs
 
 st.set_page_config(page_title="mtbert studio", layout="wide")
 
 
 @st.cache_data(ttl=300, show_spinner="Looking at this machine…")
-def environment() -> dict:
+def machine() -> dict:
     # hashing the base model's weights takes a moment; once every few minutes is plenty
-    return runs.environment()
+    return environment.machine()
 
 
 st.title("mtbert studio")
@@ -20,7 +20,7 @@ st.markdown(
     "side-by-side checkpoints and attention maps. Everything runs on this machine, offline."
 )
 
-env = environment()
+env = machine()
 left, right = st.columns(2)
 with left:
     st.subheader("This machine")
@@ -30,7 +30,7 @@ with left:
         st.markdown(f"- `{name}`: {state}")
     st.markdown("**Data**")
     for label, folder in env["data"].items():
-        st.markdown(f"- {label}: `{runs.display_path(folder)}`")
+        st.markdown(f"- {label}: `{environment.display_path(folder)}`")
 
 with right:
     st.subheader("Recent runs")
@@ -44,7 +44,7 @@ with right:
     else:
         st.caption("No runs yet. Start one on the Train page (the quick CPU demo takes a few minutes).")
     st.subheader("Checkpoints")
-    st.dataframe([{"checkpoint": c.label, "kind": c.kind} for c in runs.list_checkpoints()],
+    st.dataframe([{"checkpoint": c.label, "kind": c.kind} for c in checkpoints.list_checkpoints()],
                  hide_index=True, width="stretch")
 
 st.subheader("Where next")

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import streamlit as st
 
-from mtbert import charts, runs
+from mtbert import runfolder
 from mtbert.config import PRESETS
 from mtbert.data import SAMPLE_DIR, DataError
+from mtbert.studio import charts, environment, runs, settings
 
 st.set_page_config(page_title="Train · mtbert", layout="wide")
 
 DEFAULTS = "defaults (every setting at its default)"
-SPEC = runs.settings_spec()
+SPEC = settings.settings_spec()
 # widget details the settings' types and bounds do not say; everything else comes from TrainConfig
-# and runs.ABOUT (label, help, bounds)
+# and settings.ABOUT (label, help, bounds)
 NUMBER = {
     "lr": dict(step=1e-6, format="%.1e"),
     "head_lr": dict(step=1e-5, format="%.1e"),
@@ -35,7 +36,7 @@ def key(name: str) -> str:
 def preset_widgets() -> dict:
     """Every setting's widget value under the chosen preset."""
     choice = st.session_state.preset
-    values = runs.preset_values(None if choice == DEFAULTS else choice)
+    values = settings.preset_values(None if choice == DEFAULTS else choice)
     return {key(s.name): s.to_widget(values[s.name]) for s in SPEC}
 
 
@@ -45,19 +46,19 @@ def apply_preset() -> None:
 
 @st.cache_data(ttl=30, show_spinner="Counting rows…")
 def describe_data(folder: str, quora_train: str | None) -> list[dict]:
-    return runs.describe_data(folder, quora_train)
+    return environment.describe_data(folder, quora_train)
 
 
-def bounds(s: runs.Setting) -> dict:
+def bounds(s: settings.Setting) -> dict:
     """number_input's min and max from the bounds TrainConfig enforces (an open bound is left to
     TrainConfig, whose message names the setting)."""
     cast = int if s.kind == "int" else float
-    r = s.range or runs.Range()
+    r = s.range or settings.Range()
     return {**({"min_value": cast(r.low)} if r.low is not None else {}),
             **({"max_value": cast(r.high)} if r.high is not None and not r.high_open else {})}
 
 
-def setting_widget(s: runs.Setting) -> None:
+def setting_widget(s: settings.Setting) -> None:
     label, k = s.label, key(s.name)
     if s.kind == "choice":
         st.selectbox(label, ((None,) if s.optional else ()) + s.choices, key=k, help=s.help,
@@ -90,7 +91,7 @@ if missing:
 
 # ---- 1. data ---------------------------------------------------------------------------------
 st.subheader("1 · Data")
-sources = runs.data_folders()
+sources = environment.data_folders()
 source = st.radio("Training data", [*sources, "another folder"], horizontal=True, key="data_source",
                   help="CS224N-format files: ids-sst-*.csv, quora-*.csv, sts-*.csv (TAB-separated, with a header)")
 if source == "another folder":
@@ -111,10 +112,10 @@ else:
     except DataError as e:
         st.error(str(e))
     else:
-        st.markdown(f"Usable rows — {runs.data_summary(rows)}")
+        st.markdown(f"Usable rows — {environment.data_summary(rows)}")
         st.dataframe(rows, hide_index=True, width="stretch",
                      column_config={"file": st.column_config.TextColumn(f"file (in {folder})", width="large")})
-        problem = runs.data_problem(rows, st.session_state[key("tasks")])
+        problem = environment.data_problem(rows, st.session_state[key("tasks")])
         if problem:
             st.warning(f"A run would fail: {problem}.")
         data_ok = True
@@ -169,7 +170,7 @@ def monitor(run_dir: Path) -> None:
     live = runs.is_live(status)
     if started_live and not live:
         st.rerun()  # the run just ended: redraw the whole page, with the results and no more polling
-    tail = tails.setdefault(str(run_dir), runs.MetricsTail(run_dir))
+    tail = tails.setdefault(str(run_dir), runfolder.MetricsTail(run_dir))
     tail.update()
     frac, text = runs.progress(status)
     st.progress(frac, text=f"{status.get('state')} · {text}")
@@ -195,7 +196,7 @@ monitor(watch)
 status = runs.read_status(watch)
 state = status.get("state")
 if state == "finished":
-    best = watch / (status.get("best_checkpoint") or "best")
+    best = watch / (status.get("best_checkpoint") or runfolder.BEST)
     st.success(f"Finished. Checkpoint: **{watch.name}/{best.name}** — try it in the Playground.",
                icon=":material/check_circle:")
 elif state == "stopped":
@@ -209,7 +210,7 @@ if not started_live:
         st.markdown("**Results** (the seed report's table, for the best checkpoint)")
         st.dataframe(rows, hide_index=True, column_config={
             c: st.column_config.NumberColumn(format="%.3f") for c in ("Paraphrase acc", "SST acc", "STS corr", "Average")})
-    if state in ("stopped", "failed") and (watch / "last" / "trainer_state.json").is_file():
+    if state in ("stopped", "failed") and runs.resumable(watch):
         if st.button("Resume", icon=":material/play_arrow:"):
             try:
                 runs.resume_run(watch)

@@ -2,9 +2,9 @@
 side by side with a second checkpoint, its attention, and predictions for a whole file."""
 import streamlit as st
 
-from mtbert import playground as pg
-from mtbert import runs
 from mtbert.checkpoint import CheckpointError
+from mtbert.studio import checkpoints, runs
+from mtbert.studio import playground as pg
 
 st.set_page_config(page_title="Playground · mtbert", layout="wide")
 
@@ -25,7 +25,7 @@ def pick(label: str, refs: list, key: str):
             st.info("Type the path of a checkpoint folder inside checkpoints/ or the runs folder.")
             return None
     try:
-        model, tok, meta = load(path, runs.secret_token(st.secrets))
+        model, tok, meta = load(path, checkpoints.secret_token(st.secrets))
     except (CheckpointError, runs.RunError, OSError) as e:
         st.error(f"{name} cannot be loaded: {e}")
         return None

@@ -2,15 +2,16 @@
 of a run's best checkpoint, pushing a checkpoint to the Hugging Face Hub, and deleting old runs."""
 import streamlit as st
 
-from mtbert import charts, runs, submit
+from mtbert import runfolder, submit
 from mtbert.hub import HubError
+from mtbert.studio import charts, checkpoints, environment, runs
 
 st.set_page_config(page_title="Runs · mtbert", layout="wide")
 st.title("Runs")
 
 folders = runs.list_runs()
 if not folders:
-    st.caption(f"No runs in {runs.runs_dir()} yet: start one on the Train page.")
+    st.caption(f"No runs in {runfolder.runs_dir()} yet: start one on the Train page.")
     st.stop()
 
 # the run and its scores stay in view when the settings columns are scrolled sideways
@@ -23,17 +24,17 @@ st.subheader("Compare curves")
 names = [f.name for f in folders]
 chosen = st.multiselect("Runs to overlay", names, default=names[:3], key="overlay")
 if chosen:
-    records = {n: runs.read_metrics(runs.runs_dir() / n)[0] for n in chosen}
+    records = {n: runfolder.read_metrics(runfolder.runs_dir() / n)[0] for n in chosen}
     left, right = st.columns(2)
     left.plotly_chart(charts.overlay_figure(records, "loss"), key="overlay_loss")
     right.plotly_chart(charts.overlay_figure(records, "dev"), key="overlay_dev")
 
 st.subheader("Push a checkpoint to the Hugging Face Hub")
-pushable = [c for c in runs.list_checkpoints() if c.kind in ("run", "shipped")]
+pushable = [c for c in checkpoints.list_checkpoints() if c.kind in ("run", "shipped")]
 if not pushable:
     st.caption("No checkpoint to push yet: a run writes best/ at its first evaluation.")
 else:
-    token_from = runs.token_source(st.secrets)
+    token_from = checkpoints.token_source(st.secrets)
     st.caption("Uploads the checkpoint (without the trainer's resume state) with a generated model card. "
                + (f"Token: {token_from}." if token_from else
                   "No token found: set HF_TOKEN in the Streamlit secrets or the environment, or run "
@@ -46,7 +47,8 @@ else:
     if st.button("Push to the Hub", icon=":material/cloud_upload:", key="push_go"):
         try:
             with st.spinner(f"Pushing {ref.name} to {repo_id}…"):
-                url = runs.push_checkpoint(ref.path, repo_id, token=runs.secret_token(st.secrets), private=private)
+                url = checkpoints.push_checkpoint(ref.path, repo_id, token=checkpoints.secret_token(st.secrets),
+                                                  private=private)
         except (runs.RunError, HubError) as e:
             st.error(f"Not pushed: {e}")
         else:
@@ -62,12 +64,12 @@ else:
                "as prepare_submit.py packs them. A split whose file the data folder lacks is skipped.")
     left, right = st.columns(2)
     lb_run = left.selectbox("Run", submittable, key="leaderboard_run")
-    lb_folders = submit.run_data_folders(runs.runs_dir() / lb_run)
+    lb_folders = environment.run_data_folders(runfolder.runs_dir() / lb_run)
     lb_data = right.selectbox("Data", list(lb_folders), key="leaderboard_data")
     if st.button("Leaderboard files", icon=":material/leaderboard:", key="leaderboard_go"):
         try:
             with st.spinner(f"Predicting with {lb_run}/best…"):
-                st.session_state.leaderboard = submit.run_leaderboard_files(runs.runs_dir() / lb_run,
+                st.session_state.leaderboard = submit.run_leaderboard_files(runfolder.runs_dir() / lb_run,
                                                                             lb_folders[lb_data])
         except submit.SubmitError as e:
             st.session_state.pop("leaderboard", None)
@@ -93,7 +95,7 @@ if st.session_state.get("confirm_delete"):
     if yes.button("Yes, delete", type="primary", key="delete_yes"):
         del st.session_state.confirm_delete
         try:
-            runs.delete_run(runs.runs_dir() / name)
+            runs.delete_run(runfolder.runs_dir() / name)
             st.session_state.pop("delete_choice", None)
             st.toast(f"Deleted {name}")
             st.rerun()

@@ -60,17 +60,16 @@ def _optional(conv):
 
 
 def _cmd_train(args) -> int:
-    import json
-
     from .config import TrainConfig, read_config_file
-    from .train import Trainer, TrainingError, new_run_dir
+    from .runfolder import CONFIG, new_run_dir, write_config
+    from .train import Trainer, TrainingError
     flags = given_settings(args)
     try:
         if args.resume:
             run_dir = Path(args.resume)
-            cfg_path = run_dir / "config.json"
+            cfg_path = run_dir / CONFIG
             if not cfg_path.is_file():
-                print(f"error: {run_dir} is not a run folder (no config.json)", file=sys.stderr)
+                print(f"error: {run_dir} is not a run folder (no {CONFIG})", file=sys.stderr)
                 return 2
             base = read_config_file(cfg_path)
             if flags:  # only budgets may change on resume; everything else must match the saved state
@@ -82,14 +81,14 @@ def _cmd_train(args) -> int:
                     return 2
             cfg = TrainConfig.from_dict({**base, **flags})
             if flags:
-                (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+                write_config(run_dir, cfg.to_dict())
             trainer = Trainer(cfg, run_dir, resume=True, progress=not args.no_progress)
         else:
             settings = {}
             if args.config:
                 settings = read_config_file(args.config)
-            elif args.run_dir and (Path(args.run_dir) / "config.json").is_file():
-                settings = read_config_file(Path(args.run_dir) / "config.json")
+            elif args.run_dir and (Path(args.run_dir) / CONFIG).is_file():
+                settings = read_config_file(Path(args.run_dir) / CONFIG)
             cfg = TrainConfig.from_dict({**settings, **flags})
             run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(cfg.name)
             print(f"run folder: {run_dir}", flush=True)

@@ -20,11 +20,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .report import other_lines, seed_table
+from .runfolder import STATE_JSON, STATE_TENSORS
 from .tasks import TaskError, specs_of_model_config
 
 HUB_CHECKPOINT_ENV = "MTBERT_HUB_CHECKPOINT"
 DEFAULT_LICENSE = "apache-2.0"  # the licence of the base encoders (MiniLM, BERT) a checkpoint derives from
-EXCLUDED = ("trainer_state.*", "README.md")  # resume state stays local; the card is generated
+EXCLUDED = (STATE_TENSORS, STATE_JSON, "README.md")  # resume state stays local; the card is generated
 BASE_HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
 # the built-in tasks' datasets: (model-index task type, dataset name, metric type per metric)
 BUILTIN_CARD = {
@@ -178,7 +179,7 @@ def model_card(folder: str | Path, repo_id: str, license: str = DEFAULT_LICENSE)
         lines += [""]
     lines += ["## How to use", "", "With mtbert (`pip install` the project, then):", "", "```python",
               "from mtbert.checkpoint import load_checkpoint",
-              "from mtbert import playground",
+              "from mtbert.studio import playground",
               "",
               f'model, tokenizer, meta = load_checkpoint("{repo_id}")',
               'print(playground.sentiment(model, tokenizer, "A gorgeous, witty, seductive movie."))',

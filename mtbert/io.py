@@ -39,27 +39,6 @@ def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(finite(obj), indent=2, sort_keys=True) + "\n").encode())
 
 
-class JsonlWriter:
-    """Append-only JSON lines, flushed per record so another process can tail the file."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._f = open(self.path, "a", encoding="utf-8")
-        # a crash can leave a torn last line; start ours on a fresh line so it stays readable
-        if self._f.tell() > 0:
-            with open(self.path, "rb") as r:
-                r.seek(-1, os.SEEK_END)
-                if r.read(1) != b"\n":
-                    self._f.write("\n")
-
-    def write(self, record: dict) -> None:
-        self._f.write(json.dumps(finite(record)) + "\n")
-        self._f.flush()
-
-    def close(self) -> None:
-        self._f.close()
-
-
 def finite(obj):
     """NaN/inf become null: strict JSON, readable by any client."""
     if isinstance(obj, float):

@@ -15,6 +15,7 @@ from pathlib import Path
 from .data import DataError, data_files, missing_file_message, read_task_file
 from .tasks import BUILTIN_NAMES as TASKS
 from .report import seed_table
+from .runfolder import BEST
 
 # the input split (its CS224N file name) -> the name the starter gives it in the output file
 OUTPUT_SPLITS = {"dev": "dev", "test-student": "test"}
@@ -170,26 +171,8 @@ def submit_checkpoint(checkpoint, data_dir, out_dir, zip_path=None, batch_size: 
 # ---- the Runs page ------------------------------------------------------------------------
 
 def best_checkpoint(run_dir) -> Path | None:
-    best = Path(run_dir) / "best"
+    best = Path(run_dir) / BEST
     return best if (best / "mtbert.json").is_file() else None
-
-
-def run_data_folders(run_dir) -> dict[str, Path]:
-    """Where a run's leaderboard files can be predicted from: the folder the run trained on when
-    it is still there, then the installation's data folders (mtbert.runs.data_folders)."""
-    from .runs import ROOT, data_folders, read_config
-
-    folders = {}
-    trained_on = read_config(run_dir).get("data_dir")
-    if trained_on:
-        # a relative data_dir is relative to where the trainer started: the studio's folder or the repository
-        found = next((p for p in (Path(trained_on), ROOT / trained_on) if p.is_dir()), None)
-        if found is not None:
-            folders[f"the run's data ({trained_on})"] = found.resolve()
-    for label, path in data_folders().items():
-        if path.resolve() not in folders.values():
-            folders[label] = path.resolve()
-    return folders
 
 
 def run_leaderboard_files(run_dir, data_dir, batch_size: int = 64) -> Submission:

@@ -22,32 +22,20 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import distributed as dist
-from . import lock
+from . import runfolder
 from .checkpoint import load_base, load_checkpoint, save_checkpoint
 from .config import CHOICES, PRESETS, TrainConfig  # noqa: F401  (re-exported for the studio)
 from .data import SAMPLE_DIR, Example, batch_order, load_split, make_batch
 from .evaluate import evaluate, seed_average, shift_para_probs
 from .gradients import make_method
-from .io import JsonlWriter, atomic_write_json
+from .io import atomic_write_json
 from .model import ModelConfig, MultitaskBert
+from .runfolder import LAST, LAST_ASIDE, STATE_JSON, STATE_TENSORS, new_run_dir
 from .tasks import BUILTIN_NAMES, select
-from .runs import runs_dir
-
-STATE_TENSORS, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"
 
 
 class TrainingError(Exception):
     """A run that cannot go on: bad data, a non-finite loss, an unwritable folder."""
-
-
-def new_run_dir(name: str, root: Path | None = None) -> Path:
-    root = root or runs_dir()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40] or "run"
-    d, i = root / f"{stamp}-{safe}", 1
-    while d.exists():
-        d, i = root / f"{stamp}-{safe}-{i}", i + 1
-    return d
 
 
 # ---- data streams ---------------------------------------------------------------------------
@@ -222,7 +210,7 @@ class Trainer:
     def set_status(self, **kw) -> None:
         self.status.update(kw, updated_at=time.time())
         if self.is_main:
-            atomic_write_json(self.run_dir / "status.json", self.status)
+            runfolder.write_status(self.run_dir, self.status)
 
     def _record(self, rec: dict) -> None:
         if self.is_main:
@@ -294,9 +282,9 @@ class Trainer:
             self._load_state()
 
     def _last_dir(self) -> Path:
-        last = self.run_dir / "last"
-        if not (last / STATE_JSON).is_file() and (self.run_dir / ".last.old" / STATE_JSON).is_file():
-            return self.run_dir / ".last.old"  # a crash between the two renames of a save
+        last = self.run_dir / LAST
+        if not (last / STATE_JSON).is_file() and (self.run_dir / LAST_ASIDE / STATE_JSON).is_file():
+            return self.run_dir / LAST_ASIDE  # a crash between the two renames of a save
         if not (last / STATE_JSON).is_file():
             raise TrainingError(f"cannot resume {self.run_dir}: no saved state in {last} "
                                 "(the run stopped before its first save)")
@@ -349,7 +337,7 @@ class Trainer:
         self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
         self.best_avg = state["best_avg"] if state["best_avg"] is not None else -math.inf
         self.train_time = state["train_time"]
-        _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        runfolder.truncate_metrics(self.run_dir, self.step)
         self.log(f"[resume] from {folder} at step {self.step} (epoch {self.epoch})")
 
     # -- saving --
@@ -478,12 +466,11 @@ class Trainer:
         if not self.resume and self.is_main:
             if self.cfg.task_definitions is None:  # the run keeps its tasks' definitions, not the file's name
                 self.cfg.task_definitions = [s.to_dict() for s in select(self.cfg.defined_tasks(), self.cfg.tasks)]
-            atomic_write_json(self.run_dir / "config.json", self.cfg.to_dict())
-        lock_path = self.run_dir.parent / ".lock"
+            runfolder.write_config(self.run_dir, self.cfg.to_dict())
         try:
             if self.is_main:
-                lock.acquire(lock_path, self.run_dir.name)
-        except lock.LockHeld as e:
+                runfolder.acquire_lock(self.run_dir)
+        except runfolder.LockHeld as e:
             self.set_status(state="failed", error=str(e))
             raise TrainingError(str(e)) from e
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -491,7 +478,7 @@ class Trainer:
         try:
             self.set_status(state="running", error=None, started_at=time.time())
             self._setup()
-            self.metrics = JsonlWriter(self.run_dir / "metrics.jsonl") if self.is_main else None
+            self.metrics = runfolder.MetricsWriter(self.run_dir) if self.is_main else None
             self.set_status(total_steps=self.total_steps, step=self.step, epoch=self.epoch)
             state = self._loop()
             self.set_status(state=state, eta_s=0.0, step=self.step, epoch=self.epoch)
@@ -508,7 +495,7 @@ class Trainer:
             if self.metrics:
                 self.metrics.close()
             if self.is_main:
-                lock.release(lock_path)
+                runfolder.release_lock(self.run_dir)
             dist.shutdown()
 
     def _on_signal(self, signum, frame):
@@ -595,22 +582,6 @@ class Trainer:
         self.set_status(results=results)
         dist.barrier()
         return "finished"
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records written after the saved state (a kill between a step and its save) and torn lines."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and rec.get("step", 0) <= step:
-            keep.append(line)
-    from .io import atomic_write_bytes
-    atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
 
 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, **kw) -> Path:

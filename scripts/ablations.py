@@ -10,7 +10,6 @@ same dev subset; the table also shows what PCGrad saw (gradient conflicts betwee
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -21,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import command, commit, machine, markdown_table, today, write_section  # noqa: E402
 from mtbert.config import TrainConfig, read_config_file  # noqa: E402
+from mtbert.runfolder import read_metrics, read_status  # noqa: E402
 from mtbert.train import Trainer  # noqa: E402
 
 VARIANTS = {
@@ -32,8 +32,7 @@ VARIANTS = {
 
 
 def conflict_stats(run_dir: Path) -> dict:
-    steps = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"step"' in x]
-    steps = [r for r in steps if r.get("type") == "step"]
+    steps = [r for r in read_metrics(run_dir)[0] if r.get("type") == "step"]
     cos = {}
     for r in steps:
         for pair, c in (r.get("cos") or {}).items():
@@ -72,7 +71,7 @@ def main(argv=None) -> int:
         run = root / f"ablation-{i}"
         t0 = time.time()
         Trainer(cfg, run, progress=False).run()
-        status = json.loads((run / "status.json").read_text())
+        status = read_status(run)
         dev = status["results"]["dev"]
         st = conflict_stats(run)
         cos = ", ".join(f"{p} {c:+.3f}" for p, c in st["mean_cos"].items())

@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import machine, markdown_table, write_section  # noqa: E402
+from mtbert import runfolder  # noqa: E402
 
 COLS = (("para_acc", "Paraphrase acc"), ("sst_acc", "SST acc"), ("sts_corr", "STS corr"), ("average", "Average"))
 
@@ -35,9 +36,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
     args = ap.parse_args(argv)
     run = Path(args.run_dir)
-    cfg = json.loads((run / "config.json").read_text())
-    status = json.loads((run / "status.json").read_text())
-    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    status = runfolder.read_status(run)
+    if status is None:
+        ap.error(f"{run}: not a run folder (no readable {runfolder.STATUS})")
+    cfg = runfolder.read_config(run)
+    recs = runfolder.read_metrics(run)[0]
     steps = [r for r in recs if r["type"] == "step"]
     evals = [r for r in recs if r["type"] == "eval"]
     res = status.get("results") or {}
@@ -47,7 +50,7 @@ def main(argv=None) -> int:
     dev_evals = [e for e in evals if e["split"] == "dev"]
     calibrated = any("para_acc_uncalibrated" in e for e in dev_evals)
     extra = [("para_acc_uncalibrated", "Paraphrase acc at 0.5")] if calibrated else []
-    best_file = run / "best" / "metrics.json"
+    best_file = run / runfolder.BEST / "metrics.json"
     best_step = json.loads(best_file.read_text()).get("step") if best_file.is_file() else None
     final = dev_evals[-1] if dev_evals and dev_evals[-1].get("full") and status.get("results") else None
 

@@ -10,7 +10,6 @@ the shipped sample), waits for the run to reach --at-step, takes the screenshot,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -23,14 +22,16 @@ from streamlit_server import chromium, streamlit_app  # noqa: E402
 
 
 def run_step(runs_dir: Path) -> int:
-    status = [json.loads(p.read_text()) for p in runs_dir.glob("*/status.json")]
+    from mtbert.runfolder import STATUS, read_status
+
+    status = [read_status(p.parent) or {} for p in runs_dir.glob(f"*/{STATUS}")]
     return max((s.get("step") or 0 for s in status), default=0)
 
 
 def stop(runs_dir: Path) -> None:
     """Stop the demo run (it is its own process) and wait until it has saved its state."""
     os.environ["MTBERT_RUNS_DIR"] = str(runs_dir)
-    from mtbert import runs
+    from mtbert.studio import runs
 
     active = runs.active_run()
     if active is None:

@@ -10,10 +10,11 @@ import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
 
-from mtbert import lock, runs
+from mtbert import lock
 from mtbert.checkpoint import load_encoder, save_checkpoint
 from mtbert.config import TrainConfig, read_config_file
 from mtbert.model import ModelConfig, MultitaskBert
+from mtbert.studio import settings
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 60  # the first page run imports torch
@@ -274,16 +275,16 @@ def test_train_form_survives_a_visit_to_another_page():
     at.switch_page("app_pages/1_Train.py").run()
     no_exception(at)
     assert at.selectbox(key="preset").value == "seed (CS224N report)"
-    assert at.number_input(key="setting.lr").value == TrainConfig().lr != runs.preset_values("quick CPU demo")["lr"]
+    assert at.number_input(key="setting.lr").value == TrainConfig().lr != settings.preset_values("quick CPU demo")["lr"]
     assert at.radio(key="data_source").value == "another folder"
 
 
 # ---- the Hub push section and checkpoint paths (more in test_studio_reliability.py) -------------
 
 def test_runs_page_push_section_names_where_the_token_comes_from_never_the_token(runs_dir, tiny_base, monkeypatch):
-    from mtbert import runs
+    from mtbert.studio import checkpoints
 
-    monkeypatch.setattr(runs, "CHECKPOINTS_DIR", runs_dir.parent / "no-shipped")
+    monkeypatch.setattr(checkpoints, "CHECKPOINTS_DIR", runs_dir.parent / "no-shipped")
     fake_run(runs_dir, "20260101-000000-early")  # no checkpoint yet
     at = no_exception(page("app_pages/3_Runs.py").run())
     assert "No checkpoint to push yet" in " ".join(c.value for c in at.caption)
@@ -302,9 +303,9 @@ def test_runs_page_push_section_names_where_the_token_comes_from_never_the_token
 
 
 def test_playground_offers_a_typed_folder_and_refuses_one_outside(runs_dir, checkpoint, monkeypatch, tmp_path):
-    from mtbert import runs
+    from mtbert.studio import checkpoints
 
-    monkeypatch.setattr(runs, "CHECKPOINTS_DIR", tmp_path / "no-shipped")
+    monkeypatch.setattr(checkpoints, "CHECKPOINTS_DIR", tmp_path / "no-shipped")
     at = no_exception(page("app_pages/2_Playground.py").run())
     select(at, "ckpt_a", "another checkpoint folder (type its path)")
     at.text_input(key="ckpt_a_path").set_value(f"runs/{checkpoint}").run()

@@ -21,8 +21,8 @@ from urllib.parse import urlparse
 import pytest
 from playwright.sync_api import expect
 
-from mtbert import runs
-from mtbert.playground import JS_ENV
+from mtbert.studio import checkpoints, settings
+from mtbert.studio.playground import JS_ENV
 from streamlit_server import streamlit_app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,8 +183,8 @@ def test_train_watch_then_play(studio, browser, tiny_base, tiny_data):
     page.goto(f"{url}/Train")
     page.get_by_role("heading", name="Train").wait_for(timeout=60_000)
     wait_idle(page)
-    label = {s.name: s.label for s in runs.settings_spec()}  # the form's widgets by config key
-    demo = runs.preset_values("quick CPU demo")
+    label = {s.name: s.label for s in settings.settings_spec()}  # the form's widgets by config key
+    demo = settings.preset_values("quick CPU demo")
     expect(page.get_by_label(label["max_steps"], exact=True)).to_have_value(str(demo["max_steps"]))  # the preset
     page.wait_for_timeout(2000)  # the first run of the page draws the form, then settles
     page.get_by_text("another folder", exact=True).click()
@@ -222,7 +222,7 @@ def test_train_watch_then_play(studio, browser, tiny_base, tiny_data):
     page.goto(f"{url}/Playground")
     page.get_by_role("heading", name="Playground").wait_for(timeout=60_000)
     wait_idle(page)
-    shipped = [c.name for c in runs.list_checkpoints() if c.kind == "shipped"]
+    shipped = [c.name for c in checkpoints.list_checkpoints() if c.kind == "shipped"]
     if shipped:  # side by side: the shipped checkpoint and the run just trained
         page.get_by_text("Compare two checkpoints side by side").click()
         choose(page, "Checkpoint", f"{shipped[0]} (shipped")

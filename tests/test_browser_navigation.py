@@ -17,8 +17,8 @@ from urllib.parse import urljoin
 import pytest
 from playwright.sync_api import expect
 
-from mtbert import runs
 from mtbert.config import TrainConfig
+from mtbert.studio import runs, settings
 from streamlit_server import CHROMIUM, chromium, streamlit_app
 
 PAGES = {"Train": "Train", "Playground": "Playground", "Runs": "Runs"}  # sidebar title -> URL path
@@ -108,7 +108,7 @@ def test_a_fresh_studio_opened_at_a_page_url_calls_the_home_page_home(browser, t
 
 def test_the_train_form_labels_every_setting_in_words(studio, browser):
     page = open_page(browser, f"{studio}/Train", "Train")
-    spec = runs.settings_spec()
+    spec = settings.settings_spec()
     closed = page.locator("[data-testid='stExpander'] details:not([open]) > summary")
     while closed.count():  # every section's widgets are drawn only once it is open
         closed.first.click()

@@ -1,5 +1,5 @@
 """The Gradio playground, launched for real on 127.0.0.1 and driven with gradio_client: it answers
-what mtbert.playground answers, for a local checkpoint and for one pulled from a (stand-in) Hub
+what mtbert.studio.playground answers, for a local checkpoint and for one pulled from a (stand-in) Hub
 repo named by MTBERT_HUB_CHECKPOINT, and turns bad input into the playground's own messages. Its
 API names checkpoints (never a folder of the server) and every value it returns."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from hub_stub import HubStub, point_huggingface_hub_at
 from mtbert import hub
-from mtbert import playground as pg
+from mtbert.studio import playground as pg
 from mtbert.checkpoint import load_checkpoint, load_encoder, save_checkpoint
 from mtbert.model import ModelConfig, MultitaskBert
 

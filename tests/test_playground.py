@@ -1,4 +1,4 @@
-"""mtbert.playground: input checks, task outputs, attention, offline bertviz pages, batch files."""
+"""mtbert.studio.playground: input checks, task outputs, attention, offline bertviz pages, batch files."""
 from __future__ import annotations
 
 import csv
@@ -8,12 +8,12 @@ import re
 import pytest
 import torch
 
-from mtbert import playground as pg
-from mtbert import runs
 from mtbert.checkpoint import load_encoder, save_checkpoint
 from mtbert.data import Example
 from mtbert.evaluate import predict_examples
 from mtbert.model import ModelConfig, MultitaskBert
+from mtbert.studio import checkpoints, runs
+from mtbert.studio import playground as pg
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +230,7 @@ def test_plain_base_model_is_labelled_as_untrained():
 def test_a_shipped_checkpoint_is_described_in_words():
     """The Playground's caption of the shipped checkpoint, as loaded: scores by name, the Quora
     held-out count as an integer with thousands separators, no raw metric key."""
-    shipped = next(c for c in runs.list_checkpoints() if c.kind == "shipped")
+    shipped = next(c for c in checkpoints.list_checkpoints() if c.kind == "shipped")
     _, _, meta = pg.load_model(shipped.path)
     dev = meta["metrics"]["dev"]
     text = pg.describe_model(meta)

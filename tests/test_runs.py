@@ -1,5 +1,5 @@
-"""mtbert.runs: reading run folders (torn lines, dead processes, stale locks), the trainer process
-started, refused, stopped, resumed and failed for real, checkpoint paths, the form spec, charts."""
+"""mtbert.studio: reading runs (dead processes, stale locks), the trainer process started, refused,
+stopped, resumed and failed for real, checkpoint paths, the form spec, the data files, charts."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mtbert import charts, lock, runs
+from mtbert import lock, runfolder
 from mtbert.config import PRESET_FILES, TrainConfig, read_config_file
+from mtbert.studio import charts, checkpoints, environment, runs, settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,37 +67,6 @@ def wait_for(pred, timeout: float = 120, what: str = "condition"):
 
 
 # ---- reading -----------------------------------------------------------------------------------
-
-def test_read_metrics_leaves_a_torn_last_line_for_the_next_call(runs_dir):
-    d = fake_run(runs_dir, "r1", records=[step(1), step(2)])
-    with open(d / "metrics.jsonl", "a") as f:
-        f.write('{"type": "step", "step": 3, "lo')  # the trainer is mid-write
-    recs, off = runs.read_metrics(d)
-    assert [r["step"] for r in recs] == [1, 2]
-    assert off == len((d / "metrics.jsonl").read_bytes()) - len('{"type": "step", "step": 3, "lo')
-    with open(d / "metrics.jsonl", "a") as f:
-        f.write('ss": {"sst": 1.0}}\nnot json at all\n' + json.dumps(step(4)) + "\n")
-    more, off2 = runs.read_metrics(d, off)
-    assert [r["step"] for r in more] == [3, 4]  # the completed line parsed; the garbage line skipped
-    assert off2 == (d / "metrics.jsonl").stat().st_size
-    assert runs.read_metrics(d, off2) == ([], off2)
-
-
-def test_metrics_tail_reads_only_new_lines_and_starts_over_when_the_file_is_replaced(runs_dir):
-    d = fake_run(runs_dir, "r1", records=[step(1), step(2)])
-    tail = runs.MetricsTail(d)
-    assert len(tail.update()) == 2
-    with open(d / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(step(3)) + "\n")
-    assert [r["step"] for r in tail.update()] == [3]
-    assert [r["step"] for r in tail.records] == [1, 2, 3]
-    # a resume rewrites the file (atomic replace) with the steps up to its saved state
-    new = d / "metrics.new"
-    new.write_text("".join(json.dumps(step(i)) + "\n" for i in (1, 2, 3, 4)))
-    os.replace(new, d / "metrics.jsonl")
-    tail.update()
-    assert [r["step"] for r in tail.records] == [1, 2, 3, 4]
-
 
 def test_a_running_run_whose_process_is_gone_reads_as_failed_with_its_log(runs_dir):
     d = fake_run(runs_dir, "crashed", state="running", pid=dead_pid())
@@ -235,11 +205,11 @@ def test_start_refuse_stop_resume_a_real_run(runs_dir, tiny_base):
     runs.stop_run(d)
     st = wait_for(lambda: (s := runs.read_status(d))["state"] != "running" and s, what="the second stop")
     assert st["state"] == "stopped" and st["step"] > stopped_at
-    recs, _ = runs.read_metrics(d)
+    recs, _ = runfolder.read_metrics(d)
     steps = [r["step"] for r in recs if r["type"] == "step"]
     assert steps == list(range(1, st["step"] + 1))  # one continuous run: no step lost or repeated
     assert "[resume]" in (d / "train.log").read_text()
-    names = [c.name for c in runs.list_checkpoints()]
+    names = [c.name for c in checkpoints.list_checkpoints()]
     assert f"{d.name}/last" in names and names[-1] == "minilm-l6"
 
 
@@ -262,28 +232,28 @@ def make_ckpt(folder: Path) -> Path:
 
 def test_safe_checkpoint_path_only_inside_checkpoints_and_runs(runs_dir, tmp_path, monkeypatch):
     good = make_ckpt(runs_dir / "r1" / "best")
-    assert runs.safe_checkpoint_path(str(good)) == good.resolve()
+    assert checkpoints.safe_checkpoint_path(str(good)) == good.resolve()
     monkeypatch.chdir(runs_dir.parent)
-    assert runs.safe_checkpoint_path("runs/r1/best") == good.resolve()
+    assert checkpoints.safe_checkpoint_path("runs/r1/best") == good.resolve()
     elsewhere = make_ckpt(tmp_path / "elsewhere")
     with pytest.raises(runs.RunError, match="no checkpoint there; allowed places"):
-        runs.safe_checkpoint_path(str(elsewhere))
+        checkpoints.safe_checkpoint_path(str(elsewhere))
     with pytest.raises(runs.RunError, match=r"'\.\.' is not allowed"):
-        runs.safe_checkpoint_path("runs/../elsewhere")
+        checkpoints.safe_checkpoint_path("runs/../elsewhere")
     with pytest.raises(runs.RunError, match="allowed places"):
-        runs.safe_checkpoint_path("/etc")
+        checkpoints.safe_checkpoint_path("/etc")
     (runs_dir / "sneaky").symlink_to(elsewhere)
     with pytest.raises(runs.RunError, match="allowed places"):
-        runs.safe_checkpoint_path(str(runs_dir / "sneaky"))
+        checkpoints.safe_checkpoint_path(str(runs_dir / "sneaky"))
     inside = make_ckpt(runs_dir / "r2" / "best")
     (inside / "model.safetensors").symlink_to(tmp_path / "secret")
     (tmp_path / "secret").write_text("x")
     with pytest.raises(runs.RunError, match="model.safetensors links outside"):
-        runs.safe_checkpoint_path(str(inside))
+        checkpoints.safe_checkpoint_path(str(inside))
     with pytest.raises(runs.RunError, match="not a checkpoint folder"):
-        runs.safe_checkpoint_path(str(runs_dir / "r1"))
+        checkpoints.safe_checkpoint_path(str(runs_dir / "r1"))
     with pytest.raises(runs.RunError, match="empty"):
-        runs.safe_checkpoint_path("  ")
+        checkpoints.safe_checkpoint_path("  ")
 
 
 # ---- the form, data and charts -------------------------------------------------------------------
@@ -291,8 +261,8 @@ def test_safe_checkpoint_path_only_inside_checkpoints_and_runs(runs_dir, tmp_pat
 def test_settings_spec_covers_every_trainer_setting_with_its_default():
     from dataclasses import fields
 
-    spec = {s.name: s for s in runs.settings_spec()}
-    assert set(spec) == {f.name for f in fields(TrainConfig)} - set(runs.DATA_SETTINGS)
+    spec = {s.name: s for s in settings.settings_spec()}
+    assert set(spec) == {f.name for f in fields(TrainConfig)} - set(settings.DATA_SETTINGS)
     defaults = TrainConfig().to_dict()
     values = {name: s.from_widget(s.to_widget(s.default)) for name, s in spec.items()}
     assert values == {k: v for k, v in defaults.items() if k in spec}  # widget round trip is lossless
@@ -302,20 +272,20 @@ def test_settings_spec_covers_every_trainer_setting_with_its_default():
     assert spec["bf16"].kind == "bool" and spec["tasks"].kind == "tasks"
     assert spec["full_eval_at_s"].from_widget("60, 120") == [60.0, 120.0]
     assert spec["name"].from_widget("  x ") == "x"
-    TrainConfig.from_dict({**values, **runs.preset_values("quick CPU demo")})  # a valid config
+    TrainConfig.from_dict({**values, **settings.preset_values("quick CPU demo")})  # a valid config
 
 
 def test_every_form_setting_has_a_readable_label_and_a_help_naming_its_key():
-    """A TrainConfig field added without an entry in runs.ABOUT fails here instead of reaching the
+    """A TrainConfig field added without an entry in settings.ABOUT fails here instead of reaching the
     form under its bare config key."""
-    spec = runs.settings_spec()
+    spec = settings.settings_spec()
     for s in spec:
-        assert s.label and s.label != s.name and "_" not in s.label, f"{s.name}: no readable label in runs.ABOUT"
+        assert s.label and s.label != s.name and "_" not in s.label, f"{s.name}: no readable label in settings.ABOUT"
         assert f"Config key: `{s.name}`" in s.help
         if s.choices:
             assert all(f"`{c}`" in s.help for c in s.choices), s.help
     assert len({s.label for s in spec}) == len(spec)  # no two widgets look alike
-    assert set(runs.ABOUT) == {s.name for s in spec}  # and no entry is left over from a removed setting
+    assert set(settings.ABOUT) == {s.name for s in spec}  # and no entry is left over from a removed setting
     lr = next(s for s in spec if s.name == "lr")
     assert lr.label == "Learning rate (top layer)" and lr.help.endswith("Config key: `lr` · Allowed: > 0")
     method = next(s for s in spec if s.name == "gradient_method")
@@ -328,7 +298,7 @@ def test_the_forms_bounds_are_the_ones_trainconfig_enforces():
     """Each declared bound is accepted or refused by TrainConfig exactly as the help says (just
     inside accepted, the bound itself as open/closed, just outside refused)."""
     checked = 0
-    for s in runs.settings_spec():
+    for s in settings.settings_spec():
         if s.range is None:
             continue
         r, eps = s.range, (1 if s.kind == "int" else 1e-9)
@@ -355,14 +325,14 @@ def test_preset_values_apply_the_preset_file_over_the_defaults():
     """A preset is its config file in configs/: the Train page and `--config FILE` read the same file."""
     for label, name in PRESET_FILES.items():
         from_file = read_config_file(REPO / "configs" / name)
-        values = runs.preset_values(label)
-        assert from_file and all(values[k] == v for k, v in from_file.items() if k not in runs.DATA_SETTINGS)
-    quick = runs.preset_values("quick CPU demo")
+        values = settings.preset_values(label)
+        assert from_file and all(values[k] == v for k, v in from_file.items() if k not in settings.DATA_SETTINGS)
+    quick = settings.preset_values("quick CPU demo")
     assert quick["time_budget_s"] <= 180 and quick["pooling"] == "mean"  # the demo fits in 3 minutes
-    assert runs.preset_values("seed (CS224N report)")["pooling"] == TrainConfig().pooling == "cls"
-    assert runs.preset_values(None)["epochs"] == TrainConfig().epochs
+    assert settings.preset_values("seed (CS224N report)")["pooling"] == TrainConfig().pooling == "cls"
+    assert settings.preset_values(None)["epochs"] == TrainConfig().epochs
     with pytest.raises(ValueError, match="preset='nope' is not allowed; allowed values: quick CPU demo"):
-        runs.preset_values("nope")
+        settings.preset_values("nope")
 
 
 def test_a_broken_preset_file_names_the_setting(tmp_path, monkeypatch):
@@ -371,22 +341,22 @@ def test_a_broken_preset_file_names_the_setting(tmp_path, monkeypatch):
     (tmp_path / "quick-demo.yaml").write_text("lr: 0.0001\ngradient_method: nope\n")
     monkeypatch.setattr(C, "CONFIGS_DIR", tmp_path)
     with pytest.raises(ValueError, match="gradient_method='nope' is not allowed; allowed values: sum, pcgrad"):
-        runs.preset_values("quick CPU demo")
+        settings.preset_values("quick CPU demo")
 
 
 def test_describe_data_counts_rows_and_flags_missing_files(tmp_path):
     from mtbert.data import SAMPLE_DIR
 
-    rows = runs.describe_data(SAMPLE_DIR)
+    rows = environment.describe_data(SAMPLE_DIR)
     train = {r["task"]: r for r in rows if r["split"] == "train"}
     assert set(train) == {"sst", "para", "sts"} and all(r["usable"] > 0 for r in train.values())
-    assert runs.data_problem(rows, ["sst", "para", "sts"]) is None
+    assert environment.data_problem(rows, ["sst", "para", "sts"]) is None
     (tmp_path / "ids-sst-train.csv").write_text("\tid\tsentence\tsentiment\n0\ta\tgood\t3\n")
-    rows = runs.describe_data(tmp_path)
+    rows = environment.describe_data(tmp_path)
     assert next(r for r in rows if r["file"] == "ids-sst-train.csv")["usable"] == 1
-    assert "train: sst 1, para missing" in runs.data_summary(rows)
-    assert runs.data_problem(rows, ["sst"]) == ("no usable data in: dev sst (ids-sst-dev.csv); `python -m mtbert "
-                                                "data fetch --dest DIR` fetches the official CS224N files")
+    assert "train: sst 1, para missing" in environment.data_summary(rows)
+    assert environment.data_problem(rows, ["sst"]) == ("no usable data in: dev sst (ids-sst-dev.csv); `python -m "
+                                                       "mtbert data fetch --dest DIR` fetches the official CS224N files")
 
 
 def test_progress_line():

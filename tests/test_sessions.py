@@ -3,7 +3,7 @@ and SESSIONS browser sessions, each its own websocket speaking Streamlit's proto
 does (BackMsg `rerun_script` carrying the widget states, ForwardMsg deltas back), all using the
 Playground at the same moment, each with its own checkpoint, sentence and sentence pair. Every
 session must get the answer for its own input: the page's numbers are compared with
-`mtbert.playground` called directly on the same checkpoint.
+`mtbert.studio.playground` called directly on the same checkpoint.
 
 No browser: one server process plus a few threads, light enough for a busy CI machine.
 """
@@ -21,7 +21,7 @@ from streamlit.proto.BackMsg_pb2 import BackMsg
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from websockets.sync.client import connect
 
-from mtbert import playground as pg
+from mtbert.studio import playground as pg
 from mtbert.checkpoint import load_encoder, save_checkpoint
 from mtbert.config import TrainConfig
 from mtbert.model import ModelConfig, MultitaskBert

@@ -26,11 +26,12 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from hub_stub import HubStub, point_huggingface_hub_at
-from mtbert import hub, lock, runs
-from mtbert import playground as pg
+from mtbert import hub, lock, runfolder
 from mtbert.checkpoint import load_encoder, save_checkpoint
 from mtbert.config import TrainConfig
 from mtbert.model import ModelConfig, MultitaskBert
+from mtbert.studio import checkpoints, runs
+from mtbert.studio import playground as pg
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 90  # a page's first run imports torch; this machine may be busy
@@ -45,7 +46,7 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
     d.mkdir()
     monkeypatch.setenv("MTBERT_RUNS_DIR", str(d))
     monkeypatch.delenv("MTBERT_HUB_CHECKPOINT", raising=False)
-    monkeypatch.setattr(runs, "CHECKPOINTS_DIR", tmp_path / "shipped")  # none: the real MiniLM stays unloaded
+    monkeypatch.setattr(checkpoints, "CHECKPOINTS_DIR", tmp_path / "shipped")  # none: the real MiniLM stays unloaded
     monkeypatch.chdir(tmp_path)  # relative paths typed in the UI start here; nothing lands in the repo
     yield d
     st.cache_resource.clear()
@@ -137,8 +138,8 @@ def places(runs_dir, tmp_path, tiny_base) -> dict:
 
 
 def test_safe_checkpoint_path_refuses_every_way_out(places, runs_dir):
-    assert runs.safe_checkpoint_path(str(places["good"])) == places["good"].resolve()
-    assert runs.safe_checkpoint_path("runs/20260101-000000-good/best") == places["good"].resolve()
+    assert checkpoints.safe_checkpoint_path(str(places["good"])) == places["good"].resolve()
+    assert checkpoints.safe_checkpoint_path("runs/20260101-000000-good/best") == places["good"].resolve()
     refused = {
         "runs/../elsewhere/20260102-000000-sneaky/best": r"'\.\.' is not allowed",
         "runs/20260101-000000-good/best/../../../elsewhere": r"'\.\.' is not allowed",
@@ -153,7 +154,7 @@ def test_safe_checkpoint_path_refuses_every_way_out(places, runs_dir):
     }
     for path, why in refused.items():
         with pytest.raises(runs.RunError, match=why):
-            runs.safe_checkpoint_path(path)
+            checkpoints.safe_checkpoint_path(path)
         with pytest.raises(runs.RunError, match=why):
             pg.load_model(path)
 
@@ -216,7 +217,7 @@ TRAIN = dict(epochs=2, batch_size=4, lr=1e-3, train_subset=24, eval_subset=4, tr
 
 
 def metrics_steps(run: Path) -> list[int]:
-    return [r["step"] for r in runs.read_metrics(run)[0] if r.get("type") == "step"]
+    return [r["step"] for r in runfolder.read_metrics(run)[0] if r.get("type") == "step"]
 
 
 def wait_for(pred, timeout: float = 300, every: float = 0.2, what: str = "condition"):

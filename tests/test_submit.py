@@ -325,9 +325,9 @@ def test_runs_page_button_writes_the_files_and_offers_the_zip(runs_dir, tiny_bas
 
 
 def test_runs_page_button_reports_a_missing_split(runs_dir, tiny_base, monkeypatch, tmp_path):
-    from mtbert import runs
+    from mtbert.studio import environment
     data = sample_without(tmp_path, "sts-test-student.csv")
-    monkeypatch.setattr(runs, "data_folders", lambda: {"the test data": data})
+    monkeypatch.setattr(environment, "data_folders", lambda: {"the test data": data})
     run = run_with_best(runs_dir, "20260102-000000-tiny", tiny_base)
     at = AppTest.from_file(str(REPO / "app_pages" / "3_Runs.py"), default_timeout=120).run()
     next(b for b in at.button if b.label == "Leaderboard files").click().run()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from .report import SEED_COLUMNS
+from ..report import SEED_COLUMNS
 from .runs import _num
 
 MAX_POINTS = 1500  # per chart series

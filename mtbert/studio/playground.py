@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import download_from_hub, load_base, load_checkpoint
-from .model import ModelConfig, MultitaskBert
-from .runs import BASE_MODELS, CheckpointRef, list_checkpoints, safe_checkpoint_path
+from ..checkpoint import download_from_hub, load_base, load_checkpoint
+from ..model import ModelConfig, MultitaskBert
+from .checkpoints import CheckpointRef, list_checkpoints, safe_checkpoint_path
+from .environment import BASE_MODELS
 
 SST_LABELS = ("very negative", "negative", "neutral", "positive", "very positive")
 MAX_CHARS = 100_000  # beyond this even tokenising is wasted work: the model reads <= 512 tokens
@@ -41,7 +42,7 @@ TYPED_PATH = CheckpointRef("", "", "path", "another checkpoint folder (type its 
 def offered_hub_checkpoints() -> list[str]:
     """The Hub repo ids this deployment offers (MTBERT_HUB_CHECKPOINT); none when it is unset or
     malformed (checkpoint_choices reports a malformed one)."""
-    from .hub import HubError, hub_checkpoints
+    from ..hub import HubError, hub_checkpoints
 
     try:
         return hub_checkpoints()
@@ -52,8 +53,8 @@ def offered_hub_checkpoints() -> list[str]:
 def checkpoint_choices() -> tuple[list[CheckpointRef], str | None]:
     """What the playground offers, and a problem to show (a malformed MTBERT_HUB_CHECKPOINT) or
     None: the Hub checkpoints the deployment names first, then the local ones
-    (runs.list_checkpoints), then TYPED_PATH."""
-    from .hub import HubError, hub_checkpoints
+    (checkpoints.list_checkpoints), then TYPED_PATH."""
+    from ..hub import HubError, hub_checkpoints
 
     try:
         hub_ids, problem = hub_checkpoints(), None
@@ -179,7 +180,7 @@ def truncation_note(tokenizer, texts: dict[str, str], joint: bool = False) -> st
 
 def sentiment(model, tokenizer, text: str) -> dict:
     """5-class distribution for one sentence."""
-    from .data import Example, make_batch
+    from ..data import Example, make_batch
 
     text = check_text(text)
     batch = make_batch("sst", [Example("0", text, None, None)], tokenizer)
@@ -191,7 +192,7 @@ def sentiment(model, tokenizer, text: str) -> dict:
 
 def pair_scores(model, tokenizer, a: str, b: str) -> dict:
     """Paraphrase probability and similarity 0..5 for a sentence pair."""
-    from .data import Example, make_batch
+    from ..data import Example, make_batch
 
     a, b = check_text(a, "first sentence"), check_text(b, "second sentence")
     ex = [Example("0", a, b, None)]
@@ -264,7 +265,7 @@ def attention_heatmap(view: AttentionView, layer: int, head: int):
 
 # d3 and jQuery ship inside the package (copied from npm, see manifest.json), so the views draw
 # with no CDN and no extra install step
-JS_DIR = Path(__file__).with_name("static") / "js"
+JS_DIR = Path(__file__).resolve().parents[1] / "static" / "js"
 JS_MANIFEST = json.loads((JS_DIR / "manifest.json").read_text(encoding="utf-8"))["files"]
 JS_FILES = tuple(f["name"] for f in JS_MANIFEST if "license_file" in f)  # the scripts, in inlining order
 JS_ENV = "MTBERT_BERTVIZ_JS"  # optional: a folder with other copies of the same files
@@ -379,7 +380,7 @@ def detect_task(data: bytes) -> str | None:
 
 def read_upload(data: bytes, task: str = "auto") -> tuple[str, list, object]:
     """(task, examples, report) of an uploaded CS224N file; never unpickles, only parses TSV text."""
-    from .data import TASKS, DataError, read_task_file
+    from ..data import TASKS, DataError, read_task_file
 
     if not data or not data.strip():
         raise InputError("The uploaded file is empty.")
@@ -404,7 +405,7 @@ def read_upload(data: bytes, task: str = "auto") -> tuple[str, list, object]:
 
 
 def predictions_csv(ids: list[str], preds: list) -> bytes:
-    from .evaluate import write_predictions
+    from ..evaluate import write_predictions
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "predictions.csv"
@@ -440,7 +441,7 @@ class BatchJob:
             self._thread.join(timeout)
 
     def _run(self, model, tokenizer, chunk: int) -> None:
-        from .evaluate import predict_examples
+        from ..evaluate import predict_examples
 
         try:
             preds = []
