@@ -262,7 +262,7 @@ def test_settings_spec_covers_every_trainer_setting_with_its_default():
     from dataclasses import fields
 
     spec = {s.name: s for s in settings.settings_spec()}
-    assert set(spec) == {f.name for f in fields(TrainConfig)} - set(settings.DATA_SETTINGS)
+    assert set(spec) == {f.name for f in fields(TrainConfig)} - set(settings.DATA_SETTINGS + settings.TASK_SETTINGS)
     defaults = TrainConfig().to_dict()
     values = {name: s.from_widget(s.to_widget(s.default)) for name, s in spec.items()}
     assert values == {k: v for k, v in defaults.items() if k in spec}  # widget round trip is lossless

@@ -18,6 +18,7 @@ SECTIONS = {
     "Machine": ("device", "bf16", "seed"),
 }
 DATA_SETTINGS = ("data_dir", "quora_train")  # set by the data picker, not the form
+TASK_SETTINGS = ("tasks_file", "task_definitions")  # set by the tasks the page adds, not the form
 
 
 @dataclass(frozen=True)
@@ -185,9 +186,11 @@ def settings_spec() -> list[Setting]:
     where = {name: sec for sec, names in SECTIONS.items() for name in names}
     out = []
     for f in fields(TrainConfig):
-        if f.name in DATA_SETTINGS:
+        if f.name in DATA_SETTINGS + TASK_SETTINGS:
             continue
         default = f.default_factory() if f.default is MISSING else f.default
+        if f.name == "tasks" and default is None:  # None: every defined task, i.e. the built-in ones here
+            default = list(TASKS)
         t = str(f.type)
         choices = TASKS if f.name == "tasks" else CHOICES.get(f.name) or CHOICES.get(SAME_CHOICES_AS.get(f.name), ())
         kind = ("tasks" if f.name == "tasks" else "choice" if choices else
