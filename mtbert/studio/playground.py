@@ -22,6 +22,7 @@ import torch
 
 from ..checkpoint import download_from_hub, load_base, load_checkpoint
 from ..model import ModelConfig, MultitaskBert
+from ..tasks import specs_of_model_config
 from .checkpoints import CheckpointRef, list_checkpoints, safe_checkpoint_path
 from .environment import BASE_MODELS
 
@@ -118,9 +119,10 @@ def _metric_value(v) -> str:
     return f"{v:,}" if isinstance(v, int) else f"{v:.3f}"
 
 
-def describe_metrics(metrics: dict) -> str:
+def describe_metrics(metrics: dict, specs=()) -> str:
     """A checkpoint's scores in words: "Quora accuracy 0.790 (0.789 on the 19,212 pairs the
-    threshold never saw, …), SST accuracy 0.395, …"; counts as integers with thousands separators."""
+    threshold never saw, …), SST accuracy 0.395, …"; counts as integers with thousands separators.
+    A metric of another task (`specs`: the checkpoint's definitions) is named by its title."""
     values = {k: v for k, v in metrics.items()
               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
     parts, shown = [], set(UNWORDED_METRICS)
@@ -128,7 +130,8 @@ def describe_metrics(metrics: dict) -> str:
         if key in values:
             extra = [_metric_phrase(t, k, values, shown) for k, t in details.items() if k in values]
             parts.append(_metric_phrase(template, key, values, shown) + (f" ({', '.join(extra)})" if extra else ""))
-    parts += [f"{k.replace('_', ' ')} {_metric_value(v)}" for k, v in values.items() if k not in shown]
+    titles = {spec.metric_key(m): spec.metric_title(m) for spec in specs for m in spec.metrics}
+    parts += [f"{titles.get(k) or k.replace('_', ' ')} {_metric_value(v)}" for k, v in values.items() if k not in shown]
     return ", ".join(parts)
 
 
@@ -137,7 +140,11 @@ def describe_model(meta: dict) -> str:
         return (f"{meta.get('base_model')}: the plain pretrained encoder with UNTRAINED task heads; "
                 "its sentiment, paraphrase and similarity outputs are random, not predictions")
     dev = (meta.get("metrics") or {}).get("dev") or {}
-    scores = describe_metrics(dev) if isinstance(dev, dict) else ""
+    try:
+        specs = specs_of_model_config(meta.get("model") or {})
+    except ValueError:
+        specs = []
+    scores = describe_metrics(dev, specs) if isinstance(dev, dict) else ""
     hub = f"{meta['hub_id']} from the Hugging Face Hub: " if meta.get("hub_id") else ""
     return hub + f"base {meta.get('base_model')}, {meta.get('model', {}).get('pooling', '?')} pooling" + (
         f"; dev: {scores}" if scores else "")
