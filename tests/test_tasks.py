@@ -381,3 +381,17 @@ def test_mrpc_example_task_file_reads_the_glue_files(tmp_path):
     assert rep.usable == 3668 and '"' in "".join(e.text_a for e in train)  # quotes are plain characters
     cfg = TrainConfig.from_file(REPO / "configs" / "minilm-cpu-4tasks.yaml")
     assert cfg.tasks == ["sst", "para", "sts", "mrpc"] and cfg.data_dir == "data/cs224n"
+
+
+def test_batch_upload_reads_a_file_in_its_tasks_own_format(tmp_path):
+    from mtbert.studio import playground as pg
+    specs, _ = read_tasks_file(write_own_tasks(tmp_path))
+    data = (tmp_path / "rating-dev.jsonl").read_bytes()
+    task, examples, report = pg.read_upload(data, "rating", builtin_tasks() + specs)
+    assert task == "rating" and len(examples) == 48 and report.path == "uploaded file"
+    with pytest.raises(pg.InputError, match="choose the task"):  # no CS224N header to tell it by
+        pg.read_upload(data, "auto", builtin_tasks() + specs)
+    with pytest.raises(pg.InputError, match="choose one of auto, sst, para, sts, rating, nli"):
+        pg.read_upload(data, "qqp", builtin_tasks() + specs)
+    with pytest.raises(pg.InputError, match="no column 'premise' for task nli"):
+        pg.read_upload(data, "nli", builtin_tasks() + specs)
