@@ -40,3 +40,30 @@ def test_report_of_a_calibrated_run(tiny_base, tmp_path):
                         "--machine", "one NVIDIA H200"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "Machine: one NVIDIA H200." in out.read_text()
+
+
+def test_compare_runs_puts_two_task_sets_side_by_side_at_one_step(tmp_path):
+    """scripts/compare_runs.py: each run's own metrics at the step asked for, '–' for a task it did not
+    train, and the CS224N three's average, which every run has."""
+    from mtbert.config import TrainConfig
+    runs = []
+    for name, tasks, extra in (("four", "sst,para,sts,mrpc", {"mrpc_acc": 0.7, "mrpc_f1": 0.8}), ("three", "sst,para,sts", {})):
+        run = tmp_path / name
+        run.mkdir()
+        cfg = TrainConfig(tasks_file=str(REPO / "configs" / "tasks" / "cs224n+mrpc.yaml"), tasks=tasks).to_dict()
+        (run / "config.json").write_text(json.dumps(cfg))
+        ev = {"type": "eval", "split": "dev", "step": 100, "sst_acc": 0.4, "para_acc": 0.8, "sts_corr": 0.86,
+              "sts_spearman": 0.85, "average": 0.5, **extra}
+        (run / "metrics.jsonl").write_text(json.dumps({**ev, "step": 50}) + "\n" + json.dumps(ev) + "\n")
+        runs.append(str(run))
+    r = subprocess.run([sys.executable, "scripts/compare_runs.py", *runs, "--step", "100"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "| tasks (run) | step | SST acc | Paraphrase acc | STS corr | STS Spearman | MRPC acc | MRPC F1 | Average " \
+           "| Average of SST, Paraphrase, STS |" in lines
+    assert "| sst, para, sts, mrpc (four) | 100 | 0.400 | 0.800 | 0.860 | 0.850 | 0.700 | 0.800 | 0.500 | 0.687 |" in lines
+    assert "| sst, para, sts (three) | 100 | 0.400 | 0.800 | 0.860 | 0.850 | – | – | 0.500 | 0.687 |" in lines
+    r = subprocess.run([sys.executable, "scripts/compare_runs.py", *runs, "--step", "7"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no evaluation at step 7 in every run" in r.stderr
