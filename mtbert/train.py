@@ -527,7 +527,7 @@ class Trainer:
             params = [p for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
             total = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
             stats["grad_norm_total"] = float(total)
-        lr = self.sched.get_last_lr()[0]
+        lr = self.sched.get_last_lr()[0]  # the rate this update uses (the top layer's)
         self.opt.step()
         if self.ema:
             self.ema.update()
