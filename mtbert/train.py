@@ -3,6 +3,11 @@
 A run folder (docs/run-folder.md) is the only thing the trainer shares with the outside world:
 config.json, status.json, metrics.jsonl, best/ and last/. The studio starts this as its own
 process and reads that folder.
+
+One screen per idea: task streams -> the plan -> lr schedule and optimizer groups -> the weight
+average -> the builders (data, model, optimizer, gradient method) -> the run's state (TrainState:
+what last/ saves and a resume restores, in one place) -> the Trainer, whose loop is a few small
+steps: why stop, train a step, maybe evaluate, report.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import random
 import signal
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -188,7 +193,133 @@ def to_device(batch: dict, device) -> dict:
             for k, v in batch.items()}
 
 
-# ---- the trainer ----------------------------------------------------------------------------
+# ---- builders: what a run is made of, from its config --------------------------------------------
+#
+# Called in this order by Trainer._setup, right after torch.manual_seed(cfg.seed). The model's new
+# heads are the only thing drawn from the global generator before the first step (in task order);
+# the streams and PCGrad have generators of their own. Keep it so: exact resume and the recorded
+# reference losses depend on it.
+
+@dataclass
+class RunData:
+    """The examples of one run. `dev` (eval_subset) chooses best/ mid-run; `dev_full` is the whole
+    dev split for full_eval_at_s and the final report; `train_eval` is the report's Train row."""
+    specs: dict      # task name -> TaskSpec (with its loss weight)
+    train: dict      # task -> examples (train_subset)
+    dev: dict
+    dev_full: dict
+    train_eval: dict
+    streams: dict    # task -> TaskStream over `train`
+
+
+def build_data(cfg: TrainConfig, log) -> RunData:
+    """Read the train and dev splits of the trained tasks (each file's report goes to `log`), take the
+    subsets and open one stream per task. Subsets and streams have generators of their own (seeded
+    from cfg.seed), so none of this draws from the global one."""
+    specs = {s.name: s for s in cfg.task_specs()}
+    data_dir = cfg.data_dir or str(SAMPLE_DIR)
+    overrides = {"para": cfg.quora_train} if cfg.quora_train and "para" in cfg.tasks else None
+    train = load_split(data_dir, "train", specs.values(), overrides=overrides)
+    dev = load_split(data_dir, "dev", specs.values())
+    for split, loaded in (("train", train), ("dev", dev)):
+        for task, (examples, report) in loaded.items():
+            log(f"[data] {split} {task}: {report.summary()}")
+            if not examples:
+                raise TrainingError(f"no usable {task} {split} examples in {report.path}")
+    train_data = {t: subset(train[t][0], cfg.train_subset, cfg.seed) for t in cfg.tasks}
+    index = {s.name: i for i, s in enumerate(cfg.defined_tasks())}  # a stream's seed: its task's place
+    return RunData(
+        specs=specs, train=train_data,
+        dev={t: subset(dev[t][0], cfg.eval_subset, cfg.seed + 1) for t in cfg.tasks},
+        dev_full={t: dev[t][0] for t in cfg.tasks},
+        train_eval={t: subset(train[t][0], cfg.train_eval_subset, cfg.seed + 2) for t in cfg.tasks},
+        streams={t: TaskStream(t, train_data[t], cfg.batch_size, cfg.seed, cfg.bucket, index[t])
+                 for t in cfg.tasks})
+
+
+def build_model(cfg: TrainConfig, tasks: list, device: torch.device, checkpoint: Path | None = None):
+    """(model, tokenizer) in training mode on `device`: the base encoder with new heads for `tasks`,
+    or, when resuming, the model saved in `checkpoint`. Then frozen as the config says (before the
+    optimizer and the weight average are built, so that they see only the trained weights)."""
+    if checkpoint is not None:
+        model, tok, _ = load_checkpoint(checkpoint)
+    else:
+        encoder, tok = load_base(cfg.base_model, cfg.max_length, dropout=cfg.dropout)
+        model = MultitaskBert(encoder, ModelConfig(pooling=cfg.pooling, dropout=cfg.dropout, tasks=tasks))
+    model.to(device).train()
+    if dist.active():  # every rank starts from rank 0's heads
+        dist.broadcast_model(model)
+    if cfg.mode == "frozen":  # the seed's "pre-trained embeddings" mode: heads only
+        model.encoder.requires_grad_(False)
+    if cfg.freeze_word_embeddings:
+        model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+    return model, tok
+
+
+def head_params(model: MultitaskBert) -> list:
+    return [p for h in model.heads().values() for p in h.parameters()]
+
+
+def build_optimizer(cfg: TrainConfig, model: MultitaskBert, device: torch.device, total_steps: int, clock):
+    """(optimizer, lr scheduler). The groups: the encoder's (one per layer with layer_lr_decay < 1,
+    top first), then the heads' at head_lr. Their order is the order of the saved optimizer state.
+    `clock()`: training seconds so far, for a schedule that follows the time budget."""
+    groups = encoder_groups(model.encoder, cfg.lr, cfg.layer_lr_decay)
+    groups.append({"params": head_params(model), "lr": cfg.head_lr or cfg.lr})
+    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[cfg.optimizer]
+    extra = {"fused": True} if device.type == "cuda" else {}
+    opt = opt_cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total_steps, clock))
+
+
+def build_method(cfg: TrainConfig, model: MultitaskBert):
+    """The gradient method over the trainable encoder weights, then the heads' (its flat layout).
+    Under torchrun it averages each task's gradient over the ranks before combining them."""
+    enc = [p for p in model.encoder.parameters() if p.requires_grad]
+    return make_method(cfg.gradient_method, enc + head_params(model), seed=cfg.seed, telemetry=True,
+                       all_reduce=dist.average_ if dist.active() else None)
+
+
+# ---- the run's state ------------------------------------------------------------------------------
+
+SAVED_FIELDS = ("step", "epoch", "step_in_epoch", "best_avg", "train_time")  # trainer_state.json's first keys
+
+
+@dataclass
+class TrainState:
+    """Where a run stands. The SAVED_FIELDS go into last/ and come back on resume (with the streams'
+    positions and the optimizer, scheduler, method, average and RNG states: Trainer._write_state);
+    the others belong to this process and start afresh."""
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best_avg: float = -math.inf  # best/ holds the weights of the best dev average so far
+    train_time: float = 0.0      # seconds spent in training steps (evaluation and saving excluded)
+    # this process only
+    last_saved_step: int | None = None  # last/ holds this step: the finish need not save it again
+    last_dev: dict | None = None        # the latest dev evaluation: the report's Dev row if no best/
+    last_dev_step: int | None = None    # its step: the finish evaluates unless it is the last step
+    next_eval_s: float = 0.0            # eval_every_s: the training clock of the next dev evaluation
+    pending_full: list = field(default_factory=list)  # full_eval_at_s marks still ahead
+    step_time_avg: float | None = None  # seconds per step, smoothed, for the ETA
+    status_at: float = 0.0              # when status.json last had the step count
+
+    def saved(self) -> dict:
+        d = {k: getattr(self, k) for k in SAVED_FIELDS}
+        d["best_avg"] = None if self.best_avg == -math.inf else self.best_avg  # JSON has no -inf
+        return d
+
+    @classmethod
+    def resumed(cls, saved: dict) -> "TrainState":
+        d = {k: saved[k] for k in SAVED_FIELDS}
+        d["best_avg"] = -math.inf if d["best_avg"] is None else d["best_avg"]
+        return cls(**d)
+
+
+STOP_REQUESTED = "stop requested"
+
+
+# ---- the trainer ----------------------------------------------------------------------------------
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
@@ -207,6 +338,10 @@ class Trainer:
     def is_main(self) -> bool:  # only rank 0 writes the run folder
         return self.rank == 0
 
+    @property
+    def step(self) -> int:  # the steps done; what a subclass's _train_step looks at
+        return self.state.step
+
     def set_status(self, **kw) -> None:
         self.status.update(kw, updated_at=time.time())
         if self.is_main:
@@ -221,63 +356,20 @@ class Trainer:
     def _setup(self) -> None:
         cfg = self.cfg
         random.seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # before the model: its new heads draw from it
         self.device = dist.local_device(pick_device(cfg.device).type)
         self.amp = torch.bfloat16 if (cfg.bf16 and self.device.type == "cuda") else None
-        data_dir = cfg.data_dir or str(SAMPLE_DIR)
-        self.specs = {s.name: s for s in cfg.task_specs()}
-        overrides = {"para": cfg.quora_train} if cfg.quora_train and "para" in cfg.tasks else None
-        train = load_split(data_dir, "train", self.specs.values(), overrides=overrides)
-        dev = load_split(data_dir, "dev", self.specs.values())
-        for split, loaded in (("train", train), ("dev", dev)):
-            for task, (examples, report) in loaded.items():
-                self.log(f"[data] {split} {task}: {report.summary()}")
-                if not examples:
-                    raise TrainingError(f"no usable {task} {split} examples in {report.path}")
-        self.train_data = {t: subset(train[t][0], cfg.train_subset, cfg.seed) for t in cfg.tasks}
-        self.dev_full = {t: dev[t][0] for t in cfg.tasks}
-        self.dev_data = {t: subset(dev[t][0], cfg.eval_subset, cfg.seed + 1) for t in cfg.tasks}
-        self.train_eval_data = {t: subset(train[t][0], cfg.train_eval_subset, cfg.seed + 2) for t in cfg.tasks}
-
-        if self.resume:
-            self.model, self.tok, _ = load_checkpoint(self._last_dir())
-        else:
-            encoder, self.tok = load_base(cfg.base_model, cfg.max_length, dropout=cfg.dropout)
-            mcfg = ModelConfig(pooling=cfg.pooling, dropout=cfg.dropout, tasks=list(self.specs.values()))
-            self.model = MultitaskBert(encoder, mcfg)
-        self.model.to(self.device).train()
-        if dist.active():
-            dist.broadcast_model(self.model)
-        if cfg.mode == "frozen":  # the seed's "pre-trained embeddings" mode: heads only
-            self.model.encoder.requires_grad_(False)
-        if cfg.freeze_word_embeddings:
-            self.model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
-
-        enc = [p for p in self.model.encoder.parameters() if p.requires_grad]
-        heads = [p for h in self.model.heads().values() for p in h.parameters()]
-        groups = encoder_groups(self.model.encoder, cfg.lr, cfg.layer_lr_decay)
-        groups.append({"params": heads, "lr": cfg.head_lr or cfg.lr})
-        opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[cfg.optimizer]
-        extra = {"fused": True} if self.device.type == "cuda" else {}
-        self.opt = opt_cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
-        # after the freezing above, so that only trained weights are averaged
+        self.data = build_data(cfg, self.log)
+        self.model, self.tok = build_model(cfg, list(self.data.specs.values()), self.device,
+                                           checkpoint=self._last_dir() if self.resume else None)
+        self.plan = Plan(cfg.schedule, cfg.tasks, {t: s.n_batches for t, s in self.data.streams.items()})
+        self.total_steps = min(cfg.epochs * self.plan.steps_per_epoch, cfg.max_steps or math.inf)
+        self.state = TrainState()
+        self.opt, self.sched = build_optimizer(cfg, self.model, self.device, self.total_steps,
+                                               clock=lambda: self.state.train_time)
         self.ema = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay else None
         self.eval_model = self.ema.model if self.ema else self.model
-        self.method = make_method(cfg.gradient_method, enc + heads, seed=cfg.seed, telemetry=True,
-                                  all_reduce=dist.average_ if dist.active() else None)
-
-        index = {s.name: i for i, s in enumerate(cfg.defined_tasks())}
-        self.streams = {t: TaskStream(t, self.train_data[t], cfg.batch_size, cfg.seed, cfg.bucket, index[t])
-                        for t in cfg.tasks}
-        self.plan = Plan(cfg.schedule, cfg.tasks, {t: s.n_batches for t, s in self.streams.items()})
-        self.total_steps = cfg.epochs * self.plan.steps_per_epoch
-        if cfg.max_steps:
-            self.total_steps = min(self.total_steps, cfg.max_steps)
-        self.train_time = 0.0  # seconds spent in training steps (evaluation and saving excluded)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, self.total_steps,
-                                                                           lambda: self.train_time))
-        self.step = self.epoch = self.step_in_epoch = 0
-        self.best_avg, self.last_saved_step = -math.inf, None
+        self.method = build_method(cfg, self.model)
         if self.resume:
             self._load_state()
 
@@ -290,7 +382,12 @@ class Trainer:
                                 "(the run stopped before its first save)")
         return last
 
-    # -- resume state: optimizer, scheduler, RNGs, data position, counters (no pickle) --
+    # -- resume state: the TrainState, data positions, optimizer, scheduler, method, RNGs (no pickle) --
+    #
+    # trainer_state.safetensors: opt.<param id>.<name>, rng.torch, rng.cuda (on a GPU), method.<name>,
+    # ema.<i> (with ema_decay). trainer_state.json: the SAVED_FIELDS, then streams, scheduler,
+    # param_groups, python_random (for the record; not restored) and config. Runs saved in this
+    # layout must keep resuming: change it only by adding keys.
 
     def _write_state(self, folder: Path) -> None:
         opt = self.opt.state_dict()
@@ -304,25 +401,23 @@ class Trainer:
         if self.ema:
             tensors.update(self.ema.state_tensors())
         save_file(tensors, str(folder / STATE_TENSORS))
-        sched = self.sched.state_dict()  # plain numbers; lr_lambdas are None for functions
-        state = {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                 "best_avg": None if self.best_avg == -math.inf else self.best_avg,
-                 "train_time": self.train_time, "streams": {t: s.state() for t, s in self.streams.items()},
-                 "scheduler": sched, "param_groups": opt["param_groups"], "python_random": repr(random.getstate()),
+        saved = {**self.state.saved(), "streams": {t: s.state() for t, s in self.data.streams.items()},
+                 "scheduler": self.sched.state_dict(),  # plain numbers; lr_lambdas are None for functions
+                 "param_groups": opt["param_groups"], "python_random": repr(random.getstate()),
                  "config": self.cfg.to_dict()}
-        (folder / STATE_JSON).write_text(json.dumps(state, indent=2))
+        (folder / STATE_JSON).write_text(json.dumps(saved, indent=2))
 
     def _load_state(self) -> None:
         folder = self._last_dir()
-        state = json.loads((folder / STATE_JSON).read_text())
+        saved = json.loads((folder / STATE_JSON).read_text())
         tensors = load_file(str(folder / STATE_TENSORS))
         opt_state = {}
         for key, v in tensors.items():
             if key.startswith("opt."):
                 _, pid, name = key.split(".", 2)
                 opt_state.setdefault(int(pid), {})[name] = v.to(self.device) if name != "step" else v
-        self.opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
-        self.sched.load_state_dict(state["scheduler"])
+        self.opt.load_state_dict({"state": opt_state, "param_groups": saved["param_groups"]})
+        self.sched.load_state_dict(saved["scheduler"])
         self.method.load_state_dict({k[len("method."):]: v for k, v in tensors.items() if k.startswith("method.")})
         torch.set_rng_state(tensors["rng.torch"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
@@ -331,28 +426,27 @@ class Trainer:
             if "ema.0" not in tensors:
                 raise TrainingError(f"cannot resume {self.run_dir} with ema_decay set: {folder} holds no "
                                     "weight average (the run was started without ema_decay)")
-            self.ema.load_state(tensors, state["step"])
-        for t, s in self.streams.items():
-            s.load_state(state["streams"][t])
-        self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
-        self.best_avg = state["best_avg"] if state["best_avg"] is not None else -math.inf
-        self.train_time = state["train_time"]
-        runfolder.truncate_metrics(self.run_dir, self.step)
-        self.log(f"[resume] from {folder} at step {self.step} (epoch {self.epoch})")
+            self.ema.load_state(tensors, saved["step"])
+        for t, s in self.data.streams.items():
+            s.load_state(saved["streams"][t])
+        self.state = TrainState.resumed(saved)
+        runfolder.truncate_metrics(self.run_dir, self.state.step)
+        self.log(f"[resume] from {folder} at step {self.state.step} (epoch {self.state.epoch})")
 
     # -- saving --
 
     def _save(self, name: str, metrics: dict | None = None, with_state: bool = False) -> None:
         """last/ holds the training weights (for resuming); best/ the weights that were evaluated."""
         if name == "last":
-            self.last_saved_step = self.step
+            self.state.last_saved_step = self.state.step
         if not self.is_main:
             return
         try:
             model = self.model if name == "last" else self.eval_model
             save_checkpoint(model, self.tok, self.run_dir / name, base=self.cfg.base_model,
                             metrics=metrics, include_encoder=self.cfg.mode == "finetune",
-                            extra={"run_id": self.run_dir.name, "step": self.step, "train_config": self.cfg.to_dict()},
+                            extra={"run_id": self.run_dir.name, "step": self.state.step,
+                                   "train_config": self.cfg.to_dict()},
                             write_extra=self._write_state if with_state else None)
         except OSError as e:
             where = e.filename or (self.run_dir / name)
@@ -363,6 +457,7 @@ class Trainer:
 
     def _evaluate(self, split: str, data: dict, full: bool = False, calibrate: bool = False) -> dict:
         t0 = time.time()
+        s = self.state
         raw, extra = {}, {}
         sizes = {t: len(v) for t, v in data.items()}
         if full and self.cfg.calibrate_para and "para" in data and split == "dev":
@@ -372,19 +467,19 @@ class Trainer:
                      calibrate_para=calibrate and self.cfg.calibrate_para, raw_out=raw)
         if extra:
             m.update(extra)
-            m["average"] = seed_average(m, [self.specs[t] for t in sizes])
-        self._record({"type": "eval", "split": split, "step": self.step, "epoch": self.epoch, "time": time.time(),
-                      "train_time_s": self.train_time, "full": full, "examples": sizes,
+            m["average"] = seed_average(m, [self.data.specs[t] for t in sizes])
+        self._record({"type": "eval", "split": split, "step": s.step, "epoch": s.epoch, "time": time.time(),
+                      "train_time_s": s.train_time, "full": full, "examples": sizes,
                       **m})
         shown = " ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
-        self.log(f"[eval] {split}{' (full)' if full else ''} step {self.step} "
-                 f"({self.train_time / 60:.1f} min of training, eval took {time.time() - t0:.0f} s): {shown}")
+        self.log(f"[eval] {split}{' (full)' if full else ''} step {s.step} "
+                 f"({s.train_time / 60:.1f} min of training, eval took {time.time() - t0:.0f} s): {shown}")
         return m
 
     def _calibrated_full_para(self, examples: list, raw: dict, refit: bool) -> dict:
         """Quora on the whole dev set with the threshold fitted on the eval subset only; also the
         accuracy on the pairs the fit never saw and at the plain 0.5 threshold, so the gain is visible."""
-        fit_on = self.dev_data.get("para", [])
+        fit_on = self.data.dev.get("para", [])
         if refit and fit_on:  # mid-run: the weights moved since the last fit
             evaluate(self.eval_model, self.tok, {"para": fit_on}, self.cfg.eval_batch_size, self.device, self.amp,
                      calibrate_para=True)
@@ -401,62 +496,65 @@ class Trainer:
                 "para_acc_uncalibrated": float((plain == y).mean())}
 
     def _dev_eval(self) -> None:
-        if not self.is_main:  # evaluation and checkpoints happen once, on rank 0
-            self.last_dev, self.last_dev_step = {}, self.step
-            if self.cfg.eval_every_s:
-                self.next_eval_s = self.train_time + self.cfg.eval_every_s
-            return
-        m = self._evaluate("dev", self.dev_data, calibrate=True)
-        if m["average"] == m["average"] and m["average"] > self.best_avg:
-            self.best_avg = m["average"]
-            self._save("best", metrics={"dev": m, "step": self.step})
-            self.set_status(best_checkpoint="best", best_dev_average=m["average"])
-            self.log(f"[checkpoint] best/ (dev average {m['average']:.4f})")
-        self.last_dev, self.last_dev_step = m, self.step
+        """Evaluate on the dev subset; a new best average replaces best/."""
+        s, m = self.state, {}
+        if self.is_main:  # evaluation and checkpoints happen once, on rank 0
+            m = self._evaluate("dev", self.data.dev, calibrate=True)
+            if m["average"] == m["average"] and m["average"] > s.best_avg:
+                s.best_avg = m["average"]
+                self._save("best", metrics={"dev": m, "step": s.step})
+                self.set_status(best_checkpoint="best", best_dev_average=m["average"])
+                self.log(f"[checkpoint] best/ (dev average {m['average']:.4f})")
+        s.last_dev, s.last_dev_step = m, s.step
         if self.cfg.eval_every_s:
-            self.next_eval_s = self.train_time + self.cfg.eval_every_s
+            s.next_eval_s = s.train_time + self.cfg.eval_every_s
 
     # -- one optimisation step --
 
     def _train_step(self, tasks: list[str]) -> dict:
+        """One batch of each of `tasks`, one update; returns (and records) the step's metrics line."""
         t0 = time.perf_counter()
         losses, n_examples = {}, 0
         for t in tasks:
-            examples = self.streams[t].next()[self.rank::self.world]  # this rank's slice of the global batch
-            n_examples += len(examples) * (2 if self.specs[t].is_pair else 1) * self.world
+            examples = self.data.streams[t].next()[self.rank::self.world]  # this rank's slice of the global batch
+            n_examples += len(examples) * (2 if self.data.specs[t].is_pair else 1) * self.world
             batch = to_device(make_batch(self.model.cfg.task(t), examples, self.tok), self.device)
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 losses[t] = self.model.loss(t, batch).float()
-        bad = [(t, v.item()) for t, v in losses.items() if not torch.isfinite(v)]
-        if dist.any_rank(bool(bad)):
-            what = f"the {bad[0][0]} loss became {bad[0][1]}" if bad else "a loss on another rank became non-finite"
-            raise TrainingError(f"{what} at step {self.step + 1} (lr {self.sched.get_last_lr()[0]:.2e}); "
-                                "training stopped. Lower the learning rate or keep grad_clip on; "
-                                "the last good checkpoint is in last/")
-        stats = self.method.backward({t: v * self.specs[t].weight for t, v in losses.items()})
+        self._check_finite(losses)
+        stats = self.method.backward({t: v * self.data.specs[t].weight for t, v in losses.items()})
         if self.cfg.grad_clip:
             params = [p for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
             total = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
             stats["grad_norm_total"] = float(total)
-        lr = self.sched.get_last_lr()[0]
+        lr = self.sched.get_last_lr()[0]  # the rate this update uses (the top layer's)
         self.opt.step()
         if self.ema:
             self.ema.update()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
-        self.step += 1
-        self.step_in_epoch += 1
+        self.state.step += 1
+        self.state.step_in_epoch += 1
         dt = time.perf_counter() - t0
         shown = torch.stack([v.detach() for v in losses.values()])
         if dist.active():  # log the global batch's loss
             dist.average_(shown)
-        rec = {"type": "step", "step": self.step, "epoch": self.epoch, "time": time.time(),
+        rec = {"type": "step", "step": self.state.step, "epoch": self.state.epoch, "time": time.time(),
                "loss": {t: float(v) for t, v in zip(losses, shown)}, "loss_total": float(shown.sum()),
                "lr": lr, "examples_per_s": n_examples / dt, "step_time": dt, **stats}
         self._record(rec)
         return rec
 
-    # -- the loop --
+    def _check_finite(self, losses: dict) -> None:
+        """Stop on a NaN or infinite loss before it reaches the weights; every rank stops together."""
+        bad = [(t, v.item()) for t, v in losses.items() if not torch.isfinite(v)]
+        if dist.any_rank(bool(bad)):
+            what = f"the {bad[0][0]} loss became {bad[0][1]}" if bad else "a loss on another rank became non-finite"
+            raise TrainingError(f"{what} at step {self.state.step + 1} (lr {self.sched.get_last_lr()[0]:.2e}); "
+                                "training stopped. Lower the learning rate or keep grad_clip on; "
+                                "the last good checkpoint is in last/")
+
+    # -- the run --
 
     def run(self) -> str:
         self.rank, self.world = dist.init()
@@ -479,10 +577,10 @@ class Trainer:
             self.set_status(state="running", error=None, started_at=time.time())
             self._setup()
             self.metrics = runfolder.MetricsWriter(self.run_dir) if self.is_main else None
-            self.set_status(total_steps=self.total_steps, step=self.step, epoch=self.epoch)
+            self.set_status(total_steps=self.total_steps, step=self.state.step, epoch=self.state.epoch)
             state = self._loop()
-            self.set_status(state=state, eta_s=0.0, step=self.step, epoch=self.epoch)
-            self.log(f"[done] {state} at step {self.step}; run folder {self.run_dir}")
+            self.set_status(state=state, eta_s=0.0, step=self.state.step, epoch=self.state.epoch)
+            self.log(f"[done] {state} at step {self.state.step}; run folder {self.run_dir}")
             return state
         except BaseException as e:
             msg = str(e) if isinstance(e, (TrainingError, ValueError)) else \
@@ -504,66 +602,97 @@ class Trainer:
         self.stop_requested = True
         self.log(f"[stop] signal {signum}: finishing the step in flight, then saving")
 
+    # -- the loop: why stop, one step, maybe evaluate, report --
+
     def _loop(self) -> str:
-        cfg = self.cfg
+        cfg, s = self.cfg, self.state
+        s.pending_full = [x for x in cfg.full_eval_at_s if x > s.train_time]  # marks passed before a resume stay done
+        s.next_eval_s = s.train_time + (cfg.eval_every_s or 0)
         bar = None
         if self.progress and self.is_main:
             from tqdm import tqdm
-            bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True, mininterval=0.5)
-        step_avg, last_status = None, 0.0
-        self.pending_full = [x for x in cfg.full_eval_at_s if x > self.train_time]
-        self.next_eval_s = self.train_time + (cfg.eval_every_s or 0)
+            bar = tqdm(total=self.total_steps, initial=s.step, unit="step", dynamic_ncols=True, mininterval=0.5)
         try:
-            while self.epoch < cfg.epochs:
-                while self.step_in_epoch < self.plan.steps_per_epoch:
-                    if dist.any_rank(self.stop_requested):
-                        self._save("last", with_state=True)
-                        return "stopped"
-                    if self.step >= self.total_steps:
-                        return self._finish(f"max_steps {self.total_steps} reached")
-                    if cfg.time_budget_s and dist.any_rank(self.train_time >= cfg.time_budget_s):
-                        return self._finish(f"time budget {cfg.time_budget_s:.0f} s reached")
-                    t0 = time.perf_counter()
-                    rec = self._train_step(self.plan.tasks_at(self.step_in_epoch))
-                    self.train_time += time.perf_counter() - t0
-                    step_avg = rec["step_time"] if step_avg is None else 0.9 * step_avg + 0.1 * rec["step_time"]
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix({t: f"{v:.3f}" for t, v in rec["loss"].items()}, refresh=False)
-                    if cfg.eval_every and self.step % cfg.eval_every == 0:
-                        self._dev_eval()
-                    elif cfg.eval_every_s and self.train_time >= self.next_eval_s:
-                        self._dev_eval()
-                    while self.pending_full and self.train_time >= self.pending_full[0]:
-                        self.pending_full.pop(0)
-                        self._evaluate("dev", self.dev_full, full=True, calibrate=True)
-                    if time.time() - last_status > 1.0:
-                        remaining = self.total_steps - self.step
-                        eta = remaining * step_avg
-                        if cfg.time_budget_s:
-                            eta = min(eta, max(0.0, cfg.time_budget_s - self.train_time))
-                        self.set_status(step=self.step, epoch=self.epoch, eta_s=eta,
-                                        examples_per_s=rec["examples_per_s"])
-                        last_status = time.time()
-                self.epoch += 1
-                self.step_in_epoch = 0
-                self.set_status(step=self.step, epoch=self.epoch)
-                if not (cfg.eval_every and self.step % cfg.eval_every == 0):
-                    self._dev_eval()
-                self._save("last", with_state=True)
-            return self._finish("all epochs done")
+            while True:
+                if s.step_in_epoch >= self.plan.steps_per_epoch:
+                    self._end_epoch()
+                why = self._why_stop()
+                if why == STOP_REQUESTED:
+                    self._save("last", with_state=True)
+                    return "stopped"
+                if why:
+                    return self._finish(why)
+                t0 = time.perf_counter()
+                rec = self._train_step(self.plan.tasks_at(s.step_in_epoch))
+                s.train_time += time.perf_counter() - t0
+                if bar is not None:  # before evaluating, which may take a while
+                    bar.update(1)
+                    bar.set_postfix({t: f"{v:.3f}" for t, v in rec["loss"].items()}, refresh=False)
+                self._maybe_evaluate()
+                self._report(rec)
         finally:
             if bar is not None:
                 bar.close()
+
+    def _why_stop(self) -> str | None:
+        """Why the run ends before its next step, or None. Every rank must give the same answer, so
+        what one rank alone sees (a signal, its own clock) goes through any_rank, on every rank
+        in the same order."""
+        cfg, s = self.cfg, self.state
+        if s.epoch >= cfg.epochs:
+            return "all epochs done"
+        if dist.any_rank(self.stop_requested):
+            return STOP_REQUESTED
+        if s.step >= self.total_steps:
+            return f"max_steps {self.total_steps} reached"
+        if cfg.time_budget_s and dist.any_rank(s.train_time >= cfg.time_budget_s):
+            return f"time budget {cfg.time_budget_s:.0f} s reached"
+        return None
+
+    def _eval_step(self) -> bool:  # eval_every: this step is one of every eval_every
+        return bool(self.cfg.eval_every and self.state.step % self.cfg.eval_every == 0)
+
+    def _maybe_evaluate(self) -> None:
+        """After a step: the dev subset every eval_every steps or eval_every_s seconds of training,
+        and the whole dev set at each full_eval_at_s mark the training clock has passed."""
+        cfg, s = self.cfg, self.state
+        if self._eval_step() or (cfg.eval_every_s and s.train_time >= s.next_eval_s):
+            self._dev_eval()
+        while s.pending_full and s.train_time >= s.pending_full[0]:
+            s.pending_full.pop(0)
+            self._evaluate("dev", self.data.dev_full, full=True, calibrate=True)
+
+    def _end_epoch(self) -> None:
+        """A dev evaluation (unless the step just had one) and last/, to resume from."""
+        s = self.state
+        s.epoch, s.step_in_epoch = s.epoch + 1, 0
+        self.set_status(step=s.step, epoch=s.epoch)
+        if not self._eval_step():
+            self._dev_eval()
+        self._save("last", with_state=True)
+
+    def _report(self, rec: dict) -> None:
+        """status.json's step, epoch, speed and ETA, at most once a second (the studio polls it)."""
+        s = self.state
+        dt = rec["step_time"]
+        s.step_time_avg = dt if s.step_time_avg is None else 0.9 * s.step_time_avg + 0.1 * dt
+        if time.time() - s.status_at <= 1.0:
+            return
+        eta = (self.total_steps - s.step) * s.step_time_avg
+        if self.cfg.time_budget_s:  # the budget may end the run before the steps do
+            eta = min(eta, max(0.0, self.cfg.time_budget_s - s.train_time))
+        self.set_status(step=s.step, epoch=s.epoch, eta_s=eta, examples_per_s=rec["examples_per_s"])
+        s.status_at = time.time()
 
     def _finish(self, why: str) -> str:
         self.log(f"[finish] {why}")
         if not self.is_main:
             dist.barrier()  # rank 0 evaluates and saves
             return "finished"
-        if getattr(self, "last_dev_step", None) != self.step:
+        s = self.state
+        if s.last_dev_step != s.step:
             self._dev_eval()
-        if self.last_saved_step != self.step:
+        if s.last_saved_step != s.step:
             self._save("last", with_state=True)
         # the seed's table describes the best checkpoint: Train and Dev rows from the same weights
         best = self.run_dir / "best"
@@ -572,10 +701,10 @@ class Trainer:
             self.eval_model = self.model
             dev = meta["metrics"].get("dev", {})
         else:
-            dev = self.last_dev
+            dev = s.last_dev
         if self.cfg.eval_subset and self.cfg.final_full_eval:  # chosen on a dev subset; report the whole dev set
-            dev = self._evaluate("dev", self.dev_full, full=True)
-        train = self._evaluate("train", self.train_eval_data)
+            dev = self._evaluate("dev", self.data.dev_full, full=True)
+        train = self._evaluate("train", self.data.train_eval)
         results = {"train": train, "dev": dev}
         if (best / "mtbert.json").is_file():
             atomic_write_json(best / "metrics.json", {**results, "step": meta["metrics"].get("step")})
