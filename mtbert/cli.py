@@ -31,13 +31,14 @@ def _flag(f) -> dict:
     from .config import allowed_values, kind, optional
     m, k, allowed = f.metadata, kind(f), allowed_values(f)
     default = f.default_factory() if f.default is MISSING else f.default
-    about = (f"{m['label']}: {m['help']} (" + (f"allowed: {allowed}; " if allowed and k != "bool" else "")
-             + f"default: {'none' if default in (None, []) else default})").replace("%", "%%")  # argparse's %
+    values = f"allowed: {allowed}; " if allowed and k != "bool" else ""  # --flag/--no-flag says it
+    shown = "none" if default in (None, []) else default
+    about = f"{m['label']}: {m['help']} ({values}default: {shown})".replace("%", "%%")  # argparse formats %
     if k == "bool":
         return dict(action=argparse.BooleanOptionalAction, help=about)
-    # a list is typed comma-separated ("sst,sts", "600,1200") and split by TrainConfig
+    # a list is typed comma-separated ("sst,sts", "600,1200") and split by TrainConfig; none: empty
     conv = {"int": int, "float": float}.get(k, str)
-    kw = dict(type=_optional(conv) if optional(f) else conv, help=about)
+    kw = dict(type=_optional(conv) if optional(f) or k == "list" else conv, help=about)
     if m["choices"]:  # refused by argparse, before anything starts
         kw["choices"] = ((None,) if optional(f) else ()) + m["choices"]
         kw["metavar"] = "{" + allowed.replace(", ", ",") + "}"  # `none`, as typed, not None
