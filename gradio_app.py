@@ -105,6 +105,35 @@ def build_app(choices: list[checkpoints.CheckpointRef] | None = None) -> gr.Bloc
             raise gr.Error(str(e)) from None
         return r["paraphrase"], r["similarity"], _note(r["note"])
 
+    def tasks(ref):
+        """The checkpoint's task definitions, as the Tasks tab offers them."""
+        model, _, _ = models.get(ref)
+        return [{"name": t.name, "title": t.title, "input": t.input, "kind": t.kind,
+                 **({"labels": [t.label_name(k) for k in range(t.classes)]} if t.kind == "classification"
+                    else {"range": list(t.range)})} for t in model.cfg.tasks]
+
+    def predict(ref, task, a, b):
+        model, tok, _ = models.get(ref)
+        if task not in model.cfg.names:
+            raise gr.Error(f"task={task!r} is not allowed; this checkpoint's tasks: {', '.join(model.cfg.names)}")
+        try:
+            r = pg.task_answer(model, tok, task, a, b)
+        except pg.InputError as e:
+            raise gr.Error(str(e)) from None
+        if r["kind"] == "classes":
+            return r["value"], None, _note(r["note"])
+        if r["kind"] == "probability":
+            spec = model.cfg.task(task)
+            return {spec.label_name(1): r["value"], spec.label_name(0): 1 - r["value"]}, r["value"], _note(r["note"])
+        return None, r["value"], _note(r["note"])
+
+    def task_choices(ref):
+        if not ref:
+            return gr.update()
+        model, _, _ = models.get(ref)
+        return gr.update(choices=[(f"{t.title} ({t.name})", t.name) for t in model.cfg.tasks],
+                         value=model.cfg.names[0])
+
     def attention(ref, a, b, layer, head, kind):
         model, tok, _ = models.get(ref)
         try:
@@ -128,12 +157,27 @@ def build_app(choices: list[checkpoints.CheckpointRef] | None = None) -> gr.Bloc
                 gr.update(maximum=cfg.num_attention_heads - 1, value=0))
 
     with gr.Blocks(title="mtbert playground", analytics_enabled=False) as app:
-        gr.Markdown("# mtbert playground\nOne BERT fine-tuned on sentiment (SST-5), paraphrase (Quora) "
-                    "and similarity (STS) at once: try your own sentences.")
+        gr.Markdown("# mtbert playground\nOne BERT fine-tuned on several tasks at once (sentiment, paraphrase "
+                    "and similarity, and tasks of your own): try your own sentences.")
         # the API offers and takes the checkpoints' names; the dropdown shows their longer labels
         ref = gr.Dropdown([(c.label, c.name) for c in choices], value=choices[0].name if choices else None,
                           label="Checkpoint")
         about = gr.Markdown(label="About the checkpoint")
+        with gr.Tab("Tasks"):
+            gr.Markdown("Every task of the checkpoint, its own or the built-in ones: a sentence task reads "
+                        "the first box, a pair task both.")
+            # the choices follow the checkpoint picked; the API takes any name and predict() checks it
+            task = gr.Dropdown([], label="Task", allow_custom_value=True)
+            a = gr.Textbox(label="Sentence (or first sentence)", placeholder="A gorgeous, witty, seductive movie.")
+            b = gr.Textbox(label="Second sentence (pair tasks)")
+            go = gr.Button("Predict", variant="primary")
+            with gr.Row():
+                classes = gr.Label(label="Class probabilities")
+                value = gr.Number(label="Probability or score", precision=3)
+            note = gr.Markdown(label="Note on the input")
+            go.click(predict, [ref, task, a, b], [classes, value, note], api_name="predict")
+            listed = gr.JSON(visible=False, label="Task definitions")
+            gr.Button("List tasks", visible=False).click(tasks, ref, listed, api_name="tasks")
         with gr.Tab("Sentiment"):
             text = gr.Textbox(label="Sentence", placeholder="A gorgeous, witty, seductive movie.")
             go = gr.Button("Predict sentiment", variant="primary")
@@ -169,7 +213,8 @@ def build_app(choices: list[checkpoints.CheckpointRef] | None = None) -> gr.Bloc
 
             gr.on([layer.release, head.release, kind.change], redraw, inputs, outputs, api_name="redraw")
         for event in (ref.change, app.load):
-            event(describe, ref, about, api_name=False).then(ranges, ref, [layer, head], api_name=False)
+            event(describe, ref, about, api_name=False).then(ranges, ref, [layer, head], api_name=False).then(
+                task_choices, ref, task, api_name=False)
     return app
 
 

@@ -184,7 +184,7 @@ def monitor(run_dir: Path) -> None:
     records = tail.records
     left, right = st.columns(2)
     left.plotly_chart(charts.loss_figure(records), key="loss_chart")
-    right.plotly_chart(charts.dev_figure(records), key="dev_chart")
+    right.plotly_chart(charts.dev_figure(records, runs.run_tasks(run_dir)), key="dev_chart")
     if any(r.get("type") == "step" and "conflicts" in r for r in records):
         left, right = st.columns(2)
         left.plotly_chart(charts.pcgrad_figure(records), key="pcgrad_chart")

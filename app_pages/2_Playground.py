@@ -1,5 +1,6 @@
-"""Playground: a checkpoint's sentiment, paraphrase and similarity answers for your own input,
-side by side with a second checkpoint, its attention, and predictions for a whole file."""
+"""Playground: one panel per task of the checkpoint (its own definitions: the built-in sentiment,
+paraphrase and similarity, and any task of the user's), side by side with a second checkpoint, its
+attention, and predictions for a whole file in a task's own format."""
 import streamlit as st
 
 from mtbert.checkpoint import CheckpointError
@@ -56,43 +57,57 @@ models = [m for m in models if m is not None]
 if not models:
     st.stop()
 
-sentiment_tab, pair_tab, attention_tab, batch_tab = st.tabs(
-    ["Sentiment", "Paraphrase & similarity", "Attention", "Batch file"])
+tasks_tab, attention_tab, batch_tab = st.tabs(["Tasks", "Attention", "Batch file"])
 
-with sentiment_tab:
-    text = st.text_area("Sentence", key="sst_text", placeholder="A gorgeous, witty, seductive movie.")
-    if st.button("Predict sentiment", type="primary", key="sst_go"):
-        try:
-            st.session_state.sst_result = {name: pg.sentiment(m, tok, text) for name, m, tok, _ in models}
-        except pg.InputError as e:
-            st.session_state.pop("sst_result", None)
-            show_input_error(e)
-    results = st.session_state.get("sst_result")
-    if results:
-        for c, (name, r) in zip(st.columns(len(results)), results.items()):
-            c.metric(f"Predicted · {name}", r["label_name"])
-            c.caption(f"probability {r['probs'][r['label']]:.2f}")
-            if r["note"]:
-                c.info(r["note"], icon=":material/content_cut:")
-        st.plotly_chart(pg.sentiment_figure(results), key="sst_chart")
 
-with pair_tab:
-    a = st.text_input("First sentence", key="pair_a", placeholder="How do I learn to cook?")
-    b = st.text_input("Second sentence", key="pair_b", placeholder="What is the best way to learn cooking?")
-    if st.button("Compare the sentences", type="primary", key="pair_go"):
-        try:
-            st.session_state.pair_result = {name: pg.pair_scores(m, tok, a, b) for name, m, tok, _ in models}
-        except pg.InputError as e:
-            st.session_state.pop("pair_result", None)
-            show_input_error(e)
-    for c, (name, r) in zip(st.columns(len(models)), (st.session_state.get("pair_result") or {}).items()):
-        c.markdown(f"**{name}**")
-        c.metric("Paraphrase probability", f"{r['paraphrase']:.2f}")
-        c.progress(r["paraphrase"])
-        c.metric("Similarity (0–5)", f"{r['similarity']:.2f}")
-        c.progress(r["similarity"] / 5)
+def show_answers(spec, answers: dict) -> None:
+    """Each checkpoint's answer in its own column: a label, a probability or a score."""
+    for c, (name, r) in zip(st.columns(len(answers)), answers.items()):
+        if r["kind"] == "classes":
+            c.metric(f"Predicted · {name}", r["top"])
+            c.caption(f"probability {r['value'][r['top']]:.2f}")
+        elif r["kind"] == "probability":
+            c.markdown(f"**{name}**")
+            c.metric(f"{spec.title} probability", f"{r['value']:.2f}", help=f"the probability of {r['positive']!r}")
+            c.progress(r["value"], text=r["label"])
+        else:
+            lo, hi = r["range"]
+            c.markdown(f"**{name}**")
+            c.metric(f"{spec.title} ({lo:g}–{hi:g})", f"{r['value']:.2f}")
+            c.progress((r["value"] - lo) / (hi - lo))
         if r["note"]:
             c.info(r["note"], icon=":material/content_cut:")
+    if next(iter(answers.values()))["kind"] == "classes":
+        st.plotly_chart(pg.class_figure(f"{spec.title}: class probabilities",
+                                        {n: r["value"] for n, r in answers.items()}), key=f"{spec.name}_chart")
+
+
+with tasks_tab:
+    for spec in pg.shared_tasks([m for _, m, _, _ in models]):
+        with st.container(border=True):
+            st.markdown(f"#### {spec.title}")
+            st.caption(pg.describe_task(spec))
+            if spec.is_pair:
+                a = st.text_input("First sentence", key=f"{spec.name}_a",
+                                  placeholder="How do I learn to cook?")
+                b = st.text_input("Second sentence", key=f"{spec.name}_b",
+                                  placeholder="What is the best way to learn cooking?")
+            else:
+                a, b = st.text_area("Sentence", key=f"{spec.name}_text",
+                                    placeholder="A gorgeous, witty, seductive movie."), None
+            having = [(name, m, tok) for name, m, tok, _ in models if spec.name in m.cfg.names]
+            if st.button(f"Predict {spec.title}", type="primary", key=f"{spec.name}_go"):
+                try:
+                    st.session_state[f"{spec.name}_result"] = {
+                        name: pg.task_answer(m, tok, spec.name, a, b) for name, m, tok in having}
+                except pg.InputError as e:
+                    st.session_state.pop(f"{spec.name}_result", None)
+                    show_input_error(e)
+            if len(having) < len(models):
+                st.caption("Only " + ", ".join(n for n, _, _ in having) + f" has the task {spec.name}.")
+            answers = st.session_state.get(f"{spec.name}_result")
+            if answers:
+                show_answers(spec, answers)
 
 with attention_tab:
     name, model, tok, _ = models[0]
@@ -125,14 +140,14 @@ with attention_tab:
 
 with batch_tab:
     name, model, tok, _ = models[0]
-    st.caption(f"Predictions of **{name}** for every row of a CS224N file: a CSV of id,prediction "
-               "(sst: class 0–4; para: 0/1; sts: 0–5).")
-    upload = st.file_uploader("CS224N file", type=["csv", "tsv", "txt"], key="batch_file")
-    task = st.selectbox("Task", ["auto", "sst", "para", "sts"], key="batch_task",
-                        help="auto: from the header (an unlabelled pair file needs the task chosen)")
+    st.caption(f"Predictions of **{name}** for every row of a file in a task's own format (a CS224N file "
+               "for the built-in tasks): a CSV of id,prediction, the class index or the score.")
+    upload = st.file_uploader("Task file", type=["csv", "tsv", "txt", "jsonl", "json"], key="batch_file")
+    task = st.selectbox("Task", ["auto", *model.cfg.names], key="batch_task",
+                        help="auto: from a CS224N header (an unlabelled pair file needs the task chosen)")
     if upload is not None and st.button("Predict the file", type="primary", key="batch_go"):
         try:
-            task_, examples, report = pg.read_upload(upload.getvalue(), task)
+            task_, examples, report = pg.read_upload(upload.getvalue(), task, model.cfg.tasks)
         except pg.InputError as e:
             show_input_error(e)
         else:

@@ -15,10 +15,13 @@ if not folders:
     st.stop()
 
 # the run and its scores stay in view when the settings columns are scrolled sideways
-st.dataframe([runs.describe_run(f) for f in folders], hide_index=True, width="stretch",
+table = runs.runs_table(folders)
+st.dataframe(table, hide_index=True, width="stretch",
              column_config={"run": st.column_config.TextColumn(pinned=True),
-                            **{c: st.column_config.NumberColumn(format="%.3f", pinned=True) for c in runs.RUN_SCORES}})
-st.caption("Scores: the dev row of the seed's table, for each run's best checkpoint.")
+                            **{c: st.column_config.NumberColumn(format="%.3f", pinned=True)
+                               for c in runs.score_columns(table)}})
+st.caption("Scores: the dev row of each run's results table (the Average of its tasks' main scores, then "
+           "one column per task), for its best checkpoint.")
 
 st.subheader("Compare curves")
 names = [f.name for f in folders]

@@ -27,12 +27,14 @@ class Range:
                 and (self.high is None or v < self.high or (v == self.high and not self.high_open)))
 
     def describe(self, name: str, kind: str) -> str:
-        """In words: "a number > 0", "an integer >= 1", "0 < layer_lr_decay <= 1", "an integer, 8 <= max_length <= 512"."""
+        """In words: "a number > 0", "an integer >= 1", "0 < layer_lr_decay <= 1",
+        "an integer, 8 <= max_length <= 512"."""
         if self.high is None:
             noun = {"int": "an integer", "list": "a list of numbers"}.get(kind, "a number")
             return f"{noun} {'>' if self.low_open else '>='} {self.low:g}"
         lo = f"{self.low:g} {'<' if self.low_open else '<='} " if self.low is not None else ""
-        return ("an integer, " if kind == "int" else "") + f"{lo}{name} {'<' if self.high_open else '<='} {self.high:g}"
+        hi = f" {'<' if self.high_open else '<='} {self.high:g}"
+        return ("an integer, " if kind == "int" else "") + f"{lo}{name}{hi}"
 
 
 AT_LEAST_1, AT_LEAST_0, ABOVE_0 = Range(1), Range(0), Range(0, low_open=True)

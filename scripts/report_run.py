@@ -16,8 +16,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import machine, markdown_table, write_section  # noqa: E402
 from mtbert import runfolder  # noqa: E402
+from mtbert.config import TrainConfig  # noqa: E402
+from mtbert.report import other_metrics, result_columns  # noqa: E402
+from mtbert.tasks import builtin_tasks  # noqa: E402
 
-COLS = (("para_acc", "Paraphrase acc"), ("sst_acc", "SST acc"), ("sts_corr", "STS corr"), ("average", "Average"))
+
+def columns(cfg: dict) -> tuple:
+    """The run's results columns: each task's main score, the Average, then the tasks' other metrics."""
+    try:
+        specs = TrainConfig.from_dict(cfg).task_specs()
+    except (ValueError, TypeError):
+        specs = builtin_tasks()
+    return tuple(result_columns(specs)) + tuple(other_metrics(specs))
 
 
 def fmt(m: dict, k: str) -> str:
@@ -40,6 +50,7 @@ def main(argv=None) -> int:
     if status is None:
         ap.error(f"{run}: not a run folder (no readable {runfolder.STATUS})")
     cfg = runfolder.read_config(run)
+    COLS = columns(cfg)
     recs = runfolder.read_metrics(run)[0]
     steps = [r for r in recs if r["type"] == "step"]
     evals = [r for r in recs if r["type"] == "eval"]
@@ -83,10 +94,10 @@ def main(argv=None) -> int:
               f"PCGrad projections: {projections}; mean gradient cosine: "
               + ", ".join(f"{p} {statistics.mean(v):+.3f}" for p, v in cos.items()))
     # data paths by their last part only, as in the model card: the folder is the reader's own
-    settings = ", ".join(f"{k}={Path(v).name if k in ('data_dir', 'quora_train') and v else v}"
-                         for k, v in cfg.items() if k not in ("name",))
+    settings = ", ".join(f"{k}={Path(v).name if k in ('data_dir', 'quora_train', 'tasks_file') and v else v}"
+                         for k, v in cfg.items() if k not in ("name", "task_definitions"))
     body = (f"{table}\n\nTrain row: {cfg.get('train_eval_subset') or 'all'} train examples per task; Dev row: the "
-            f"whole CS224N dev sets (Quora: 20,212 pairs). Both rows describe the best checkpoint (by dev "
+            f"whole dev sets (CS224N Quora: 20,212 pairs). Both rows describe the best checkpoint (by dev "
             f"average).{threshold}\n\nDev evaluations during training:\n\n{curve}\n\nTraining: {pcgrad}.\n\n"
             f"Command: `{args.command or 'python -m mtbert train --config ...'}`"
             f"{'; wall time ' + args.wall if args.wall else ''}; training time "

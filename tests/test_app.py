@@ -238,14 +238,17 @@ def test_playground_sentiment_compare_and_bad_input(checkpoint):
 def test_playground_pair_attention_and_long_input(checkpoint):
     at = page("app_pages/2_Playground.py").run()
     select(at, "ckpt_a", checkpoint)
-    at.text_input(key="pair_a").set_value("How old are you?")
-    at.text_input(key="pair_b").set_value("")
-    at.button(key="pair_go").click().run()
+    at.text_input(key="para_a").set_value("How old are you?")
+    at.text_input(key="para_b").set_value("")
+    at.button(key="para_go").click().run()
     assert any("The second sentence is empty" in w for w in messages(at, "warning"))
-    at.text_input(key="pair_b").set_value("What is your age?").run()
-    at.button(key="pair_go").click().run()
+    at.text_input(key="para_b").set_value("What is your age?").run()
+    at.button(key="para_go").click().run()
+    at.text_input(key="sts_a").set_value("How old are you?")
+    at.text_input(key="sts_b").set_value("What is your age?")
+    at.button(key="sts_go").click().run()
     values = {m.label: float(m.value) for m in at.metric}
-    assert 0 <= values["Paraphrase probability"] <= 1 and 0 <= values["Similarity (0–5)"] <= 5
+    assert 0 <= values["Paraphrase probability"] <= 1 and 0 <= values["STS (0–5)"] <= 5
     at.text_input(key="attn_a").set_value("word " * 600)
     at.button(key="attn_go").click().run()
     no_exception(at)

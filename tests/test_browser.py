@@ -231,7 +231,7 @@ def test_train_watch_then_play(studio, browser, tiny_base, tiny_data):
         choose(page, "Checkpoint", f"{run_ids[0]}/best")
     wait_idle(page)
     page.get_by_label("Sentence", exact=True).fill("A gorgeous, witty, seductive movie.")
-    page.get_by_role("button", name="Predict sentiment").click()
+    page.get_by_role("button", name="Predict SST").click()
     metrics = page.locator("[data-testid='stMetricValue']")
     expect(metrics).to_have_count(2 if shipped else 1, timeout=60_000)
     assert all(m.strip() in SST_LABELS for m in metrics.all_inner_texts())

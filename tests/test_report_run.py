@@ -27,7 +27,7 @@ def test_report_of_a_calibrated_run(tiny_base, tmp_path):
     for name in ("train", "dev"):
         row = next(line for line in text.splitlines() if line.startswith(f"| {name.capitalize()} |"))
         cells = [c.strip() for c in row.strip("|").split("|")][1:]
-        assert cells == [f"{results[name][k]:.3f}" for k in ("para_acc", "sst_acc", "sts_corr", "average")]
+        assert cells == [f"{results[name][k]:.3f}" for k in ("para_acc", "sst_acc", "sts_corr", "average", "sts_spearman")]
     dev = results["dev"]
     assert f"on the {dev['para_heldout_examples']} dev pairs the fit never saw: {dev['para_acc_heldout']:.3f}" in text
     best_step = json.loads((run / "best" / "metrics.json").read_text())["step"]

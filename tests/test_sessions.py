@@ -139,7 +139,7 @@ def sentiment_on_page(elements) -> tuple[str, str, list[float]]:
 
 def pair_on_page(elements) -> tuple[str, str]:
     metrics = {p.label: p.body for k, p in elements if k == "metric"}
-    return metrics["Paraphrase probability"], metrics["Similarity (0–5)"]
+    return metrics["Paraphrase probability"], metrics["STS (0–5)"]
 
 
 def test_concurrent_playground_sessions_each_get_their_own_answer(studio, monkeypatch):
@@ -182,8 +182,9 @@ def test_concurrent_playground_sessions_each_get_their_own_answer(studio, monkey
                 timings["sentiment_s"] = time.perf_counter() - t
                 start.wait()
                 t = time.perf_counter()
-                s.values["pair_a"], s.values["pair_b"] = PAIRS[i]
-                pair = pair_on_page(s.run(clicks=("pair_go",)))
+                s.values["para_a"], s.values["para_b"] = PAIRS[i]  # the two pair tasks' panels
+                s.values["sts_a"], s.values["sts_b"] = PAIRS[i]
+                pair = pair_on_page(s.run(clicks=("para_go", "sts_go")))
                 timings["pair_s"] = time.perf_counter() - t
                 results[i] = {"sst": sst, "pair": pair, **timings}
         except BaseException as e:  # reported below with the session's number

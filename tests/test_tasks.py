@@ -107,14 +107,22 @@ def _tok():
     return Tokenizer.from_folder(resolve_base("minilm-l6"), 32)
 
 
-def test_fourth_and_fifth_task_train_save_reload_predict_and_card(tiny_base, tmp_path):
-    tasks_file = write_own_tasks(tmp_path / "own")
+@pytest.fixture(scope="module")
+def five(tiny_base, tmp_path_factory) -> dict:
+    """A finished run on the trio plus the two tasks above (tiny model), in a runs folder of its own."""
+    tmp = tmp_path_factory.mktemp("five")
+    tasks_file = write_own_tasks(tmp / "own")
     cfg = TrainConfig(base_model=str(tiny_base), tasks_file=str(tasks_file), epochs=1, batch_size=8,
                       lr=1e-3, train_subset=16, eval_subset=16, train_eval_subset=8, max_length=32,
                       gradient_method="pcgrad", seed=3)
-    assert cfg.tasks == ["sst", "para", "sts", "rating", "nli"]
-    run = tmp_path / "runs" / "five"
+    run = tmp / "runs" / "20261201-000000-five"
     assert Trainer(cfg, run, progress=False, log=lambda m: None).run() == "finished"
+    return {"cfg": cfg, "run": run, "own": tmp / "own", "tasks_file": tasks_file}
+
+
+def test_fourth_and_fifth_task_train_save_reload_predict_and_card(five, tmp_path):
+    cfg, run, tasks_file = five["cfg"], five["run"], five["tasks_file"]
+    assert cfg.tasks == ["sst", "para", "sts", "rating", "nli"]
     saved = json.loads((run / "config.json").read_text())
     assert [d["name"] for d in saved["task_definitions"]] == cfg.tasks  # the run keeps the definitions
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -127,11 +135,14 @@ def test_fourth_and_fifth_task_train_save_reload_predict_and_card(tiny_base, tmp
                                                                     "rating_spearman", "nli_macro_f1")]))
 
     # the checkpoint loads without the task file
-    tasks_file.unlink()
-    model, tok, meta = load_checkpoint(run / "best")
+    moved = tasks_file.rename(tmp_path / "gone.yaml")
+    try:
+        model, tok, meta = load_checkpoint(run / "best")
+    finally:
+        moved.rename(tasks_file)
     assert model.cfg.names == cfg.tasks and model.cfg.task("nli").label_names == ("entailment", "neutral",
                                                                                      "contradiction")
-    own = tmp_path / "own"
+    own = five["own"]
     ex, _ = read_task_file(model.cfg.task("rating"), own / "rating-dev.jsonl")
     raw = predict_raw(model, tok, "rating", ex)
     assert raw.shape == (48,) and ((raw >= 1) & (raw <= 10)).all()
@@ -160,6 +171,60 @@ def test_fourth_and_fifth_task_train_save_reload_predict_and_card(tiny_base, tmp
     card = str(model_card(run / "best", "me/five"))
     assert "| Entailment (`nli`) | pair | 3 classes: entailment, neutral, contradiction | concat_diff_prod | ce |" in card
     assert "Review rating Spearman" in card and "Entailment macro-F1" in card
+
+
+def test_playground_shows_a_panel_per_task_and_each_answers(five, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+    monkeypatch.setenv("MTBERT_RUNS_DIR", str(five["run"].parent))
+    at = AppTest.from_file(str(REPO / "app_pages" / "2_Playground.py"), default_timeout=60).run()
+    box = at.selectbox(key="ckpt_a")
+    box.select_index(next(i for i, o in enumerate(box.options) if o.startswith(five["run"].name))).run()
+    assert not at.exception, [e.value for e in at.exception]
+    headings = [m.value for m in at.markdown if m.value.startswith("#### ")]
+    assert headings == ["#### SST", "#### Paraphrase", "#### STS", "#### Review rating", "#### Entailment"]
+    at.text_area(key="rating_text").set_value("a great film, very good")
+    at.button(key="rating_go").click().run()
+    at.text_input(key="nli_a").set_value("a good film")
+    at.text_input(key="nli_b").set_value("a dull plot")
+    at.button(key="nli_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    metrics = {m.label: m.value for m in at.metric}
+    score = float(metrics["Review rating (1–10)"])
+    model, tok, _ = load_checkpoint(five["run"] / "best")
+    from mtbert.evaluate import predict_text
+    assert score == pytest.approx(predict_text(model, tok, "rating", "a great film, very good")["value"], abs=0.005)
+    want = predict_text(model, tok, "nli", "a good film", "a dull plot")["top"]
+    assert metrics[f"Predicted · {five['run'].name}/best"] == want
+    assert want in ("entailment", "neutral", "contradiction")
+
+
+def test_gradio_app_answers_every_task_of_the_checkpoint(five, monkeypatch):
+    import socket
+    monkeypatch.setenv("MTBERT_RUNS_DIR", str(five["run"].parent))
+    import gradio_app
+    from gradio_client import Client
+    ref = f"{five['run'].name}/best"
+    app = gradio_app.build_app([c for c in gradio_app.checkpoint_choices() if c.name == ref])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+        listed = client.predict(ref, api_name="/tasks")
+        assert [t["name"] for t in listed] == ["sst", "para", "sts", "rating", "nli"]
+        assert listed[4]["labels"] == ["entailment", "neutral", "contradiction"] and listed[3]["range"] == [1, 10]
+        classes, value, _ = client.predict(ref, "nli", "a good film", "a dull plot", api_name="/predict")
+        model, tok, _ = load_checkpoint(five["run"] / "best")
+        from mtbert.evaluate import predict_text
+        want = predict_text(model, tok, "nli", "a good film", "a dull plot")
+        assert classes["label"] == want["top"] and value is None
+        _, value, _ = client.predict(ref, "rating", "a great film", "", api_name="/predict")
+        assert value == pytest.approx(predict_text(model, tok, "rating", "a great film")["value"], abs=1e-3)
+        with pytest.raises(Exception, match="this checkpoint's tasks: sst, para, sts, rating, nli"):
+            client.predict(ref, "qqp", "a", "b", api_name="/predict")
+    finally:
+        app.close()
 
 
 # ---- definitions: every field checked, with the field and its allowed values ------------------
@@ -316,3 +381,17 @@ def test_mrpc_example_task_file_reads_the_glue_files(tmp_path):
     assert rep.usable == 3668 and '"' in "".join(e.text_a for e in train)  # quotes are plain characters
     cfg = TrainConfig.from_file(REPO / "configs" / "minilm-cpu-4tasks.yaml")
     assert cfg.tasks == ["sst", "para", "sts", "mrpc"] and cfg.data_dir == "data/cs224n"
+
+
+def test_batch_upload_reads_a_file_in_its_tasks_own_format(tmp_path):
+    from mtbert.studio import playground as pg
+    specs, _ = read_tasks_file(write_own_tasks(tmp_path))
+    data = (tmp_path / "rating-dev.jsonl").read_bytes()
+    task, examples, report = pg.read_upload(data, "rating", builtin_tasks() + specs)
+    assert task == "rating" and len(examples) == 48 and report.path == "uploaded file"
+    with pytest.raises(pg.InputError, match="choose the task"):  # no CS224N header to tell it by
+        pg.read_upload(data, "auto", builtin_tasks() + specs)
+    with pytest.raises(pg.InputError, match="choose one of auto, sst, para, sts, rating, nli"):
+        pg.read_upload(data, "qqp", builtin_tasks() + specs)
+    with pytest.raises(pg.InputError, match="no column 'premise' for task nli"):
+        pg.read_upload(data, "nli", builtin_tasks() + specs)

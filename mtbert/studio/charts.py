@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from ..report import SEED_COLUMNS
+from ..report import result_columns
 from .runs import _num
 
 MAX_POINTS = 1500  # per chart series
@@ -71,11 +71,12 @@ def _add_dev_traces(fig, records: list[dict], key: str, name: str, color: str, d
                             line=dict(color=color, dash=dash))
 
 
-def dev_figure(records: list[dict]):
+def dev_figure(records: list[dict], specs=None):
+    """One line per task's main score and the average (`specs`: the run's task definitions)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for i, (key, title) in enumerate(SEED_COLUMNS):
+    for i, (key, title) in enumerate(result_columns(specs)):
         _add_dev_traces(fig, records, key, title, _COLORS[i % len(_COLORS)], "dash" if key == "average" else None)
     return _layout(fig, "Dev metrics per evaluation", "step", "score")
 

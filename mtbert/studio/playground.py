@@ -22,6 +22,7 @@ import torch
 
 from ..checkpoint import download_from_hub, load_base, load_checkpoint
 from ..model import ModelConfig, MultitaskBert
+from ..tasks import specs_of_model_config
 from .checkpoints import CheckpointRef, list_checkpoints, safe_checkpoint_path
 from .environment import BASE_MODELS
 
@@ -118,9 +119,10 @@ def _metric_value(v) -> str:
     return f"{v:,}" if isinstance(v, int) else f"{v:.3f}"
 
 
-def describe_metrics(metrics: dict) -> str:
+def describe_metrics(metrics: dict, specs=()) -> str:
     """A checkpoint's scores in words: "Quora accuracy 0.790 (0.789 on the 19,212 pairs the
-    threshold never saw, …), SST accuracy 0.395, …"; counts as integers with thousands separators."""
+    threshold never saw, …), SST accuracy 0.395, …"; counts as integers with thousands separators.
+    A metric of another task (`specs`: the checkpoint's definitions) is named by its title."""
     values = {k: v for k, v in metrics.items()
               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
     parts, shown = [], set(UNWORDED_METRICS)
@@ -128,7 +130,8 @@ def describe_metrics(metrics: dict) -> str:
         if key in values:
             extra = [_metric_phrase(t, k, values, shown) for k, t in details.items() if k in values]
             parts.append(_metric_phrase(template, key, values, shown) + (f" ({', '.join(extra)})" if extra else ""))
-    parts += [f"{k.replace('_', ' ')} {_metric_value(v)}" for k, v in values.items() if k not in shown]
+    titles = {spec.metric_key(m): spec.metric_title(m) for spec in specs for m in spec.metrics}
+    parts += [f"{titles.get(k) or k.replace('_', ' ')} {_metric_value(v)}" for k, v in values.items() if k not in shown]
     return ", ".join(parts)
 
 
@@ -137,7 +140,11 @@ def describe_model(meta: dict) -> str:
         return (f"{meta.get('base_model')}: the plain pretrained encoder with UNTRAINED task heads; "
                 "its sentiment, paraphrase and similarity outputs are random, not predictions")
     dev = (meta.get("metrics") or {}).get("dev") or {}
-    scores = describe_metrics(dev) if isinstance(dev, dict) else ""
+    try:
+        specs = specs_of_model_config(meta.get("model") or {})
+    except ValueError:
+        specs = []
+    scores = describe_metrics(dev, specs) if isinstance(dev, dict) else ""
     hub = f"{meta['hub_id']} from the Hugging Face Hub: " if meta.get("hub_id") else ""
     return hub + f"base {meta.get('base_model')}, {meta.get('model', {}).get('pooling', '?')} pooling" + (
         f"; dev: {scores}" if scores else "")
@@ -182,8 +189,9 @@ def sentiment(model, tokenizer, text: str) -> dict:
     """5-class distribution for one sentence."""
     from ..data import Example, make_batch
 
+    _require(model, "sst")
     text = check_text(text)
-    batch = make_batch("sst", [Example("0", text, None, None)], tokenizer)
+    batch = make_batch(model.cfg.task("sst"), [Example("0", text, None, None)], tokenizer)
     probs = model.predict("sst", batch)[0].float().tolist()
     best = max(range(len(probs)), key=probs.__getitem__)
     return {"probs": probs, "labels": list(SST_LABELS), "label": best, "label_name": SST_LABELS[best],
@@ -194,16 +202,64 @@ def pair_scores(model, tokenizer, a: str, b: str) -> dict:
     """Paraphrase probability and similarity 0..5 for a sentence pair."""
     from ..data import Example, make_batch
 
+    _require(model, "para", "sts")
     a, b = check_text(a, "first sentence"), check_text(b, "second sentence")
     ex = [Example("0", a, b, None)]
     out, notes = {}, []
     for task, key in (("para", "paraphrase"), ("sts", "similarity")):
         enc = model.cfg.encoding(task)  # each pair task reads the pair jointly or one sentence at a time
-        out[key] = float(model.predict(task, make_batch(task, ex, tokenizer, enc))[0])
+        out[key] = float(model.predict(task, make_batch(model.cfg.task(task), ex, tokenizer))[0])
         note = truncation_note(tokenizer, {"first sentence": a, "second sentence": b}, joint=enc == "joint")
         if note and note not in notes:
             notes.append(note)
     return {**out, "note": " ".join(notes) or None}
+
+
+def _require(model, *tasks: str) -> None:
+    missing = [t for t in tasks if t not in model.cfg.names]
+    if missing:
+        raise InputError(f"This checkpoint has no {', '.join(missing)} task; its tasks: {', '.join(model.cfg.names)}")
+
+
+def task_answer(model, tokenizer, task: str, a: str, b: str | None = None) -> dict:
+    """One task's answer for one input (mtbert.evaluate.predict_text), the input checked first and a
+    note added when the model cannot read all of it."""
+    from ..evaluate import predict_text
+
+    spec = model.cfg.task(task)
+    if spec.is_pair:
+        a, b = check_text(a, "first sentence"), check_text(b, "second sentence")
+        texts = {"first sentence": a, "second sentence": b}
+    else:
+        a, b = check_text(a), None
+        texts = {"sentence": a}
+    r = predict_text(model, tokenizer, task, a, b)
+    return {**r, "note": truncation_note(tokenizer, texts, joint=spec.pair_encoding == "joint")}
+
+
+def describe_task(spec) -> str:
+    """What a task reads and predicts, in words, for its panel."""
+    reads = "a pair of sentences" if spec.is_pair else "one sentence"
+    if spec.kind == "regression":
+        gives = f"a score from {spec.range[0]:g} to {spec.range[1]:g}"
+    elif spec.binary:
+        gives = f"the probability of {spec.label_name(1)!r}"
+    else:
+        gives = f"one of {spec.classes} classes" + (f" ({', '.join(map(str, spec.label_names))})"
+                                                    if spec.label_names else "")
+    return f"`{spec.name}` reads {reads} and predicts {gives}."
+
+
+def shared_tasks(models: list) -> list:
+    """The task definitions to show panels for: the first checkpoint's tasks, then any task only a
+    compared checkpoint has (each panel answers with the checkpoints that have its task)."""
+    seen, out = set(), []
+    for model in models:
+        for spec in model.cfg.tasks:
+            if spec.name not in seen:
+                seen.add(spec.name)
+                out.append(spec)
+    return out
 
 
 # ---- attention ------------------------------------------------------------------------------
@@ -366,7 +422,7 @@ def bertviz_height(view: AttentionView, kind: str = "head") -> int:
 # ---- batch mode -----------------------------------------------------------------------------
 
 def detect_task(data: bytes) -> str | None:
-    """sst / para / sts from a CS224N header; None when it cannot tell (unlabelled pair files)."""
+    """sst / para / sts from a CS224N header; None when it cannot tell (unlabelled pair files, other formats)."""
     header = data.split(b"\n", 1)[0].decode("utf-8-sig", "replace").strip().split("\t")
     cols = {h.strip() for h in header}
     if "sentence" in cols:
@@ -378,24 +434,28 @@ def detect_task(data: bytes) -> str | None:
     return None
 
 
-def read_upload(data: bytes, task: str = "auto") -> tuple[str, list, object]:
-    """(task, examples, report) of an uploaded CS224N file; never unpickles, only parses TSV text."""
-    from ..data import TASKS, DataError, read_task_file
+def read_upload(data: bytes, task: str = "auto", specs: list | None = None) -> tuple[str, list, object]:
+    """(task, examples, report) of an uploaded file, read in the chosen task's own format (`specs`: the
+    checkpoint's task definitions; default the built-in trio); never unpickles, only parses text."""
+    from ..data import DataError, read_task_file
+    from ..tasks import builtin_tasks
 
+    by_name = {s.name: s for s in (specs if specs is not None else builtin_tasks())}
     if not data or not data.strip():
         raise InputError("The uploaded file is empty.")
     if task == "auto":
         task = detect_task(data)
-        if task is None:
-            raise InputError("Cannot tell the task from this file's header (sentence1/sentence2 without "
-                             "a label column fits both paraphrase and similarity): choose the task.")
-    elif task not in TASKS:
-        raise InputError(f"task={task!r} is not allowed; choose one of auto, {', '.join(TASKS)}")
+        if task is None or task not in by_name:
+            raise InputError("Cannot tell the task from this file's header (a CS224N header names it; "
+                             "sentence1/sentence2 without a label fits both paraphrase and similarity, and "
+                             "a file of another task is read in that task's format): choose the task.")
+    elif task not in by_name:
+        raise InputError(f"task={task!r} is not allowed; choose one of auto, {', '.join(by_name)}")
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "upload.csv"
+        path = Path(tmp) / "upload"
         path.write_bytes(data)
         try:
-            examples, report = read_task_file(task, path)
+            examples, report = read_task_file(by_name[task], path)
         except DataError as e:
             raise InputError(str(e).replace(str(path), "the uploaded file")) from None
     report.path = "uploaded file"
@@ -457,13 +517,18 @@ class BatchJob:
 
 def sentiment_figure(results: dict[str, dict]):
     """Grouped bars: one group per class, one bar per model (name -> sentiment() result)."""
+    return class_figure("Sentiment distribution", {n: dict(zip(r["labels"], r["probs"])) for n, r in results.items()})
+
+
+def class_figure(title: str, results: dict[str, dict]):
+    """Grouped bars: one group per class, one bar per model (name -> {label: probability})."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for name, r in results.items():
-        fig.add_bar(x=r["labels"], y=r["probs"], name=name, text=[f"{p:.2f}" for p in r["probs"]],
+    for name, probs in results.items():
+        fig.add_bar(x=list(probs), y=list(probs.values()), name=name, text=[f"{p:.2f}" for p in probs.values()],
                     textposition="outside")
-    fig.update_layout(title="Sentiment distribution", yaxis=dict(range=[0, 1.1], title="probability"),
+    fig.update_layout(title=title, yaxis=dict(range=[0, 1.1], title="probability"),
                       barmode="group", height=340, margin=dict(l=10, r=10, t=40, b=10),
                       showlegend=len(results) > 1)
     return fig

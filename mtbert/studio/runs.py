@@ -19,7 +19,8 @@ from pathlib import Path
 
 from .. import runfolder
 from ..lock import pid_alive
-from ..report import SEED_COLUMNS
+from ..report import result_columns
+from ..tasks import TaskSpec, builtin_tasks
 from ..runfolder import CONFIG, LAST, LOG, STATE_JSON, STATUS, runs_dir
 from .environment import ROOT
 
@@ -96,10 +97,32 @@ def active_run() -> Path | None:
     return runs_dir() / str(owner.get("run_id"))
 
 
-_TITLES = dict(SEED_COLUMNS)
-RUN_SCORES = (_TITLES["average"], *(title for k, title in SEED_COLUMNS if k != "average"))  # the Average first
 RUN_SETTINGS = ("tasks", "gradient_method", "schedule", "mode", "pooling", "pair_encoding", "lr", "batch_size",
                 "epochs", "max_steps", "train_subset")  # the Runs table's settings columns, after the scores
+
+
+def run_tasks(run_dir) -> list[TaskSpec]:
+    """The task definitions a run trains (its config.json's); the built-in trio for a config that
+    cannot be read."""
+    from ..config import TrainConfig
+    try:
+        return TrainConfig.from_dict(runfolder.read_config(Path(run_dir))).task_specs()
+    except (ValueError, TypeError):
+        return builtin_tasks()
+
+
+def score_columns(rows: list[dict]) -> list[str]:
+    """The score columns of Runs table rows (Average first): every key but the run, its state and settings."""
+    other = {"run", "state", "step", *RUN_SETTINGS}
+    return list(dict.fromkeys(k for r in rows for k in r if k not in other))
+
+
+def runs_table(folders) -> list[dict]:
+    """The Runs table: one row per run, every row with the same columns in the same order (runs of
+    other task sets leave the columns of tasks they did not train empty)."""
+    rows = [describe_run(f) for f in folders]
+    keys = ["run", *score_columns(rows), "state", "step", *RUN_SETTINGS]
+    return [{k: r.get(k) for k in keys} for r in rows]
 
 
 def describe_run(run_dir) -> dict:
@@ -107,16 +130,19 @@ def describe_run(run_dir) -> dict:
     compared by, readable without scrolling sideways), then its state and main settings."""
     run_dir = Path(run_dir)
     cfg, st = runfolder.read_config(run_dir), read_status(run_dir)
+    cols = result_columns(run_tasks(run_dir))
+    titles = [cols[-1][1], *(t for _, t in cols[:-1])]  # the Average first
     dev = next((r for r in results_table(run_dir, st) if r[""] == "Dev"), {})
-    return {"run": run_dir.name, **{title: dev.get(title) for title in RUN_SCORES},
+    return {"run": run_dir.name, **{title: dev.get(title) for title in titles},
             "state": st.get("state"), "step": st.get("step"),
             **{k: ",".join(cfg.get(k) or []) if k == "tasks" else cfg.get(k) for k in RUN_SETTINGS}}
 
 
 # ---- the seed's results table ---------------------------------------------------------------
 
-def results_rows(records: list[dict]) -> list[dict]:
-    """Seed-style rows (Train, Dev, ...): Paraphrase acc, SST acc, STS corr, Average.
+def results_rows(records: list[dict], specs: list[TaskSpec] | None = None) -> list[dict]:
+    """Rows (Train, Dev, ...) with a column per task's main score and the Average (for the trio the
+    seed's Paraphrase acc, SST acc, STS corr, Average).
 
     The rows describe the best checkpoint: the dev evaluation with the highest average, and the
     other splits' evaluation at that step (or their latest one, e.g. a final Train pass)."""
@@ -134,7 +160,7 @@ def results_rows(records: list[dict]) -> list[dict]:
             continue
         chosen[s] = r  # the latest one, unless one at the best dev step came earlier
     order = sorted(chosen, key=_split_key)
-    return [{"": s.capitalize(), **{title: _num(chosen[s].get(k)) for k, title in SEED_COLUMNS}}
+    return [{"": s.capitalize(), **{title: _num(chosen[s].get(k)) for k, title in result_columns(specs)}}
             for s in order]
 
 
@@ -142,11 +168,12 @@ def results_table(run_dir, status: dict | None = None) -> list[dict]:
     """The finished run's table: the trainer's own `results` in status.json (Train and Dev of the
     best checkpoint), else the evaluations found in metrics.jsonl."""
     results = (status if status is not None else read_status(run_dir)).get("results")
+    specs = run_tasks(run_dir)
     if isinstance(results, dict) and results:
         order = sorted(results, key=_split_key)
-        return [{"": s.capitalize(), **{title: _num((results[s] or {}).get(k)) for k, title in SEED_COLUMNS}}
+        return [{"": s.capitalize(), **{title: _num((results[s] or {}).get(k)) for k, title in result_columns(specs)}}
                 for s in order if isinstance(results[s], dict)]
-    return results_rows(runfolder.read_metrics(run_dir)[0])
+    return results_rows(runfolder.read_metrics(run_dir)[0], specs)
 
 
 def _split_key(split: str):

@@ -7,11 +7,9 @@ from dataclasses import dataclass, fields
 
 from ..config import TASKS, Range, TrainConfig, allowed_values, kind, number_or_text, optional, preset_settings
 
-__all__ = ["DATA_SETTINGS", "NOT_IN_FORM", "Range", "Setting", "settings_spec", "preset_values"]
-
 DATA_SETTINGS = ("data_dir", "quora_train")  # set by the data picker, not the form
-# tasks defined in a file: the task file and the definitions a run saves; the page adds tasks its own way
-NOT_IN_FORM = DATA_SETTINGS + ("tasks_file", "task_definitions")
+TASK_SETTINGS = ("tasks_file", "task_definitions")  # set by the tasks the page adds, not the form
+NOT_IN_FORM = DATA_SETTINGS + TASK_SETTINGS
 
 
 @dataclass
