@@ -16,8 +16,8 @@ st.set_page_config(page_title="Train · mtbert", layout="wide")
 
 DEFAULTS = "defaults (every setting at its default)"
 SPEC = settings.settings_spec()
-# widget details the settings' types and bounds do not say; everything else comes from TrainConfig
-# and settings.ABOUT (label, help, bounds)
+# widget details the settings' types and bounds do not say; everything else comes from each
+# setting's declaration in TrainConfig (label, help, bounds)
 NUMBER = {
     "lr": dict(step=1e-6, format="%.1e"),
     "head_lr": dict(step=1e-5, format="%.1e"),

@@ -4,13 +4,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 
 
 def _add_train(sub) -> None:
-    from .config import CHOICES, TrainConfig
+    from .config import TrainConfig
     p = sub.add_parser("train", help="fine-tune the multitask model, writing a run folder",
                        description="Train one BERT on SST, Quora and STS at once. Settings come from the "
                                    "defaults (the seed report's), then --config FILE (YAML/JSON), then flags.")
@@ -21,26 +21,30 @@ def _add_train(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no terminal progress bar")
     g = p.add_argument_group("settings (override the config file)")
     for f in fields(TrainConfig):
-        if f.name in NOT_FLAGS:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if not callable(getattr(f, "default_factory", None)) else f.default_factory()
-        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        if f.name in CHOICES:
-            g.add_argument(flag, dest=f.name, choices=CHOICES[f.name], default=argparse.SUPPRESS,
-                           help=f"default: {default}")
-        elif "bool" in kind:
-            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                           help=f"default: {default}")
-        elif f.name == "tasks":
-            g.add_argument(flag, dest="tasks", default=argparse.SUPPRESS,
-                           help="comma-separated names of defined tasks: sst, para, sts and the --tasks-file's "
-                                "(default: all of them)")
-        else:
-            conv = int if kind.startswith("int") else float if kind.startswith("float") else str
-            g.add_argument(flag, dest=f.name, type=_optional(conv), default=argparse.SUPPRESS,
-                           help=f"default: {default}" + (" ('none' for no limit)" if "None" in kind else ""))
+        if f.name not in NOT_FLAGS:
+            g.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS, **_flag(f))
     p.set_defaults(func=_cmd_train, _fields=[f.name for f in fields(TrainConfig) if f.name not in NOT_FLAGS])
+
+
+def _flag(f) -> dict:
+    """add_argument's type, choices and help for a setting, from its declaration in TrainConfig."""
+    from .config import allowed_values, kind, optional
+    m, k, allowed = f.metadata, kind(f), allowed_values(f)
+    default = f.default_factory() if f.default is MISSING else f.default
+    values = f"allowed: {allowed}; " if allowed and k != "bool" else ""  # --flag/--no-flag says it
+    shown = "none" if default in (None, []) else default
+    about = f"{m['label']}: {m['help']} ({values}default: {shown})".replace("%", "%%")  # argparse formats %
+    if k == "bool":
+        return dict(action=argparse.BooleanOptionalAction, help=about)
+    # a list is typed comma-separated ("sst,sts", "600,1200") and split by TrainConfig; none: empty
+    conv = {"int": int, "float": float}.get(k, str)
+    kw = dict(type=_optional(conv) if optional(f) or k == "list" else conv, help=about)
+    if m["choices"]:  # refused by argparse, before anything starts
+        kw["choices"] = ((None,) if optional(f) else ()) + m["choices"]
+        kw["metavar"] = "{" + allowed.replace(", ", ",") + "}"  # `none`, as typed, not None
+    elif k == "list":
+        kw["metavar"] = "A,B,..."
+    return kw
 
 
 NOT_FLAGS = ("task_definitions",)  # written by the trainer into config.json, not given by hand
@@ -59,6 +63,16 @@ def _optional(conv):
     return parse
 
 
+def resume_refusal(flags: dict) -> str | None:
+    """Why --resume cannot take these settings flags (None: it can). Only the settings declared
+    resume=True in TrainConfig (the budgets, the device) may change: the rest must match the saved state."""
+    from .config import RESUME_SETTINGS
+    refused = [name for name in flags if name not in RESUME_SETTINGS]
+    if refused:
+        return f"--resume can only change {', '.join(RESUME_SETTINGS)}; not {', '.join(sorted(refused))}"
+    return None
+
+
 def _cmd_train(args) -> int:
     from .config import TrainConfig, read_config_file
     from .runfolder import CONFIG, new_run_dir, write_config
@@ -72,13 +86,10 @@ def _cmd_train(args) -> int:
                 print(f"error: {run_dir} is not a run folder (no {CONFIG})", file=sys.stderr)
                 return 2
             base = read_config_file(cfg_path)
-            if flags:  # only budgets may change on resume; everything else must match the saved state
-                allowed = {"epochs", "max_steps", "time_budget_s", "eval_every", "device"}
-                bad = sorted(set(flags) - allowed)
-                if bad:
-                    print(f"error: --resume can only change {', '.join(sorted(allowed))}; not {', '.join(bad)}",
-                          file=sys.stderr)
-                    return 2
+            refused = resume_refusal(flags)
+            if refused:
+                print(f"error: {refused}", file=sys.stderr)
+                return 2
             cfg = TrainConfig.from_dict({**base, **flags})
             if flags:
                 write_config(run_dir, cfg.to_dict())

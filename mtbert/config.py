@@ -1,4 +1,7 @@
-"""Training settings as plain data: the seed's defaults, validation that names the setting, presets."""
+"""Training settings as plain data: each setting declared once, beside its default, with what every
+reader of it needs (its section and label in the Train form, its help, its allowed values); the
+validation, the `train` CLI flags, the resume check, the Train form and the model card's settings
+table are all derived from those declarations. Also the presets."""
 from __future__ import annotations
 
 import json
@@ -9,140 +12,202 @@ from pathlib import Path
 from .tasks import BUILTIN_NAMES, TaskSpec, available_tasks, select, specs_from_dicts, with_weight
 
 TASKS = BUILTIN_NAMES  # the built-in tasks; a task file adds others (mtbert/tasks.py)
-MODEL_CHOICES = {
-    "pooling": ("cls", "mean"),
-    "pair_encoding": ("separate", "joint"),
-    "para_features": ("concat", "concat_diff_prod"),
-    "sts_loss": ("cosine_mse", "cosine_embedding"),
-}
-CHOICES = {
-    "mode": ("finetune", "frozen"),
-    "schedule": ("parallel", "round-robin"),
-    "gradient_method": ("sum", "pcgrad"),
-    "optimizer": ("adam", "adamw", "sgd"),
-    "lr_decay": ("none", "linear", "cosine"),
-    "device": ("auto", "cpu", "cuda"),
-    **MODEL_CHOICES,
-}
+
+
+@dataclass(frozen=True)
+class Range:
+    """The bounds of a number setting (None: no bound there)."""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is refused
+    high_open: bool = False
+
+    def __contains__(self, v) -> bool:
+        return ((self.low is None or v > self.low or (v == self.low and not self.low_open))
+                and (self.high is None or v < self.high or (v == self.high and not self.high_open)))
+
+    def describe(self, name: str, kind: str) -> str:
+        """In words: "a number > 0", "an integer >= 1", "0 < layer_lr_decay <= 1",
+        "an integer, 8 <= max_length <= 512"."""
+        if self.high is None:
+            noun = {"int": "an integer", "list": "a list of numbers"}.get(kind, "a number")
+            return f"{noun} {'>' if self.low_open else '>='} {self.low:g}"
+        lo = f"{self.low:g} {'<' if self.low_open else '<='} " if self.low is not None else ""
+        hi = f" {'<' if self.high_open else '<='} {self.high:g}"
+        return ("an integer, " if kind == "int" else "") + f"{lo}{name}{hi}"
+
+
+AT_LEAST_1, AT_LEAST_0, ABOVE_0 = Range(1), Range(0), Range(0, low_open=True)
+PAIR_ENCODINGS = ("separate", "joint")
+
+
+def setting(default, *, section: str, label: str, help: str, choices: tuple = (), range: Range | None = None,
+            card: bool = True, resume: bool = False):
+    """A TrainConfig field with its declaration: the Train form's section and label, the help the form
+    and `--help` show, the values allowed (choices, or a number range; None is allowed when the field's
+    type says `| None`), whether the model card lists it, and whether `--resume` may change it."""
+    meta = dict(section=section, label=label, help=help, choices=tuple(choices), range=range, card=card,
+                resume=resume)
+    if isinstance(default, list):  # a mutable default: each config gets its own copy
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+MODEL, OPTIM, BUDGET, EVAL, DATA, MACHINE = "Model and tasks", "Optimisation", "Budget", "Evaluation", "Data", "Machine"
 
 
 @dataclass
 class TrainConfig:
-    name: str = "run"
-    base_model: str = "minilm-l6"  # minilm-l6 | a folder | a Hub repo id (bert-base-uncased)
-    mode: str = "finetune"
-    freeze_word_embeddings: bool = False  # 12 M of MiniLM's 22.7 M weights: cheaper steps, PCGrad buffers
-    tasks: list | None = None  # names of the tasks to train; None: every task defined (built-in and tasks_file's)
-    tasks_file: str | None = None  # a YAML file of task definitions, added to the built-in tasks or replacing them
-    # the definitions of the tasks trained, as the run started: config.json keeps them, so a run resumes
-    # (and its checkpoints load) without the task file; None: from the built-in tasks and tasks_file
-    task_definitions: list | None = None
-    schedule: str = "parallel"
-    gradient_method: str = "sum"
+    name: str = setting("run", section=MODEL, label="Run name", card=False,
+                        help="the run folder is named after the start time and this")
+    base_model: str = setting("minilm-l6", section=MODEL, label="Base model", card=False,  # the card has its own line
+                              help="minilm-l6 (the packaged all-MiniLM-L6-v2), a local BERT folder, or a Hub id "
+                                   "(e.g. bert-base-uncased)")
+    mode: str = setting("finetune", section=MODEL, label="Training mode", choices=("finetune", "frozen"),
+                        help="finetune: train the encoder too; frozen: train the heads only (the seed's first mode)")
+    freeze_word_embeddings: bool = setting(False, section=MODEL, label="Freeze word embeddings",
+                                           help="keep the word-embedding table as it is (12 M of MiniLM's 22.7 M "
+                                                "weights): cheaper steps and smaller PCGrad buffers")
+    tasks: list | None = setting(None, section=MODEL, label="Tasks",
+                                 help="the names of the tasks to train (sst: SST-5 sentiment, para: Quora paraphrase, "
+                                      "sts: STS similarity, and the task file's); unset: every task defined")
+    # the card shows the tasks' definitions; the file's path would name the author's disk
+    tasks_file: str | None = setting(None, section=MODEL, label="Task file", card=False,
+                                     help="a YAML file of task definitions, added to the built-in tasks or "
+                                          "replacing them (docs/tasks.md)")
+    task_definitions: list | None = setting(None, section=MODEL, label="Task definitions", card=False,
+                                            help="the definitions of the tasks trained, as the run started (the "
+                                                 "trainer writes them into config.json, so a run resumes and its "
+                                                 "checkpoints load without the task file); none: from the "
+                                                 "built-in tasks and the task file")
+    schedule: str = setting("parallel", section=MODEL, label="Task schedule", choices=("parallel", "round-robin"),
+                            help="parallel: one batch of every task per step; round-robin: a pass of one task, "
+                                 "then the next")
+    gradient_method: str = setting("sum", section=MODEL, label="Gradient method", choices=("sum", "pcgrad"),
+                                   help="sum: add the task losses; pcgrad: project away conflicting task gradients")
     # model
-    pooling: str = "cls"
-    pair_encoding: str = "separate"
-    para_encoding: str | None = None  # per-task override of pair_encoding (e.g. joint for Quora only)
-    sts_encoding: str | None = None
-    para_features: str = "concat"
-    sts_loss: str = "cosine_mse"
-    dropout: float = 0.1
+    pooling: str = setting("cls", section=MODEL, label="Sentence pooling", choices=("cls", "mean"),
+                           help="cls: the [CLS] token's vector; mean: the mean of the token vectors")
+    pair_encoding: str = setting("separate", section=MODEL, label="Pair encoding", choices=PAIR_ENCODINGS,
+                                 help="separate: encode each sentence alone (the seed); joint: [CLS] a [SEP] b [SEP]")
+    para_encoding: str | None = setting(None, section=MODEL, label="Quora pair encoding", choices=PAIR_ENCODINGS,
+                                        help="none: as Pair encoding; else this encoding for Quora only")
+    sts_encoding: str | None = setting(None, section=MODEL, label="STS pair encoding", choices=PAIR_ENCODINGS,
+                                       help="none: as Pair encoding; else this encoding for STS only")
+    para_features: str = setting("concat", section=MODEL, label="Paraphrase head features",
+                                 choices=("concat", "concat_diff_prod"),
+                                 help="concat: [u; v] (the seed); concat_diff_prod: [u; v; |u-v|; u*v]")
+    sts_loss: str = setting("cosine_mse", section=MODEL, label="STS loss", choices=("cosine_mse", "cosine_embedding"),
+                            help="cosine_mse: squared error of the predicted 0-5 score; cosine_embedding: the seed's "
+                                 "cosine embedding loss on +-1 targets (separate pair encoding only)")
+    dropout: float = setting(0.1, section=MODEL, label="Dropout", range=Range(0, 1, high_open=True),
+                             help="the encoder's (hidden and attention) and the task heads'")
     # each task's loss is scaled by its weight before the gradients are formed (sum and PCGrad alike)
-    sst_weight: float = 1.0
-    para_weight: float = 1.0
-    sts_weight: float = 1.0
-    max_length: int = 128
-    # optimisation (the seed: Adam, lr 1e-5, batch 8, 10 epochs)
-    epochs: int = 10
-    batch_size: int = 8
-    lr: float = 1e-5
-    head_lr: float | None = None  # None: same as lr
-    layer_lr_decay: float = 1.0  # encoder layer l of L gets lr * decay^(L-1-l), the embeddings lr * decay^L
-    # evaluate (and keep as best) an exponential moving average of the weights; None: the weights themselves
-    ema_decay: float | None = None
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    lr_decay: str = "none"
-    grad_clip: float | None = 1.0
-    bucket: bool = False  # length bucketing: batches of similar lengths, less padding
-    # budget
-    max_steps: int | None = None
-    time_budget_s: float | None = None
-    train_subset: int | None = None  # examples per task, for quick runs
-    # evaluation
-    eval_every: int | None = None  # steps; dev evaluation also runs at every epoch end
-    eval_every_s: float | None = None  # seconds of training time between dev evaluations
-    full_eval_at_s: list = field(default_factory=list)  # training-time marks for a full-dev evaluation
-    eval_subset: int | None = None  # dev examples per task (None: all)
-    train_eval_subset: int | None = 1000  # train examples per task for the final Train row
-    final_full_eval: bool = True  # with eval_subset: evaluate the best checkpoint on the whole dev set at the end
-    eval_batch_size: int = 64
-    # fit the Quora decision threshold on the dev eval subset at each evaluation (see docs/results.md)
-    calibrate_para: bool = False
-    # data
-    data_dir: str | None = None  # None: the shipped sample (data/sample); data/cs224n: `mtbert data fetch`'s
-    quora_train: str | None = None  # another Quora train file instead of data_dir's quora-train.csv
-    # machine
-    device: str = "auto"
-    bf16: bool = True  # autocast on CUDA only
-    seed: int = 11711
+    sst_weight: float = setting(1.0, section=OPTIM, label="SST loss weight", range=ABOVE_0,
+                                help="the SST loss's weight in the sum (the logged loss is unweighted; leave sst "
+                                     "out of Tasks to not train it)")
+    para_weight: float = setting(1.0, section=OPTIM, label="Quora loss weight", range=ABOVE_0,
+                                 help="the Quora loss's weight in the sum (the logged loss is unweighted; leave "
+                                      "para out of Tasks to not train it)")
+    sts_weight: float = setting(1.0, section=OPTIM, label="STS loss weight", range=ABOVE_0,
+                                help="the STS loss's weight in the sum (the logged loss is unweighted; leave sts "
+                                     "out of Tasks to not train it)")
+    max_length: int = setting(128, section=MODEL, label="Max tokens per input", range=Range(8, 512),
+                              help="longer inputs are cut to this many tokens")
+    # optimisation (the seed: Adam, lr 1e-5, batch 8, 10 epochs); a resumed run may train for longer
+    epochs: int = setting(10, section=OPTIM, label="Epochs", range=AT_LEAST_1, resume=True,
+                          help="passes over the training data (a step or time budget may end the run first)")
+    batch_size: int = setting(8, section=OPTIM, label="Batch size per task", range=AT_LEAST_1,
+                              help="examples of each task in one batch")
+    lr: float = setting(1e-5, section=OPTIM, label="Learning rate (top layer)", range=ABOVE_0,
+                        help="of the encoder's top layer (the layers below get less with Layer-wise lr decay) "
+                             "and of the heads unless Head learning rate is set")
+    head_lr: float | None = setting(None, section=OPTIM, label="Head learning rate", range=ABOVE_0,
+                                    help="none: the same as Learning rate")
+    layer_lr_decay: float = setting(1.0, section=OPTIM, label="Layer-wise lr decay", range=Range(0, 1, low_open=True),
+                                    help="1: one learning rate for the whole encoder; below 1: each layer down gets "
+                                         "this factor of the one above's (the top layer gets Learning rate, the "
+                                         "embeddings one factor less than the bottom layer)")
+    ema_decay: float | None = setting(None, section=OPTIM, label="Weight averaging (EMA decay)",
+                                      range=Range(0, 1, low_open=True, high_open=True),
+                                      help="none: evaluate the weights as trained; else evaluate and keep as best a "
+                                           "moving average of them (e.g. 0.999; it warms up, averaging about the "
+                                           "last tenth of the steps so far until that is 1/(1-decay))")
+    optimizer: str = setting("adam", section=OPTIM, label="Optimizer", choices=("adam", "adamw", "sgd"),
+                             help="adam (the seed's), adamw (Adam with decoupled weight decay) or plain sgd")
+    weight_decay: float = setting(0.0, section=OPTIM, label="Weight decay", range=AT_LEAST_0,
+                                  help="the optimizer's weight decay (decoupled with adamw)")
+    warmup_steps: int = setting(0, section=OPTIM, label="Warm-up steps", range=AT_LEAST_0,
+                                help="steps over which the learning rate rises linearly to its value")
+    lr_decay: str = setting("none", section=OPTIM, label="Learning-rate decay", choices=("none", "linear", "cosine"),
+                            help="after the warm-up: constant (none), or down to 0 at the last step (or the end of "
+                                 "the time budget), linearly or along a cosine")
+    grad_clip: float | None = setting(1.0, section=OPTIM, label="Gradient clipping (max norm)", range=ABOVE_0,
+                                      help="none: no clipping")
+    bucket: bool = setting(False, section=OPTIM, label="Length bucketing", card=False,
+                           help="batches of similar lengths: less padding, faster steps")
+    # budget: what a resumed run may extend
+    max_steps: int | None = setting(None, section=BUDGET, label="Max steps", range=AT_LEAST_1, resume=True,
+                                    help="none: no limit; stops early when reached")
+    time_budget_s: float | None = setting(None, section=BUDGET, label="Time budget (seconds)", range=ABOVE_0,
+                                          resume=True,
+                                          help="none: no limit; stops after this many seconds of training")
+    train_subset: int | None = setting(None, section=BUDGET, label="Training examples per task", range=AT_LEAST_1,
+                                       help="none: all; else train on this many examples per task (quick runs)")
+    # evaluation: how a run is watched, not what it trains, so the card leaves it out
+    eval_every: int | None = setting(None, section=EVAL, label="Evaluate every (steps)", range=AT_LEAST_1,
+                                     card=False, resume=True,
+                                     help="none: evaluate on dev at every epoch end only; else also every this "
+                                          "many steps")
+    eval_every_s: float | None = setting(None, section=EVAL, label="Evaluate every (seconds)", range=ABOVE_0,
+                                         card=False,
+                                         help="none: by steps and epochs only; else also after every this many "
+                                              "seconds of training")
+    full_eval_at_s: list = setting([], section=EVAL, label="Full-dev evaluations at (seconds)", range=ABOVE_0,
+                                   card=False,
+                                   help="comma-separated seconds of training time at which to evaluate on the "
+                                        "whole dev set")
+    eval_subset: int | None = setting(None, section=EVAL, label="Dev examples per task", range=AT_LEAST_1,
+                                      card=False, help="none: the whole dev set; else this many examples per task")
+    train_eval_subset: int | None = setting(1000, section=EVAL, label="Train-row examples per task",
+                                            range=AT_LEAST_1, card=False,
+                                            help="train examples per task for the results' Train row; none: all")
+    final_full_eval: bool = setting(True, section=EVAL, label="Final full-dev evaluation", card=False,
+                                    help="with a dev subset: evaluate the best checkpoint on the whole dev set "
+                                         "at the end")
+    eval_batch_size: int = setting(64, section=EVAL, label="Evaluation batch size", range=AT_LEAST_1, card=False,
+                                   help="examples per batch when evaluating")
+    calibrate_para: bool = setting(False, section=EVAL, label="Calibrate the Quora threshold", card=False,
+                                   help="fit the Quora duplicate threshold on the dev eval subset at each "
+                                        "evaluation (for train data whose duplicate rate differs from dev's, like "
+                                        "the stand-in Quora set; docs/results.md)")
+    # data: paths name the author's disk, so the card leaves them out
+    data_dir: str | None = setting(None, section=DATA, label="Data folder", card=False,
+                                   help="the folder of the tasks' files; none: the shipped sample (data/sample); "
+                                        "data/cs224n: where `python -m mtbert data fetch` puts the CS224N files")
+    quora_train: str | None = setting(None, section=DATA, label="Quora train file", card=False,
+                                      help="another Quora train file instead of the data folder's quora-train.csv")
+    # machine: a resumed run may move to another device
+    device: str = setting("auto", section=MACHINE, label="Device", choices=("auto", "cpu", "cuda"), card=False,
+                          resume=True, help="auto: CUDA when there is a GPU, else the CPU")
+    bf16: bool = setting(True, section=MACHINE, label="bfloat16 autocast", help="on CUDA only")
+    seed: int = setting(11711, section=MACHINE, label="Random seed",
+                        help="seeds the heads' initial weights, dropout, the data subsets and order, and PCGrad")
 
     def __post_init__(self):
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"setting {name}={getattr(self, name)!r} is not allowed; "
-                                 f"allowed values: {', '.join(allowed)}")
-        if isinstance(self.tasks, str):
+        if isinstance(self.tasks, str):  # "sst,sts" from the command line
             self.tasks = [t.strip() for t in self.tasks.split(",") if t.strip()]
-        positive = {"epochs": 1, "batch_size": 1, "max_length": 8, "eval_batch_size": 1}
-        for name, lo in positive.items():
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < lo:
-                raise ValueError(f"setting {name}={getattr(self, name)!r} is not allowed; "
-                                 f"allowed values: integers >= {lo}")
-        if self.max_length > 512:
-            raise ValueError(f"setting max_length={self.max_length} is not allowed; allowed values: 8..512")
-        for name in ("max_steps", "train_subset", "eval_every", "eval_subset", "train_eval_subset"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 1):
-                raise ValueError(f"setting {name}={v!r} is not allowed; allowed values: none or an integer >= 1")
-        for name in ("para_encoding", "sts_encoding"):
-            if getattr(self, name) not in (None, *CHOICES["pair_encoding"]):
-                raise ValueError(f"setting {name}={getattr(self, name)!r} is not allowed; allowed values: "
-                                 f"{', '.join(CHOICES['pair_encoding'])} or none (= pair_encoding)")
         if self.full_eval_at_s is None:
             self.full_eval_at_s = []
         if isinstance(self.full_eval_at_s, (int, float)):
             self.full_eval_at_s = [self.full_eval_at_s]
-        if isinstance(self.full_eval_at_s, str):
-            self.full_eval_at_s = [float(x) for x in self.full_eval_at_s.split(",") if x.strip()]
-        if any(not isinstance(x, (int, float)) or x <= 0 for x in self.full_eval_at_s):
-            raise ValueError(f"setting full_eval_at_s={self.full_eval_at_s!r} is not allowed; "
-                             "allowed values: a list of positive numbers of seconds")
+        if isinstance(self.full_eval_at_s, str):  # "600, 1200" from the command line or the form
+            self.full_eval_at_s = [number_or_text(x.strip()) for x in self.full_eval_at_s.split(",") if x.strip()]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if allowed_values(f) and not allows(f, value):
+                raise ValueError(f"setting {f.name}={value!r} is not allowed; allowed values: {allowed_values(f)}")
         self.full_eval_at_s = sorted(float(x) for x in self.full_eval_at_s)
-        for name in ("lr", "head_lr", "time_budget_s", "eval_every_s"):
-            v = getattr(self, name)
-            if v is not None and not (isinstance(v, (int, float)) and v > 0):
-                raise ValueError(f"setting {name}={v!r} is not allowed; allowed values: a number > 0"
-                                 + (" or none" if name != "lr" else ""))
-        for name in ("sst_weight", "para_weight", "sts_weight"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"setting {name}={v!r} is not allowed; allowed values: a number > 0 "
-                                 "(leave the task out of tasks to not train it)")
-        if not (isinstance(self.layer_lr_decay, (int, float)) and 0.0 < self.layer_lr_decay <= 1.0):
-            raise ValueError(f"setting layer_lr_decay={self.layer_lr_decay!r} is not allowed; "
-                             "allowed values: 0 < layer_lr_decay <= 1 (1: one lr for the whole encoder)")
-        if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float))
-                                               and 0.0 < self.ema_decay < 1.0):
-            raise ValueError(f"setting ema_decay={self.ema_decay!r} is not allowed; "
-                             "allowed values: none (no average) or 0 < ema_decay < 1 (e.g. 0.999)")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"setting dropout={self.dropout} is not allowed; allowed values: 0 <= dropout < 1")
-        if self.weight_decay < 0 or self.warmup_steps < 0:
-            raise ValueError("settings weight_decay and warmup_steps must be >= 0")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"setting grad_clip={self.grad_clip} is not allowed; allowed values: a number > 0 or none")
         self.tasks = [s.name for s in self.task_specs()]  # checked, in the order of definition
 
     def defined_tasks(self) -> list[TaskSpec]:
@@ -173,6 +238,58 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# ---- reading the declarations ------------------------------------------------------------------
+
+def kind(f) -> str:
+    """bool | int | float | list | str: the field's annotation (a string here) without its `| None`."""
+    return str(f.type).split(" |")[0]
+
+
+def optional(f) -> bool:
+    """None is allowed (an empty form field, `none` on the command line)."""
+    return str(f.type).endswith("| None")
+
+
+def allowed_values(f) -> str | None:
+    """The values a setting allows, in words: the one text its error message, its `--help` and its
+    form help show. None: any value of its type."""
+    m = f.metadata
+    if m["choices"]:
+        return ", ".join(("none",) * optional(f) + m["choices"])
+    if m["range"]:
+        return ("none or " if optional(f) else "") + m["range"].describe(f.name, kind(f))
+    return "true, false" if kind(f) == "bool" else None
+
+
+def allows(f, value) -> bool:
+    """Whether the setting's declaration allows the value (a list: each of its items)."""
+    m, k = f.metadata, kind(f)
+    if value is None:
+        return optional(f)
+    if m["choices"]:
+        return value in m["choices"]
+    if k == "bool":
+        return isinstance(value, bool)
+    items = value if k == "list" and isinstance(value, list) else [value]
+    number = int if k == "int" else (int, float)
+    return all(isinstance(v, number) and not isinstance(v, bool) and math.isfinite(v) and v in m["range"]
+               for v in items)
+
+
+def number_or_text(text: str):
+    """A list item typed as text: its number, or the text itself for the validation to refuse by name."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+# the declarations read across: which settings the model card lists, which --resume may change
+CHOICES = {f.name: f.metadata["choices"] for f in fields(TrainConfig) if f.metadata["choices"]}
+CARD_SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.metadata["card"])
+RESUME_SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.metadata["resume"])
 
 
 def read_config_file(path: str | Path) -> dict:

@@ -19,6 +19,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .config import CARD_SETTINGS
 from .report import other_lines, seed_table
 from .runfolder import STATE_JSON, STATE_TENSORS
 from .tasks import TaskError, specs_of_model_config
@@ -34,13 +35,6 @@ BUILTIN_CARD = {
     "sts": ("sentence-similarity", "STS Benchmark (similarity 0-5)"),
 }
 METRIC_TYPES = {"accuracy": "accuracy", "f1": "f1", "macro_f1": "f1", "pearson": "pearsonr", "spearman": "spearmanr"}
-# settings shown in the card; paths (data_dir, quora_train) are left out: they name the author's disk
-CARD_SETTINGS = ("mode", "tasks", "schedule", "gradient_method", "pooling", "pair_encoding", "para_encoding",
-                 "sts_encoding", "para_features", "sts_loss", "dropout", "max_length", "epochs", "batch_size",
-                 "lr", "head_lr", "layer_lr_decay", "ema_decay", "sst_weight", "para_weight", "sts_weight",
-                 "tasks_file",
-                 "optimizer", "weight_decay", "warmup_steps", "lr_decay", "grad_clip",
-                 "max_steps", "time_budget_s", "train_subset", "freeze_word_embeddings", "bf16", "seed")
 
 
 class HubError(Exception):
@@ -174,6 +168,7 @@ def model_card(folder: str | Path, repo_id: str, license: str = DEFAULT_LICENSE)
     more = [line for name, m in rows.items() for line in (f"{name} {x}" for x in other_lines(m, specs))]
     lines += (more + [""]) if more else []
     if cfg:
+        # the settings declared card=True in TrainConfig: no paths, which would name the author's disk
         lines += ["## Training settings", "", "| setting | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(cfg[k])} |" for k in CARD_SETTINGS if k in cfg]
         lines += [""]

@@ -112,6 +112,33 @@ def test_train_form_starts_at_the_quick_demo_and_applies_the_defaults():
     assert "No run yet" in " ".join(c.value for c in at.caption)
 
 
+def test_train_form_widgets_follow_the_settings_declarations():
+    """Each widget's label, help, choices and bounds are those declared beside the setting in
+    TrainConfig (an open bound is the widget's limit too, and TrainConfig refuses the bound itself)."""
+    from dataclasses import fields
+
+    from mtbert.config import allowed_values, optional
+
+    declared = {f.name: f for f in fields(TrainConfig)}
+    at = no_exception(page("app_pages/1_Train.py").run())
+    widget = {"choice": at.selectbox, "tasks": at.multiselect, "bool": at.checkbox, "int": at.number_input,
+              "float": at.number_input, "list": at.text_input, "text": at.text_input}
+    numbers = 0
+    for s in settings.settings_spec():
+        f = declared[s.name]
+        m, w = f.metadata, widget[s.kind](key=f"setting.{s.name}")
+        assert w.label == m["label"] and w.help.startswith(m["help"]), s.name
+        if s.kind not in ("bool", "tasks") and allowed_values(f):
+            assert w.help.endswith(f"Allowed: {allowed_values(f)}"), s.name
+        if s.kind == "choice":
+            assert w.options == ["(none)"] * optional(f) + list(m["choices"]), s.name
+        if s.kind in ("int", "float") and m["range"]:
+            r, numbers = m["range"], numbers + 1
+            assert w.min == r.low and w.max == (None if r.high is None or r.high_open else r.high), s.name
+    assert at.multiselect(key="setting.tasks").options == ["sst", "para", "sts"]
+    assert numbers >= 20
+
+
 def test_train_page_attaches_to_the_active_run_and_refuses_a_second_start(runs_dir):
     active_run(runs_dir, "20260101-000000-busy")
     at = no_exception(page("app_pages/1_Train.py").run())

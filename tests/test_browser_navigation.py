@@ -121,7 +121,7 @@ def test_the_train_form_labels_every_setting_in_words(studio, browser):
         "[data-testid='stTooltipIcon']").hover()
     tip = page.locator("[data-testid='stTooltipContent']")
     expect(tip).to_contain_text("Config key: lr")
-    expect(tip).to_contain_text(f"Allowed: {lr.range}")
+    expect(tip).to_contain_text(f"Allowed: {lr.allowed}")
     page.close()
 
 
