@@ -11,6 +11,7 @@ from mtbert import runfolder
 from mtbert.config import PRESETS
 from mtbert.data import SAMPLE_DIR, DataError
 from mtbert.studio import charts, environment, runs, settings
+from mtbert.tasks import BUILTIN_NAMES
 
 st.set_page_config(page_title="Train · mtbert", layout="wide")
 
@@ -88,6 +89,8 @@ missing = [k for k in FORM_KEYS if k not in st.session_state]
 if missing:
     fallback = {**preset_widgets(), **saved}
     st.session_state.update({k: fallback[k] for k in missing if k in fallback})
+if st.session_state.get(key("tasks")) is None:  # a preset's "every task": all of them, chosen
+    st.session_state[key("tasks")] = list(BUILTIN_NAMES)
 
 # ---- 1. data ---------------------------------------------------------------------------------
 st.subheader("1 · Data")
@@ -139,6 +142,7 @@ saved.update({k: st.session_state[k] for k in FORM_KEYS if k in st.session_state
 if start:
     config = {s.name: s.from_widget(st.session_state[key(s.name)]) for s in SPEC}
     config.update(data_dir=None if folder == str(SAMPLE_DIR) else folder, quora_train=quora_train)
+    config.pop("task_definitions", None)  # the trainer writes the definitions of the tasks it trains
     try:
         if not data_ok:
             raise ValueError("choose a data folder that exists first")
