@@ -328,7 +328,7 @@ with st.expander("Add a task", expanded=bool(st.session_state.get("task_for"))):
         c[2].number_input("Loss weight", min_value=0.01, step=0.1, key="task_weight")
 
         # 3. its dev file
-        dev_source = c[3].radio("Dev file", ["another file", "a part of the train file"], key="task_dev_source",
+        dev_source = c[3].radio("Dev rows from", ["another file", "a part of the train file"], key="task_dev_source",
                                 help="The trainer scores every task on its dev file (and keeps the best "
                                      "checkpoint by it).")
         whole = None
