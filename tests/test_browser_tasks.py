@@ -18,7 +18,7 @@ from playwright.sync_api import expect
 from mtbert.studio import settings
 from mtbert.tasks import read_tasks_file
 from streamlit_server import CHROMIUM, chromium, streamlit_app
-from test_browser import choose, keep_on_loopback, set_number, shot, tiny_data, wait_idle  # noqa: F401 (a fixture)
+from test_browser import choose, keep_on_loopback, shot, start_tiny_run, tiny_data, wait_idle  # noqa: F401 (a fixture)
 
 MOODS = ("negative", "neutral", "positive")
 TITLE = "Mood"
@@ -75,7 +75,11 @@ def test_add_a_task_train_it_and_ask_the_playground(studio, browser, tiny_base, 
     page.goto(f"{url}/Train")
     page.get_by_role("heading", name="Train").wait_for(timeout=60_000)
     wait_idle(page)
-    page.wait_for_timeout(2000)  # the first run of the page draws the form, then settles
+    # the form shows the preset's values a moment after the page; a rerun asked for before that
+    # (typing a path) can send the form's blank widgets instead
+    label = {s.name: s.label for s in settings.settings_spec()}
+    max_steps = settings.preset_values("quick CPU demo")["max_steps"]
+    expect(page.get_by_label(label["max_steps"], exact=True)).to_have_value(str(max_steps), timeout=30_000)
     page.get_by_text("another folder", exact=True).click()
     page.get_by_label("Folder of CS224N files", exact=True).fill(str(tiny_data))
     page.get_by_label("Folder of CS224N files", exact=True).press("Enter")
@@ -116,18 +120,10 @@ def test_add_a_task_train_it_and_ask_the_playground(studio, browser, tiny_base, 
     page.get_by_text("(Mood) · sentence → 3 classes (negative, neutral, positive)").wait_for()
 
     # train it with the built-in tasks: a tiny BERT, a few steps
-    label = {s.name: s.label for s in settings.settings_spec()}
     tasks = page.locator("[data-testid='stMultiSelect']").filter(
         has=page.get_by_role("combobox", name=label["tasks"], exact=True))
     expect(tasks.locator("[data-tag]")).to_have_text(["sst", "para", "sts", "moods"])  # chosen with the others
-    page.locator("[data-testid='stExpander'] summary").filter(has_text="Evaluation").click()
-    for k, value in {"max_steps": 6, "train_subset": 48, "eval_subset": 16, "train_eval_subset": 16,
-                     "max_length": 32, "eval_every": 3}.items():
-        set_number(page, label[k], value)
-    page.get_by_label(label["name"], exact=True).fill("browser-task")
-    page.get_by_label(label["base_model"], exact=True).fill(str(tiny_base))
-    page.get_by_role("button", name="Start training").click()
-    page.get_by_role("heading", name="browser-task").wait_for(timeout=30_000)
+    start_tiny_run(page, "browser-task", tiny_base)
     page.get_by_text("Finished. Checkpoint:").wait_for(timeout=300_000)
     wait_idle(page)
     run = next(p for p in runs_dir.iterdir() if p.name.endswith("browser-task"))
