@@ -3,6 +3,7 @@
 The run is its own OS process (`python -m mtbert train`); this page only reads its run folder, so
 a reload or a second tab re-attaches to it and the page never blocks on training.
 """
+import json
 from pathlib import Path
 
 import streamlit as st
@@ -49,6 +50,19 @@ def apply_preset() -> None:
 @st.cache_data(ttl=30, show_spinner="Counting rows…")
 def describe_data(folder: str, quora_train: str | None) -> list[dict]:
     return environment.describe_data(folder, quora_train)
+
+
+@st.cache_data(max_entries=32, show_spinner="Reading the task's file…")
+def cached_report(fields: str, path: str, stamp: tuple, _spec) -> tf.ReadReport:
+    return tf.read_report(_spec, path)
+
+
+def file_report(spec, path) -> tf.ReadReport:
+    """A file read with a task's definition, read again only when the file or a field that says
+    how it reads changes (not for a new title, head or loss)."""
+    p = Path(path)
+    fields = json.dumps({k: v for k, v in spec.to_dict().items() if k in tf.READ_FIELDS}, sort_keys=True)
+    return cached_report(fields, str(p), (p.stat().st_size, p.stat().st_mtime_ns), spec)
 
 
 def bounds(s: settings.Setting) -> dict:
@@ -359,7 +373,7 @@ with st.expander("Add a task", expanded=bool(st.session_state.get("task_for"))):
             label_column=ss.task_label, id_column=ss.task_id, classes=ss.get("task_classes"), label_names=names,
             range=(ss.get("task_low"), ss.get("task_high")), head=ss.task_head, loss=ss.task_loss,
             metrics=chosen, main_metric=ss.get("task_main_metric"), weight=ss.task_weight)
-        result = tf.check(draft, taken_names(), whole_train=whole)
+        result = tf.check(draft, taken_names(), whole_train=whole, report=file_report)
         if result.reports:
             st.markdown("**Rows** (read with this definition)")
             st.dataframe(result.counts(), hide_index=True)

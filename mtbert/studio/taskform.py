@@ -399,11 +399,22 @@ class Check:
         return [{"file": what, "line": n, "why": why} for what, r in self.reports for n, why in r.bad_lines]
 
 
-def check(d: dict, taken=(), whole_train: str | None = None) -> Check:
+# the fields that say how a file reads (its head, loss, metrics, weight and title do not)
+READ_FIELDS = ("name", "input", "kind", "classes", "label_names", "range", "format", "delimiter", "quoting",
+               "encoding", "text_columns", "label_column", "id_column")
+
+
+def read_report(spec: TaskSpec, path) -> ReadReport:
+    """Rows, usable rows and the first bad lines of one file read with the definition."""
+    return read_task_file(spec, path, labelled=spec.label_column is not None)[1]
+
+
+def check(d: dict, taken=(), whole_train: str | None = None, report=read_report) -> Check:
     """The definition as the trainer will take it: its fields (TaskError's message), a name no
     other task has, and each file read with it (rows, usable rows, the first bad lines). A
     train and a dev file are needed, each with usable rows. `whole_train`: the file a train and
-    dev part were split from, read too so its bad lines are shown by their lines in it."""
+    dev part were split from, read too so its bad lines are shown by their lines in it.
+    `report(spec, path)`: read_report, or a cached one."""
     out = Check()
     try:
         spec = TaskSpec.from_dict(d)
@@ -429,12 +440,12 @@ def check(d: dict, taken=(), whole_train: str | None = None) -> Check:
             out.problems.append(f"{p}: no such file ({what} of task {spec.name})")
             continue
         try:
-            _, report = read_task_file(spec, p, labelled=spec.label_column is not None)
+            rep = report(spec, p)
         except DataError as e:
             out.problems.append(str(e))
             continue
-        out.reports.append((what, report))
-        if not report.usable and not what.endswith("(whole file)"):
+        out.reports.append((what, rep))
+        if not rep.usable and not what.endswith("(whole file)"):
             out.problems.append(f"{p}: no usable rows ({what} of task {spec.name}); the first bad lines say why")
     out.spec = spec
     return out
@@ -468,19 +479,20 @@ def save_upload(name: str, data: bytes, runs_dir) -> Path:
 def split_file(path, reading: Reading, runs_dir, share: float = DEV_SHARE, seed: int = 0) -> tuple[Path, Path]:
     """The file's records in two files under `<runs>/task-data/`: a random `share` for dev, the
     rest for train, each in the file's order and format (a delimited file keeps its header). The
-    same file and share give the same parts, written once."""
-    path = Path(path)
+    same file (path, size, modification time) and share give the same parts, written once."""
+    path = Path(path).resolve()
     if not 0 < share < 1:
         raise ValueError(f"share={share!r} is not allowed; allowed values: 0 < share < 1")
-    raw = path.read_bytes()
-    key = hashlib.sha256(raw + repr((reading, share, seed)).encode()).hexdigest()[:10]
+    stat = path.stat()
+    key = hashlib.sha256(repr((str(path), stat.st_size, stat.st_mtime_ns, reading, share, seed)).encode()
+                         ).hexdigest()[:10]
     stem, suffix = safe_name(path.stem), path.suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,10}", path.suffix) else ""
     folder = Path(runs_dir) / TASK_DATA
     parts = folder / f"{stem}-{key}-train{suffix}", folder / f"{stem}-{key}-dev{suffix}"
     if all(p.is_file() for p in parts):
         return parts
     encoding = "utf-8" if reading.encoding == "utf-8-sig" else reading.encoding
-    text = raw.decode(reading.encoding, errors="surrogateescape")
+    text = path.read_bytes().decode(reading.encoding, errors="surrogateescape")
     header: list[str] | None = None
     if reading.format == "jsonl":
         records = [line.rstrip("\r") for line in text.split("\n") if line.strip()]
