@@ -198,6 +198,98 @@ def test_data_picker_counts_rows_and_warns_about_missing_files(tmp_path):
     assert "A run would fail: no usable data in: train para (quora-train.csv)" in warning
 
 
+def write_moods(folder: Path, n_train: int = 40, n_dev: int = 20) -> tuple[Path, Path]:
+    """A 3-class sentence task of one's own: comma-separated, the label by its name."""
+    moods = ("negative", "neutral", "positive")
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        path = folder / f"moods-{split}.csv"
+        path.write_text("id,text,mood\n" + "".join(f"{split}{i},\"Sentence {i}, rather {moods[i % 3]}.\",{moods[i % 3]}\n"
+                                                   for i in range(n)))
+        out.append(path)
+    return out[0], out[1]
+
+
+def test_train_page_adds_a_task_from_a_file_and_starts_it_with_the_others(runs_dir, tmp_path, monkeypatch):
+    from mtbert.studio import runs
+    from mtbert.tasks import read_tasks_file
+
+    started = []
+    monkeypatch.setattr(runs, "start_run", lambda config: started.append(config) or runs_dir / "never-made")
+    train, dev = write_moods(tmp_path / "mine")
+    with open(dev, "a") as f:
+        f.write("dev20,,neutral\n")  # a bad line, shown by its line number
+    at = no_exception(page("app_pages/1_Train.py").run())
+    at.text_input(key="task_train_path").set_value(str(train)).run()
+    no_exception(at)
+    assert any("Detected: delimited, comma-separated with a header row" in m.value for m in at.markdown)
+    preview = next(df.value for df in at.dataframe if "mood" in df.value.columns)
+    assert list(preview.columns) == ["id", "text", "mood"] and len(preview) == 10
+    assert preview["text"][0] == "Sentence 0, rather negative."
+    assert at.session_state["task_name"] == "moods" and at.session_state["task_classes"] == 3
+    assert at.text_input(key="task_label_names").value == "negative, neutral, positive"
+    assert at.selectbox(key="task_head").value == "linear" and at.selectbox(key="task_loss").value == "ce"
+    assert any("needs a dev file" in e for e in messages(at, "error"))
+    assert button(at, "Add task").disabled
+    at.text_input(key="task_dev_path").set_value(str(dev)).run()
+    counts = next(df.value for df in at.dataframe if "usable" in df.value.columns and "skipped" in df.value.columns)
+    assert counts.to_dict("records") == [{"file": "train", "rows": 40, "usable": 40, "skipped": 0},
+                                         {"file": "dev", "rows": 21, "usable": 20, "skipped": 1}]
+    bad = next(df.value for df in at.dataframe if "why" in df.value.columns)
+    assert bad.to_dict("records") == [{"file": "dev", "line": 22, "why": "empty text"}]
+    # a mapping the definition refuses: the field's message, and no Add
+    at.selectbox(key="task_loss").set_value("ce").run()
+    at.number_input(key="task_classes").set_value(2).run()
+    assert at.selectbox(key="task_loss").value == "bce"  # two classes: one logit
+    assert any("field label_names=('negative', 'neutral', 'positive') is not allowed; allowed values: 2 distinct"
+               in e for e in messages(at, "error")), messages(at, "error")
+    assert button(at, "Add task").disabled
+    at.number_input(key="task_classes").set_value(3).run()
+    at.text_input(key="task_title").set_value("Mood").run()
+    assert not messages(at, "error") and not button(at, "Add task").disabled
+    button(at, "Add task").click().run()
+    no_exception(at)
+    assert any("Added task moods" in s for s in messages(at, "success"))
+    assert any(m.value.startswith("**moods** (Mood) · sentence → 3 classes") for m in at.markdown)
+    tasks = at.multiselect(key="setting.tasks")
+    assert "moods" in tasks.options and tasks.value == ["sst", "para", "sts", "moods"]
+    assert at.text_input(key="task_train_path").value == ""  # a fresh draft
+    tasks.set_value(["sst", "moods"])  # in the form: sent with its submit button
+    button(at, "Start training").click().run()
+    no_exception(at)
+    assert len(started) == 1, messages(at, "error")
+    config = started[0]
+    assert config["tasks"] == ["sst", "moods"] and Path(config["tasks_file"]).parent == runs_dir / "task-files"
+    specs, keep = read_tasks_file(config["tasks_file"])
+    assert keep and [(s.name, s.title, s.classes, s.files["dev"]) for s in specs] == [("moods", "Mood", 3, str(dev))]
+    assert [s.name for s in TrainConfig.from_dict(config).task_specs()] == ["sst", "moods"]  # the trainer takes it
+
+
+def test_train_page_splits_a_dev_part_off_and_removes_an_added_task(runs_dir, tmp_path, monkeypatch):
+    from mtbert.studio import runs
+
+    started = []
+    monkeypatch.setattr(runs, "start_run", lambda config: started.append(config) or runs_dir / "never-made")
+    train, _ = write_moods(tmp_path / "mine", n_train=50)
+    at = page("app_pages/1_Train.py").run()
+    at.text_input(key="task_train_path").set_value(str(train)).run()
+    at.radio(key="task_dev_source").set_value("a part of the train file").run()
+    no_exception(at)
+    counts = next(df.value for df in at.dataframe if "skipped" in df.value.columns)
+    assert counts.to_dict("records") == [{"file": "train (whole file)", "rows": 50, "usable": 50, "skipped": 0},
+                                         {"file": "train part", "rows": 40, "usable": 40, "skipped": 0},
+                                         {"file": "dev part", "rows": 10, "usable": 10, "skipped": 0}]
+    button(at, "Add task").click().run()
+    added = at.session_state["own_tasks"][0]["files"]
+    assert all(Path(f).parent == runs_dir / "task-data" for f in added.values())
+    button(at, "Remove").click().run()
+    no_exception(at)
+    assert at.session_state["own_tasks"] == [] and "moods" not in at.multiselect(key="setting.tasks").options
+    button(at, "Start training").click().run()
+    assert started[0]["tasks_file"] is None and started[0]["tasks"] == ["sst", "para", "sts"]
+
+
 # ---- playground -----------------------------------------------------------------------------------
 
 @pytest.fixture

@@ -123,6 +123,28 @@ def set_number(page, label: str, value) -> None:
     field.press("Tab")  # Streamlit commits a number on blur
 
 
+def start_tiny_run(page, name: str, tiny_base) -> None:
+    """Cut the Train form down to a tiny BERT, a few steps and small subsets, name the run, start
+    it and wait for its heading ("3 · Run <id>")."""
+    label = {s.name: s.label for s in settings.settings_spec()}  # the form's widgets by config key
+    evaluation = page.get_by_label(label["eval_subset"], exact=True)
+    for _ in range(3):  # a click while the page redraws can leave the section closed
+        wait_idle(page)
+        page.locator("[data-testid='stExpander'] summary").filter(has_text="Evaluation").click()
+        try:
+            evaluation.wait_for(state="visible", timeout=5000)
+            break
+        except Exception:
+            pass
+    for key, value in {"max_steps": 6, "train_subset": 48, "eval_subset": 16, "train_eval_subset": 16,
+                       "max_length": 32, "eval_every": 3}.items():
+        set_number(page, label[key], value)
+    page.get_by_label(label["name"], exact=True).fill(name)
+    page.get_by_label(label["base_model"], exact=True).fill(str(tiny_base))
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_role("heading", name=name).wait_for(timeout=30_000)
+
+
 def keep_on_loopback(page) -> list[str]:
     """Abort every request of the page (its frames included) for a host other than this machine;
     the returned list collects them, so the test can demand it stays empty."""
@@ -192,14 +214,7 @@ def test_train_watch_then_play(studio, browser, tiny_base, tiny_data):
     page.get_by_label("Folder of CS224N files", exact=True).press("Enter")
     page.get_by_text("train: sst 24, para 24, sts 24").wait_for()  # the row counts of the chosen folder
     expect(page.get_by_label(label["max_steps"], exact=True)).to_have_value(str(demo["max_steps"]))  # still there
-    page.locator("[data-testid='stExpander'] summary").filter(has_text="Evaluation").click()
-    for key, value in {"max_steps": 6, "train_subset": 48, "eval_subset": 16, "train_eval_subset": 16,
-                       "max_length": 32, "eval_every": 3}.items():
-        set_number(page, label[key], value)
-    page.get_by_label(label["name"], exact=True).fill("browser-test")
-    page.get_by_label(label["base_model"], exact=True).fill(str(tiny_base))
-    page.get_by_role("button", name="Start training").click()
-    page.get_by_role("heading", name="browser-test").wait_for(timeout=30_000)  # "3 · Run <id>"
+    start_tiny_run(page, "browser-test", tiny_base)
 
     # the loss chart draws a line once two steps are in
     page.wait_for_function("""() => {
