@@ -23,7 +23,8 @@ from mtbert.bert import BertConfig, BertModel  # noqa: E402
 from mtbert.checkpoint import load_base, resolve_base  # noqa: E402
 from mtbert.data import FULL_DATA_DIR, load_split, make_batch  # noqa: E402
 from mtbert.gradients import make_method  # noqa: E402
-from mtbert.model import TASKS, ModelConfig, MultitaskBert  # noqa: E402
+from mtbert.model import ModelConfig, MultitaskBert  # noqa: E402
+from mtbert.tasks import BUILTIN_NAMES as TASKS  # noqa: E402
 from mtbert.tokenizer import Tokenizer  # noqa: E402
 
 SIZES = {"bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)}
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     encoder, tok = build(args.model, args.max_length, args.base_model)
     model = MultitaskBert(encoder, ModelConfig.from_dict({"pooling": "mean", "para_features": "concat_diff_prod"})).to(device).train()
     data = {t: ex for t, (ex, _) in load_split(args.data_dir, "dev", TASKS).items()}
-    batches = [{t: make_batch(t, data[t][i * args.batch_size:(i + 1) * args.batch_size], tok) for t in TASKS}
+    batches = [{t: make_batch(model.cfg.task(t), data[t][i * args.batch_size:(i + 1) * args.batch_size], tok) for t in TASKS}
                for i in range(args.reps + args.warmup)]
     batches = [{t: {k: (v.to(device) if torch.is_tensor(v) else
                         {kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict) else v)
