@@ -23,7 +23,8 @@ from mtbert.bert import BertConfig, BertModel  # noqa: E402
 from mtbert.checkpoint import load_base, resolve_base  # noqa: E402
 from mtbert.data import FULL_DATA_DIR, load_split, make_batch  # noqa: E402
 from mtbert.gradients import make_method  # noqa: E402
-from mtbert.model import TASKS, ModelConfig, MultitaskBert  # noqa: E402
+from mtbert.model import ModelConfig, MultitaskBert  # noqa: E402
+from mtbert.tasks import BUILTIN_NAMES as TASKS  # noqa: E402
 from mtbert.tokenizer import Tokenizer  # noqa: E402
 
 SIZES = {"bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)}
