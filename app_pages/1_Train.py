@@ -404,13 +404,11 @@ saved.update({k: st.session_state[k] for k in FORM_KEYS if k in st.session_state
 if start:
     config = {s.name: s.from_widget(st.session_state[key(s.name)]) for s in SPEC}
     config.update(data_dir=None if folder == str(SAMPLE_DIR) else folder, quora_train=quora_train)
-    config.pop("task_definitions", None)  # the trainer writes the definitions of the tasks it trains
     try:
         if not data_ok:
             raise ValueError("choose a data folder that exists first")
-        if own_tasks():  # the added tasks as a task file (with the form's own task file's tasks, if any)
-            config["tasks_file"] = str(tf.write_tasks_file(own_tasks(), runfolder.runs_dir(),
-                                                           base_file=config.get("tasks_file")))
+        if own_tasks():  # the added tasks as the run's task file; the trainer copies their definitions
+            config["tasks_file"] = str(tf.write_tasks_file(own_tasks(), runfolder.runs_dir()))
         st.session_state.watch = str(runs.start_run(config))
     except runs.LockHeld as e:
         st.error(f"Not started: {e}. Stop it, or wait for it to finish.", icon=":material/block:")

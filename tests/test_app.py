@@ -287,7 +287,7 @@ def test_train_page_splits_a_dev_part_off_and_removes_an_added_task(runs_dir, tm
     no_exception(at)
     assert at.session_state["own_tasks"] == [] and "moods" not in at.multiselect(key="setting.tasks").options
     button(at, "Start training").click().run()
-    assert started[0]["tasks_file"] is None and started[0]["tasks"] == ["sst", "para", "sts"]
+    assert started[0].get("tasks_file") is None and started[0]["tasks"] == ["sst", "para", "sts"]
 
 
 # ---- playground -----------------------------------------------------------------------------------

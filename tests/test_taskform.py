@@ -171,16 +171,14 @@ def test_the_written_task_file_reads_back_into_equal_definitions(tmp_path):
     assert tf.write_tasks_file([a.to_dict()], runs) != path
 
 
-def test_the_task_file_keeps_the_forms_own_task_file_first(tmp_path):
+def test_the_task_file_refuses_a_name_twice_or_a_built_in_one(tmp_path):
     train = moods(tmp_path / "moods.csv")
     mine = tf.check(choices(tf.guess(tf.scan(train)), train, train)).spec
-    theirs = tmp_path / "theirs.yaml"
-    theirs.write_text("builtin: false\ntasks:\n  - {name: nli, input: pair, classes: 3, head: concat,"
-                      " text_columns: [a, b], files: {train: t.tsv, dev: d.tsv}}\n")
-    specs, keep = read_tasks_file(tf.write_tasks_file([mine.to_dict()], tmp_path / "runs", base_file=theirs))
-    assert keep is False and [s.name for s in specs] == ["nli", "moods"]
     with pytest.raises(tf.TaskError, match="task name 'moods' is defined twice"):
         tf.write_tasks_file([mine.to_dict(), mine.to_dict()], tmp_path / "runs")
+    with pytest.raises(tf.TaskError, match="task name 'sst' is defined twice"):
+        tf.write_tasks_file([{**mine.to_dict(), "name": "sst"}], tmp_path / "runs")
+    assert not (tmp_path / "runs" / tf.TASK_FILES).exists()  # refused before anything is written
 
 
 def test_split_off_a_dev_part_keeps_every_record_once(tmp_path):

@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data import DataError, ReadReport, _raise_field_limit, read_task_file
-from ..tasks import (BUILTIN_NAMES, HEADS, LOSSES, METRICS, TaskError, TaskSpec, builtin_tasks, check_unique,
-                     read_tasks_file)
+from ..tasks import BUILTIN_NAMES, HEADS, LOSSES, METRICS, TaskError, TaskSpec, builtin_tasks, check_unique
 
 TASK_DATA = "task-data"    # uploads and split files, under the runs folder
 TASK_FILES = "task-files"  # the task files runs are started with, under the runs folder
@@ -537,21 +536,17 @@ def tasks_file_text(specs: list[dict], builtin: bool = True) -> str:
                                  default_flow_style=None, width=100)
 
 
-def write_tasks_file(specs: list[dict], runs_dir, base_file=None) -> Path:
-    """The added tasks as a task file `<runs>/task-files/<time>.yaml`; with `base_file` (the
-    form's own tasks_file) its tasks and its builtin flag come first."""
-    keep, all_specs = True, [TaskSpec.from_dict(d) for d in specs]
-    if base_file:
-        theirs, keep = read_tasks_file(base_file)
-        all_specs = theirs + all_specs
-    check_unique((builtin_tasks() if keep else []) + all_specs, where="the added tasks: ")
+def write_tasks_file(specs: list[dict], runs_dir) -> Path:
+    """The added tasks as a task file `<runs>/task-files/<time>.yaml`, beside the built-in tasks."""
+    all_specs = [TaskSpec.from_dict(d) for d in specs]
+    check_unique(builtin_tasks() + all_specs, where="the added tasks: ")
     folder = Path(runs_dir) / TASK_FILES
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path, i = folder / f"{stamp}.yaml", 2
     while path.exists():
         path, i = folder / f"{stamp}-{i}.yaml", i + 1
-    path.write_text(tasks_file_text([s.to_dict() for s in all_specs], keep), encoding="utf-8")
+    path.write_text(tasks_file_text([s.to_dict() for s in all_specs]), encoding="utf-8")
     return path
 
 
