@@ -4,11 +4,11 @@ validation, the `train` CLI flags, the resume check, the Train form and the mode
 table are all derived from those declarations. Also the presets."""
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .io import read_document
 from .tasks import BUILTIN_NAMES, TaskSpec, available_tasks, select, specs_from_dicts, with_weight
 
 TASKS = BUILTIN_NAMES  # the built-in tasks; a task file adds others (mtbert/tasks.py)
@@ -293,19 +293,7 @@ RESUME_SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.metadata["resum
 
 
 def read_config_file(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ValueError(f"config file {path}: cannot be read ({e.strerror})") from e
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-            d = yaml.safe_load(text)
-        else:
-            d = json.loads(text)
-    except Exception as e:
-        raise ValueError(f"config file {path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} ({e})") from e
+    d = read_document(path, "config file")
     if not isinstance(d, dict):
         raise ValueError(f"config file {path}: expected a mapping of settings, got {type(d).__name__}")
     return d

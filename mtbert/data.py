@@ -306,7 +306,7 @@ def missing_file_message(path: Path, split: str, task, overridden: bool = False)
     if overridden:
         return msg
     if name not in BUILTIN_NAMES:
-        return msg + f"; the task's files are set by its definition (files:, data_dir:)"
+        return msg + "; the task's files are set by its definition (files:, data_dir:)"
     msg += f"; fetch the official CS224N files with `{FETCH_COMMAND.format(dest=path.parent)}`"
     if name == "para" and split == "train":
         msg += ", or give another Quora train file with --quora-train FILE (config: quora_train)"
@@ -360,7 +360,7 @@ def make_batch(task, examples: list[Example], tokenizer, pair_encoding: str | No
     return batch
 
 
-def _length(e: Example) -> int:
+def example_length(e: Example) -> int:
     # characters track token counts closely enough to group similar lengths; no tokenising needed
     return len(e.text_a) + (len(e.text_b) if e.text_b else 0)
 
@@ -377,7 +377,7 @@ def batch_order(examples: list[Example], batch_size: int, shuffle: bool = False,
     if bucket:
         chunk = batch_size * BUCKET_BATCHES
         order = [i for s in range(0, n, chunk)
-                 for i in sorted(order[s:s + chunk], key=lambda i: _length(examples[i]))]
+                 for i in sorted(order[s:s + chunk], key=lambda i: example_length(examples[i]))]
     groups = [order[s:s + batch_size] for s in range(0, n, batch_size)]
     if bucket and shuffle:
         groups = [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]

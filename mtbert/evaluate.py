@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from scipy.stats import pearsonr, spearmanr
 
-from .data import Example, as_spec, make_batch
+from .data import Example, as_spec, example_length, make_batch
 
 from .report import SEED_COLUMNS, seed_table  # noqa: F401  (re-exported)
 
@@ -25,7 +25,7 @@ def predict_raw(model, tokenizer, task: str, examples: list[Example], batch_size
     """Model outputs in input order: (N, K) class probabilities, (N,) probability of class 1 (binary),
     or (N,) score in the task's range."""
     # sorting by length cuts padding to a minimum; the permutation is undone at the end
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].text_a) + len(examples[i].text_b or ""))
+    order = sorted(range(len(examples)), key=lambda i: example_length(examples[i]))
     was_training = model.training
     model.eval()
     outs = []

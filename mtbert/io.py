@@ -48,3 +48,22 @@ def finite(obj):
     if isinstance(obj, (list, tuple)):
         return [finite(v) for v in obj]
     return obj
+
+
+def read_document(path: str | Path, what: str, error=ValueError, always_yaml: bool = False):
+    """A YAML (.yaml/.yml, or any file with always_yaml) or JSON file, parsed; a file that cannot be
+    read or parsed raises `error` naming `what` and the path."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise error(f"{what} {path}: cannot be read ({e.strerror or e})") from None
+    as_yaml = always_yaml or path.suffix in (".yaml", ".yml")
+    try:
+        if as_yaml:
+            import yaml
+            return yaml.safe_load(text)
+        return json.loads(text)
+    except Exception as e:  # yaml.YAMLError, json.JSONDecodeError
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise error(f"{what} {path}: not valid {'YAML' if as_yaml else 'JSON'} ({first})") from None

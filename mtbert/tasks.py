@@ -281,16 +281,9 @@ def read_tasks_file(path) -> tuple[list[TaskSpec], bool]:
           - name: mrpc
             ...              # TaskSpec's fields
     """
-    import yaml
+    from .io import read_document
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise TaskError(f"tasks file {path}: cannot be read ({e.strerror or e})") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise TaskError(f"tasks file {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    doc = read_document(path, "tasks file", TaskError, always_yaml=True)
     if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), list) or not doc["tasks"]:
         raise TaskError(f"tasks file {path}: expected a YAML mapping with a non-empty list under tasks: "
                         "(and optionally builtin: true|false)")

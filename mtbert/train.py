@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from . import distributed as dist
 from . import runfolder
 from .checkpoint import load_base, load_checkpoint, save_checkpoint
-from .config import CHOICES, PRESETS, TrainConfig  # noqa: F401  (re-exported for the studio)
+from .config import TrainConfig
 from .data import SAMPLE_DIR, Example, batch_order, load_split, make_batch
 from .evaluate import evaluate, seed_average, shift_para_probs
 from .gradients import make_method
