@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import lru_cache
 from pathlib import Path
 
 from .. import runfolder
@@ -103,12 +104,22 @@ RUN_SETTINGS = ("tasks", "gradient_method", "schedule", "mode", "pooling", "pair
 
 def run_tasks(run_dir) -> list[TaskSpec]:
     """The task definitions a run trains (its config.json's); the built-in trio for a config that
-    cannot be read."""
+    cannot be read. Read once per version of config.json: the Train page asks every second."""
+    path = Path(run_dir) / CONFIG
+    try:
+        version = path.stat().st_mtime_ns
+    except OSError:
+        version = None
+    return list(_run_tasks(str(run_dir), version))
+
+
+@lru_cache(maxsize=64)
+def _run_tasks(run_dir: str, version) -> tuple:
     from ..config import TrainConfig
     try:
-        return TrainConfig.from_dict(runfolder.read_config(Path(run_dir))).task_specs()
+        return tuple(TrainConfig.from_dict(runfolder.read_config(Path(run_dir))).task_specs())
     except (ValueError, TypeError):
-        return builtin_tasks()
+        return tuple(builtin_tasks())
 
 
 def score_columns(rows: list[dict]) -> list[str]:
