@@ -48,7 +48,7 @@ with right:
                  hide_index=True, width="stretch")
 
 st.subheader("Where next")
-c1, c2, c3 = st.columns(3)
+c1, c2, c3, c4, c5 = st.columns(5)
 # each link is titled as its page is in the navigation (app.py)
 with c1:
     st.page_link("app_pages/1_Train.py")
@@ -57,5 +57,11 @@ with c2:
     st.page_link("app_pages/2_Playground.py")
     st.caption("Sentiment, paraphrase and similarity for your own sentences; attention views; batch files.")
 with c3:
+    st.page_link("app_pages/4_Evaluate.py")
+    st.caption("Where a checkpoint fails: confusion matrices, curves, its most confident mistakes; two checkpoints compared.")
+with c4:
+    st.page_link("app_pages/5_Probe.py")
+    st.caption("Swap gendered words and names in template sentences and see how every task's answer moves.")
+with c5:
     st.page_link("app_pages/3_Runs.py")
     st.caption("Every run with its settings and scores; overlay curves; delete old runs.")
