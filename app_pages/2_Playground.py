@@ -3,38 +3,10 @@ paraphrase and similarity, and any task of the user's), side by side with a seco
 attention, and predictions for a whole file in a task's own format."""
 import streamlit as st
 
-from mtbert.checkpoint import CheckpointError
-from mtbert.studio import checkpoints, runs
 from mtbert.studio import playground as pg
+from mtbert.studio.widgets import pick_checkpoint
 
 st.set_page_config(page_title="Playground · mtbert", layout="wide")
-
-
-@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def load(path: str, _token: str | None = None):
-    return pg.load_model(path, token=_token)
-
-
-def pick(label: str, refs: list, key: str):
-    """A checkpoint picker; returns (name, model, tokenizer, meta) or None after showing why not."""
-    ref = st.selectbox(label, refs, format_func=str, key=key)
-    name, path = ref.name, ref.path
-    if ref.kind == "path":  # typed by the user: load_model only takes it inside the allowed folders
-        name = path = st.text_input("Checkpoint folder", key=f"{key}_path", placeholder="runs/<run-id>/best",
-                                    help="A checkpoint folder inside checkpoints/ or the runs folder").strip()
-        if not path:
-            st.info("Type the path of a checkpoint folder inside checkpoints/ or the runs folder.")
-            return None
-    try:
-        model, tok, meta = load(path, checkpoints.secret_token(st.secrets))
-    except (CheckpointError, runs.RunError, OSError) as e:
-        st.error(f"{name} cannot be loaded: {e}")
-        return None
-    if meta.get("untrained_heads"):
-        st.warning(pg.describe_model(meta), icon=":material/warning:")
-    else:
-        st.caption(pg.describe_model(meta))
-    return name, model, tok, meta
 
 
 def show_input_error(e: pg.InputError) -> None:
@@ -45,15 +17,17 @@ st.title("Playground")
 refs, problem = pg.checkpoint_choices()
 if problem:
     st.error(problem)
+# an example opened from the Evaluate page's error browser: its checkpoint, task and text, answered at once
+pg.apply_prefill(st.session_state, st.session_state.pop(pg.PREFILL_KEY, None), refs)
 compare = st.toggle("Compare two checkpoints side by side", key="compare")
 cols = st.columns(2 if compare else 1)
 models = []
 with cols[0]:
-    models.append(pick("Checkpoint", refs, "ckpt_a"))
+    models.append(pick_checkpoint("Checkpoint", refs, "ckpt_a"))
 if compare:
     with cols[1]:
-        models.append(pick("Second checkpoint", refs, "ckpt_b"))
-models = [m for m in models if m is not None]
+        models.append(pick_checkpoint("Second checkpoint", refs, "ckpt_b"))
+models = [(m.name, m.model, m.tokenizer, m.meta) for m in models if m is not None]
 if not models:
     st.stop()
 
@@ -96,7 +70,8 @@ with tasks_tab:
                 a, b = st.text_area("Sentence", key=f"{spec.name}_text",
                                     placeholder="A gorgeous, witty, seductive movie."), None
             having = [(name, m, tok) for name, m, tok, _ in models if spec.name in m.cfg.names]
-            if st.button(f"Predict {spec.title}", type="primary", key=f"{spec.name}_go"):
+            if (st.button(f"Predict {spec.title}", type="primary", key=f"{spec.name}_go")
+                    or st.session_state.pop(f"{spec.name}_auto", False)):
                 try:
                     st.session_state[f"{spec.name}_result"] = {
                         name: pg.task_answer(m, tok, spec.name, a, b) for name, m, tok in having}

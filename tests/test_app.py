@@ -349,6 +349,26 @@ def test_playground_pair_attention_and_long_input(checkpoint):
     assert len(at.get("iframe")) == 1  # the bertviz view
 
 
+def test_playground_opens_an_example_sent_from_another_page_and_answers_it(runs_dir, checkpoint):
+    """The Evaluate page's error browser stores a prefill and switches page: the Playground picks that
+    checkpoint, fills the task's inputs and shows the answer without another click."""
+    from mtbert.studio import playground as pg
+
+    path = str(runs_dir / checkpoint)
+    at = page("app_pages/2_Playground.py")
+    at.session_state[pg.PREFILL_KEY] = pg.prefill(path, "para", "How old are you?", "What is your age?")
+    at.run()
+    no_exception(at)
+    assert at.selectbox(key="ckpt_a").value.path == path
+    assert (at.text_input(key="para_a").value, at.text_input(key="para_b").value) == ("How old are you?",
+                                                                                        "What is your age?")
+    model, tok, _ = pg.load_model(path)
+    expected = pg.task_answer(model, tok, "para", "How old are you?", "What is your age?")
+    assert [m.value for m in at.metric] == [f"{expected['value']:.2f}"]
+    at.run()  # the answer was asked for once: it stays, and nothing is recomputed into a second answer
+    assert len(at.metric) == 1 and pg.PREFILL_KEY not in at.session_state
+
+
 def test_playground_reports_a_checkpoint_that_cannot_load(runs_dir):
     broken = fake_run(runs_dir, "20260101-000000-broken")
     (broken / "best").mkdir()

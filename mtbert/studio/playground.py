@@ -262,6 +262,37 @@ def shared_tasks(models: list) -> list:
     return out
 
 
+# ---- opened from elsewhere ------------------------------------------------------------------
+
+PREFILL_KEY = "playground_prefill"  # session state: {"checkpoint": path, "task": name, "a": text, "b": text | None}
+
+
+def prefill(checkpoint: str, task: str, a: str, b: str | None = None) -> dict:
+    """What another page stores under PREFILL_KEY before it switches to the Playground."""
+    return {"checkpoint": str(checkpoint), "task": task, "a": a, "b": b}
+
+
+def apply_prefill(state, fill: dict | None, refs: list) -> None:
+    """Put a prefill into the Playground's widgets (`state`: st.session_state or any dict): the
+    checkpoint picked (a folder not on the list is typed), the task's inputs filled, and the
+    task's answer requested once (`<task>_auto`)."""
+    if not fill:
+        return
+    ref = next((r for r in refs if r.path == fill["checkpoint"] and r.kind != "path"), None)
+    if ref is None:
+        ref = next(r for r in refs if r.kind == "path")
+        state["ckpt_a_path"] = fill["checkpoint"]
+    state["ckpt_a"] = ref
+    state["compare"] = False
+    task = fill["task"]
+    if fill.get("b") is None:
+        state[f"{task}_text"] = fill["a"]
+    else:
+        state[f"{task}_a"], state[f"{task}_b"] = fill["a"], fill["b"]
+    state.pop(f"{task}_result", None)
+    state[f"{task}_auto"] = True
+
+
 # ---- attention ------------------------------------------------------------------------------
 
 @dataclass
