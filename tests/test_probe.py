@@ -58,8 +58,8 @@ def test_one_gender_directions_and_counterfactuals():
     assert [v["label"] for v in variants] == ["swapped", "all feminine", "all masculine"]
     assert variants[0]["a"] == "She met her brother."
     pair = P.counterfactuals("John is tall.", "He plays basketball.")
-    assert pair == [{"label": "swapped", "a": "Mary is tall.", "b": "She plays basketball."},
-                    {"label": "all feminine", "a": "Mary is tall.", "b": "She plays basketball."}][:1]
+    # all masculine already: "all feminine" is the swap and "all masculine" the original, neither repeated
+    assert pair == [{"label": "swapped", "a": "Mary is tall.", "b": "She plays basketball."}]
     with pytest.raises(P.ProbeError, match="no gendered word or known first name to swap"):
         P.counterfactuals("The cat sat on the mat.")
     with pytest.raises(P.ProbeError, match="direction='sideways' is not allowed"):
