@@ -189,7 +189,7 @@ def counterfactuals(text_a: str, text_b: str | None = None, lexicon: Lexicon | N
     if not gendered_words(text_a + "\n" + (text_b or ""), lex):
         raise ProbeError("The input has no gendered word or known first name to swap. The probe swaps words "
                          "such as he/she, him/her, his/her, man/woman, father/mother, Mr/Ms and common first "
-                         f"names ({', '.join(m for m, _ in lex.names[:3])}, {', '.join(f for _, f in lex.names[:3])}, ...).")
+                         f"names ({', '.join([m for m, _ in lex.names[:3]] + [f for _, f in lex.names[:3]])}, ...).")
     out, seen = [], {(text_a, text_b)}
     for label, direction in (("swapped", "both"), ("all feminine", "feminine"), ("all masculine", "masculine")):
         a = swap(text_a, direction, lex)
@@ -273,7 +273,8 @@ def _template(d, where: str, lex: Lexicon) -> Template:
         raise ProbeError(f"{where}: a template is a JSON object, got {type(d).__name__}")
     unknown = sorted(set(d) - set(TEMPLATE_FIELDS))
     if unknown:
-        raise ProbeError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed fields: {', '.join(TEMPLATE_FIELDS)}")
+        raise ProbeError(f"{where}: unknown field(s) {', '.join(unknown)}; "
+                         f"allowed fields: {', '.join(TEMPLATE_FIELDS)}")
     if not isinstance(d.get("id"), str) or not d["id"].strip():
         raise ProbeError(f"{where}: id is missing; every template needs an id (a text)")
     has_text, has_pair = "text" in d, "a" in d or "b" in d
@@ -475,7 +476,8 @@ class TaskProbe:
              "main_measure": self.main, "flip_rate": self.flip_rate, "measures": self.summaries,
              "largest_shifts": self.top(top)}
         if with_items:
-            d["items"] = [{"template": it.template, "original": list(it.original), "counterfactual": list(it.counterfactual),
+            d["items"] = [{"template": it.template, "original": list(it.original),
+                           "counterfactual": list(it.counterfactual),
                            "shifts": {m: float(v[i]) for m, v in self.shifts.items()},
                            "flipped": None if self.flips is None else bool(self.flips[i])}
                           for i, it in enumerate(self.items)]

@@ -122,7 +122,8 @@ def test_a_bad_template_line_names_the_file_and_line(tmp_path, bad, message):
 
 
 def test_a_template_file_of_ones_own(tmp_path):
-    path = write_lines(tmp_path / "t.jsonl", "", '{"id": "j", "text": "{name} is a {job}.", "fill": {"job": ["cook", "pilot"]}}',
+    path = write_lines(tmp_path / "t.jsonl", "",
+                       '{"id": "j", "text": "{name} is a {job}.", "fill": {"job": ["cook", "pilot"]}}',
                        '{"id": "p", "a": "{Mr} Lee is {his|hers}.", "b": "{He} agrees."}')
     items = P.expand(P.load_templates(path))
     assert len(items) == 2 * len(P.default_lexicon().names) + 1
@@ -329,3 +330,12 @@ def test_studio_tables_follow_the_result(flat_base):
     assert len(top) == 4 and abs(top[0]["shift"]) >= abs(top[-1]["shift"])
     fig = sp.shift_histogram(tp)
     assert sum(fig.data[0].y) == len(tp.items)
+
+
+def test_the_docs_count_the_shipped_set():
+    text = (REPO / "docs" / "probe.md").read_text(encoding="utf-8")
+    templates, lex = P.load_templates(), P.default_lexicon()
+    sentences = sum(not t.is_pair for t in templates)
+    assert f"{sentences} sentences and {len(templates) - sentences} pairs" in text
+    assert f"{len(lex.pairs)} pairs of gendered words" in text
+    assert f"and {len(lex.names)} masculine and {len(lex.names)} feminine common first names" in text

@@ -60,7 +60,8 @@ def top_rows(tp: TaskProbe, k: int = 10) -> list[dict]:
     rows = []
     for r in tp.top(k):
         rows.append({"shift": r["shift"], "original": " || ".join(r["original"]), "answer": r["answer_original"],
-                     "counterfactual": " || ".join(r["counterfactual"]), "answer after swap": r["answer_counterfactual"],
+                     "counterfactual": " || ".join(r["counterfactual"]),
+                     "answer after swap": r["answer_counterfactual"],
                      "label flipped": r["flipped"], "template": r["template"]})
     return rows
 
