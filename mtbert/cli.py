@@ -301,6 +301,54 @@ def _cmd_submit(args) -> int:
     return 0
 
 
+def _add_probe(sub) -> None:
+    p = sub.add_parser("probe", help="measure how a checkpoint's answers move when gendered words are swapped",
+                       description="The gender bias probe: every task of the checkpoint on template sentences "
+                                   "(and pairs) whose gendered words and first names are swapped; prints per "
+                                   "task the distribution of the shifts and the largest ones. With --text, "
+                                   "probes that sentence (or pair, with --text-b) instead. See docs/probe.md.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder, Hub repo id, or minilm-l6 (untrained heads)")
+    p.add_argument("--task", action="append", metavar="NAME",
+                   help="probe this task only (repeat for several; default: all of the checkpoint's tasks)")
+    p.add_argument("--tasks", help="comma-separated task names (the same as repeating --task)")
+    p.add_argument("--text", help="probe this sentence (the first of a pair) instead of the templates")
+    p.add_argument("--text-b", help="with --text: the second sentence of a pair")
+    p.add_argument("--templates", help="a JSONL templates file (default: the shipped set)")
+    p.add_argument("--json", metavar="OUT", help="write everything (summaries, every item's shifts) to this JSON file")
+    p.add_argument("--top", type=int, default=10, help="how many of the largest shifts to print per task (default: 10)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=_cmd_probe)
+
+
+def _cmd_probe(args) -> int:
+    import json
+    from .checkpoint import CheckpointError
+    from .io import finite
+    from .probe import ProbeError, format_summary, format_text_probe, format_top, probe_text, run_probe
+    try:
+        if args.text_b and not args.text:
+            raise ProbeError("--text-b needs --text (the first sentence of the pair)")
+        if args.top < 0:
+            raise ProbeError(f"--top {args.top} is not allowed; allowed values: 0 or more")
+        model, tok, _ = _load_any(args.checkpoint)
+        specs = _chosen_tasks(model, args)
+        if args.text:
+            out = probe_text(model, tok, args.text, args.text_b, specs)
+            print(format_text_probe(out))
+        else:
+            result = run_probe(model, tok, tasks=specs, batch_size=args.batch_size, templates=args.templates)
+            print(format_summary(result))
+            print(format_top(result, args.top))
+            out = {"checkpoint": args.checkpoint, **result.to_dict(args.top)}
+    except (CheckpointError, ProbeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        Path(args.json).write_text(json.dumps(finite(out), indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mtbert", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -309,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibrate(sub)
     _add_predict(sub)
     _add_submit(sub)
+    _add_probe(sub)
     data = sub.add_parser("data", help="data commands (fetch, check)", description="Data commands.")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     from . import fetch, hub
