@@ -3,19 +3,13 @@ import json
 
 import streamlit as st
 
-from mtbert.checkpoint import CheckpointError
 from mtbert.io import finite
 from mtbert.probe import ProbeError, probe_text
-from mtbert.studio import checkpoints, runs
 from mtbert.studio import playground as pg
 from mtbert.studio import probe as sp
+from mtbert.studio.widgets import pick_checkpoint
 
 st.set_page_config(page_title="Probe · mtbert", layout="wide")
-
-
-@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def load(path: str, _token: str | None = None):
-    return pg.load_model(path, token=_token)
 
 
 st.title("Probe")
@@ -25,20 +19,10 @@ st.caption("How each task's answer moves when gendered words (he/she, his/her, f
 refs, problem = pg.checkpoint_choices()
 if problem:
     st.error(problem)
-ref = st.selectbox("Checkpoint", refs, format_func=str, key="probe_ckpt")
-path = ref.path
-if ref.kind == "path":
-    path = st.text_input("Checkpoint folder", key="probe_ckpt_path", placeholder="runs/<run-id>/best").strip()
-    if not path:
-        st.info("Type the path of a checkpoint folder inside checkpoints/ or the runs folder.")
-        st.stop()
-try:
-    model, tok, meta = load(path, checkpoints.secret_token(st.secrets))
-except (CheckpointError, runs.RunError, OSError) as e:
-    st.error(f"{path} cannot be loaded: {e}")
+picked = pick_checkpoint("Checkpoint", refs, "probe_ckpt")
+if picked is None:
     st.stop()
-if meta.get("untrained_heads"):
-    st.warning(pg.describe_model(meta), icon=":material/warning:")
+path, model, tok = picked.path, picked.model, picked.tokenizer
 
 templates_tab, text_tab = st.tabs(["Templates", "Your sentence"])
 

@@ -456,3 +456,63 @@ def test_playground_offers_a_typed_folder_and_refuses_one_outside(runs_dir, chec
     at.text_input(key="ckpt_a_path").set_value(str(tmp_path)).run()
     assert any(e.startswith(f"{tmp_path} cannot be loaded: ") and "no checkpoint there; allowed places" in e
                for e in messages(at, "error"))
+
+
+# ---- evaluate --------------------------------------------------------------------------------------
+
+def run_until(at: AppTest, done, timeout: float = 120) -> AppTest:
+    """Rerun the page until `done(at)`: the evaluation runs in a background thread."""
+    import time
+
+    deadline = time.time() + timeout
+    while not done(at):
+        assert time.time() < deadline, "the evaluation did not finish"
+        time.sleep(0.5)
+        at.run()
+    return at
+
+
+def has_results(at: AppTest) -> bool:
+    return any(h.value == "Results" for h in at.subheader)
+
+
+def test_evaluate_page_scores_a_split_and_compares_two_checkpoints(runs_dir, checkpoint, tiny_base):
+    from mtbert import analysis
+    from mtbert.data import SAMPLE_DIR, load_split
+    from mtbert.studio import playground as pg
+
+    at = page("app_pages/4_Evaluate.py").run()
+    no_exception(at)
+    select(at, "ev_ckpt_a", checkpoint)
+    at.multiselect(key="ev_tasks").set_value(["sst", "sts"]).run()
+    at.button(key="ev_go").click().run()
+    run_until(at, has_results)
+    no_exception(at)
+    model, tok, _ = pg.load_model(str(runs_dir / checkpoint))
+    data = {t: x for t, (x, _) in load_split(SAMPLE_DIR, "dev", [model.cfg.task("sst")]).items()}
+    expected = analysis.summary(analysis.predict_task(model, tok, "sst", data["sst"]))
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["sst_acc"] == f"{expected['sst_acc']:.3f}"
+    assert [t.label for t in at.tabs] == ["Sentiment", "STS"]
+
+    # a second checkpoint: the same tiny encoder, other heads
+    other = fake_run(runs_dir, "20260102-000000-other")
+    encoder, tok2 = load_encoder(tiny_base, max_length=32)
+    torch.manual_seed(1)
+    save_checkpoint(MultitaskBert(encoder, ModelConfig()), tok2, other / "best", base=str(tiny_base))
+    at.toggle(key="ev_compare").set_value(True).run()
+    select(at, "ev_ckpt_b", "20260102-000000-other/best")
+    at.button(key="ev_go").click().run()
+    run_until(at, lambda a: has_results(a) and any("McNemar" in m.value for m in a.markdown))
+    no_exception(at)
+    assert any("bootstrap" in m.value for m in at.markdown)  # the regression task's interval
+    assert all(m.delta is not None for m in at.metric)
+
+
+def test_evaluate_page_says_what_is_wrong_with_a_file(runs_dir, checkpoint):
+    at = page("app_pages/4_Evaluate.py").run()
+    select(at, "ev_ckpt_a", checkpoint)
+    at.radio(key="ev_data_kind").set_value("a labelled file of one task").run()
+    at.button(key="ev_go").click().run()
+    no_exception(at)
+    assert any("Choose a labelled file first" in w for w in messages(at, "warning"))

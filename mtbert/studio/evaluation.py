@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data import DataError, load_split
+from .jobs import BackgroundJob
 from .playground import InputError, read_upload
 
 SPLITS = ("dev", "train")  # labelled splits; the CS224N test files carry no labels
@@ -82,46 +83,31 @@ def checkpoint_key(path: str) -> tuple:
     return ("name", path)
 
 
-@dataclass
-class EvaluationJob:
-    """Every task of a Source predicted and analysed in a background thread, so the page stays live."""
-    source: Source
-    done: int = 0
-    results: dict | None = None  # task -> mtbert.analysis.TaskResult once finished
-    error: str | None = None
-    _thread: threading.Thread | None = field(default=None, repr=False)
+class EvaluationJob(BackgroundJob):
+    """Every task of a Source predicted and analysed; `results` (task -> mtbert.analysis.TaskResult)."""
+
+    def __init__(self, source: Source):
+        super().__init__(total=source.size)
+        self.source = source
 
     @property
-    def finished(self) -> bool:
-        return self.results is not None or self.error is not None
-
-    @property
-    def fraction(self) -> float:
-        return self.done / max(1, self.source.size)
+    def results(self) -> dict | None:
+        return self.result
 
     def start(self, model, tokenizer) -> "EvaluationJob":
-        self._thread = threading.Thread(target=self._run, args=(model, tokenizer), daemon=True)
-        self._thread.start()
-        return self
+        self.model, self.tokenizer = model, tokenizer
+        return super().start()
 
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self, model, tokenizer) -> None:
+    def work(self) -> dict:
         from ..analysis import predict_task
 
-        try:
-            results, before = {}, 0
-            for task, examples in self.source.data.items():
-                def progress(done, total, before=before):
-                    self.done = before + done
-                results[task] = predict_task(model, tokenizer, task, examples, progress=progress)
-                before += len(examples)
-                self.done = before
-            self.results = results
-        except Exception as e:  # shown on the page; the thread must not die silently
-            self.error = f"{type(e).__name__}: {e}"
+        results, before = {}, 0
+        for task, examples in self.source.data.items():
+            results[task] = predict_task(self.model, self.tokenizer, task, examples,
+                                         progress=lambda done, total, before=before: self.progress(before + done))
+            before += len(examples)
+            self.progress(before)
+        return results
 
 
 class Evaluations:

@@ -13,8 +13,7 @@ import os
 import re
 import string
 import tempfile
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from ..model import ModelConfig, MultitaskBert
 from ..tasks import specs_of_model_config
 from .checkpoints import CheckpointRef, list_checkpoints, safe_checkpoint_path
 from .environment import BASE_MODELS
+from .jobs import BackgroundJob
 
 SST_LABELS = ("very negative", "negative", "neutral", "positive", "very positive")
 MAX_CHARS = 100_000  # beyond this even tokenising is wasted work: the model reads <= 512 tokens
@@ -504,44 +504,29 @@ def predictions_csv(ids: list[str], preds: list) -> bytes:
         return path.read_bytes()
 
 
-@dataclass
-class BatchJob:
-    """Predictions for a whole file, computed in a background thread so the page stays live."""
-    task: str
-    examples: list
-    done: int = 0
-    csv: bytes | None = None
-    error: str | None = None
-    _thread: threading.Thread | None = field(default=None, repr=False)
+class BatchJob(BackgroundJob):
+    """Predictions for a whole file; `csv` (the predictions file's bytes) once finished."""
+
+    def __init__(self, task: str, examples: list):
+        super().__init__(total=len(examples))
+        self.task, self.examples = task, examples
 
     @property
-    def finished(self) -> bool:
-        return self.csv is not None or self.error is not None
-
-    @property
-    def fraction(self) -> float:
-        return self.done / max(1, len(self.examples))
+    def csv(self) -> bytes | None:
+        return self.result
 
     def start(self, model, tokenizer, chunk: int = 256) -> "BatchJob":
-        self._thread = threading.Thread(target=self._run, args=(model, tokenizer, chunk), daemon=True)
-        self._thread.start()
-        return self
+        self.model, self.tokenizer, self.chunk = model, tokenizer, chunk
+        return super().start()
 
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self, model, tokenizer, chunk: int) -> None:
+    def work(self) -> bytes:
         from ..evaluate import predict_examples
 
-        try:
-            preds = []
-            for s in range(0, len(self.examples), chunk):
-                preds += predict_examples(model, tokenizer, self.task, self.examples[s:s + chunk])
-                self.done = min(len(self.examples), s + chunk)
-            self.csv = predictions_csv([e.id for e in self.examples], preds)
-        except Exception as e:  # shown on the page; the thread must not die silently
-            self.error = f"{type(e).__name__}: {e}"
+        preds = []
+        for s in range(0, len(self.examples), self.chunk):
+            preds += predict_examples(self.model, self.tokenizer, self.task, self.examples[s:s + self.chunk])
+            self.progress(min(len(self.examples), s + self.chunk))
+        return predictions_csv([e.id for e in self.examples], preds)
 
 
 # ---- figures ----------------------------------------------------------------------------------

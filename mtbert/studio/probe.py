@@ -1,49 +1,24 @@
 """The Probe page's logic, without Streamlit: the probe run in a background thread, its figures and tables."""
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
-
 from ..probe import ProbeResult, TaskProbe, run_probe
+from .jobs import BackgroundJob
 
 
-@dataclass
-class ProbeJob:
-    """mtbert.probe.run_probe in a background thread, so the page can show its progress."""
-    tasks: list
-    templates: str | None = None
-    done: int = 0
-    total: int = 0
-    result: ProbeResult | None = None
-    error: str | None = None
-    _thread: threading.Thread | None = field(default=None, repr=False)
+class ProbeJob(BackgroundJob):
+    """mtbert.probe.run_probe in a background thread; `result` is its ProbeResult."""
 
-    @property
-    def finished(self) -> bool:
-        return self.result is not None or self.error is not None
-
-    @property
-    def fraction(self) -> float:
-        return self.done / max(1, self.total)
+    def __init__(self, tasks: list, templates: str | None = None):
+        super().__init__()
+        self.tasks, self.templates = tasks, templates
 
     def start(self, model, tokenizer) -> "ProbeJob":
-        self._thread = threading.Thread(target=self._run, args=(model, tokenizer), daemon=True)
-        self._thread.start()
-        return self
+        self.model, self.tokenizer = model, tokenizer
+        return super().start()
 
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _progress(self, done: int, total: int) -> None:
-        self.done, self.total = done, total
-
-    def _run(self, model, tokenizer) -> None:
-        try:
-            self.result = run_probe(model, tokenizer, tasks=self.tasks, templates=self.templates,
-                                    progress=self._progress)
-        except Exception as e:  # shown on the page; the thread must not die silently
-            self.error = f"{type(e).__name__}: {e}"
+    def work(self) -> ProbeResult:
+        return run_probe(self.model, self.tokenizer, tasks=self.tasks, templates=self.templates,
+                         progress=self.progress)
 
 
 def summary_rows(tp: TaskProbe) -> list[dict]:
