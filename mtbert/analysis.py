@@ -359,12 +359,22 @@ def mistakes(r: TaskResult, label=None, gold_bin=None, min_words: int | None = N
 
 # ---- two checkpoints ---------------------------------------------------------------------------
 
-def _check_pair(a: TaskResult, b: TaskResult) -> None:
-    sa, sb = a.spec, b.spec
+def check_comparable(sa: TaskSpec, sb: TaskSpec) -> None:
+    """Two checkpoints' definitions of a task can be compared when they predict the same thing."""
     if (sa.kind, sa.classes, sa.range, sa.binary) != (sb.kind, sb.classes, sb.range, sb.binary):
         raise ValueError(f"task {sa.name} and task {sb.name} predict different things "
-                         f"({sa.kind}, {sa.classes or sa.range} vs {sb.kind}, {sb.classes or sb.range}); "
-                         "compare the same task")
+                         f"({_describe(sa)} vs {_describe(sb)}); only the same task can be compared")
+
+
+def _describe(s: TaskSpec) -> str:
+    if s.kind == "regression":
+        return f"a score in {s.range[0]:g}..{s.range[1]:g}"
+    return f"{s.classes} classes" + (" with one probability (bce)" if s.binary else "")
+
+
+def _check_pair(a: TaskResult, b: TaskResult) -> None:
+    sa, sb = a.spec, b.spec
+    check_comparable(sa, sb)
     if [e.id for e in a.examples] != [e.id for e in b.examples] or \
             not np.array_equal(a.gold, b.gold):
         raise ValueError(f"task {sa.name}: the two results are not on the same examples; "

@@ -22,6 +22,11 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, **kw) -> go.Figure:
     return fig
 
 
+def plain(text) -> str:
+    """Text shown as typed: plotly reads <b>, <a href=...> and the like in titles and tick labels."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _fmt(x: float) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.3f}"
 
@@ -29,10 +34,11 @@ def _fmt(x: float) -> str:
 def confusion_figure(rep: dict, task_title: str = "", normalised: bool = False) -> go.Figure:
     """Gold class down, predicted class across; counts, or each row's share of its gold class."""
     z = np.asarray(rep["confusion_normalised"] if normalised else rep["confusion"])
+    labels = [plain(x) for x in rep["labels"]]
     counts = np.asarray(rep["confusion"])
     text = [[f"{z[i, j]:.2f}<br>({counts[i, j]})" if normalised else str(int(counts[i, j]))
              for j in range(z.shape[1])] for i in range(z.shape[0])]
-    fig = go.Figure(go.Heatmap(z=z, x=rep["labels"], y=rep["labels"], text=text, texttemplate="%{text}",
+    fig = go.Figure(go.Heatmap(z=z, x=labels, y=labels, text=text, texttemplate="%{text}",
                                colorscale="Blues", zmin=0, zmax=1 if normalised else None,
                                colorbar=dict(title="share of row" if normalised else "examples"),
                                hovertemplate="gold %{y}<br>predicted %{x}<br>%{text}<extra></extra>"))
@@ -45,7 +51,7 @@ def confusion_figure(rep: dict, task_title: str = "", normalised: bool = False) 
 def per_class_figure(rep: dict, task_title: str = "") -> go.Figure:
     fig = go.Figure()
     for key, name in (("precision", "precision"), ("recall", "recall"), ("f1", "F1")):
-        fig.add_bar(x=rep["labels"], y=np.asarray(rep[key]), name=name,
+        fig.add_bar(x=[plain(x) for x in rep["labels"]], y=np.asarray(rep[key]), name=name,
                     hovertemplate="%{x}<br>" + name + " %{y:.3f}<extra></extra>")
     fig.update_yaxes(range=[0, 1])
     fig.update_xaxes(type="category")
@@ -53,19 +59,20 @@ def per_class_figure(rep: dict, task_title: str = "") -> go.Figure:
                    "gold class", "score", barmode="group")
 
 
-def threshold_figure(curve: dict, task_title: str = "") -> go.Figure:
-    """Accuracy and F1 against the decision threshold on P(class 1), the stored threshold marked."""
+def threshold_figure(curve: dict, task_title: str = "", positive: str = "class 1") -> go.Figure:
+    """Accuracy and F1 against the decision threshold on P(positive), the stored threshold marked."""
     fig = go.Figure()
     fig.add_scatter(x=curve["thresholds"], y=curve["accuracy"], name="accuracy", mode="lines")
-    fig.add_scatter(x=curve["thresholds"], y=curve["f1"], name="F1 (class 1)", mode="lines")
+    fig.add_scatter(x=curve["thresholds"], y=curve["f1"], name=f"F1 of {positive}", mode="lines")
     t = curve["threshold"]
     fig.add_vline(x=t, line=dict(color="black", dash="dash"),
-                  annotation_text=f"stored threshold {t:.3f}: acc {curve['stored_accuracy']:.3f}",
-                  annotation_position="top right")
+                  annotation_text=f"stored {t:.3f}: accuracy {curve['stored_accuracy']:.3f}",
+                  annotation_position="top right" if t < 0.5 else "top left")
     fig.update_xaxes(range=[0, 1])
     fig.update_yaxes(range=[0, 1.02])
     return _layout(fig, f"{task_title} accuracy and F1 against the decision threshold".strip(),
-                   "threshold on P(class 1), without the stored offset", "score")
+                   f"threshold on P({positive}) without the stored offset", "score",
+                   legend=dict(x=0.02, y=0.02, bgcolor="rgba(255,255,255,0.8)"))
 
 
 def roc_figure(roc: dict, task_title: str = "") -> go.Figure:
@@ -141,7 +148,7 @@ def error_by_bin_figure(reg: dict, task_title: str = "") -> go.Figure:
 
 def task_figures(r: an.TaskResult) -> list[tuple[str, go.Figure]]:
     """(name, figure) for every figure that applies to the task's kind, in reading order."""
-    title = r.spec.title
+    title = plain(r.spec.title)
     if not r.is_classification:
         reg = an.regression_report(r)
         return [("scatter", scatter_figure(r.gold, r.raw, r.spec.range, title)),
@@ -151,7 +158,7 @@ def task_figures(r: an.TaskResult) -> list[tuple[str, go.Figure]]:
             ("confusion_normalised", confusion_figure(rep, title, normalised=True)),
             ("per_class", per_class_figure(rep, title))]
     if r.spec.binary:
-        figs += [("threshold", threshold_figure(an.threshold_curve(r), title)),
+        figs += [("threshold", threshold_figure(an.threshold_curve(r), title, plain(r.spec.label_name(1)))),
                  ("roc", roc_figure(an.roc_curve(r), title)),
                  ("pr", pr_figure(an.pr_curve(r), title))]
     return figs + [("reliability", reliability_figure(an.reliability(r), title))]
@@ -173,7 +180,7 @@ def compare_figures(a: an.TaskResult, b: an.TaskResult, cmp: dict | None = None,
                     a_name: str = "A", b_name: str = "B") -> list[tuple[str, go.Figure]]:
     """The metric deltas, and the two checkpoints' curves on one figure where the task has them."""
     cmp = cmp or an.compare(a, b)
-    title = a.spec.title
+    title, a_name, b_name = plain(a.spec.title), plain(a_name), plain(b_name)
     figs = [("deltas", delta_figure(cmp, title, a_name, b_name))]
     if a.spec.binary:
         fig = go.Figure()
