@@ -163,28 +163,35 @@ def _chosen_tasks(model, args) -> list:
 
 def _cmd_evaluate(args) -> int:
     from .checkpoint import CheckpointError
-    from .data import SAMPLE_DIR, DataError, load_split, read_task_file
+    from .data import DataError
     from .evaluate import evaluate
     try:
         model, tok, _ = _load_any(args.checkpoint)
         specs = _chosen_tasks(model, args)
-        if args.input:
-            if len(specs) != 1 or not (args.task or args.tasks):
-                raise ValueError("--input needs exactly one --task (the task whose format the file is in)")
-            examples, report = read_task_file(specs[0], args.input, labelled=True)
-            loaded = {specs[0].name: (examples, report)}
-        else:
-            overrides = {"para": args.quora_train} if args.quora_train and "para" in model.cfg.names else None
-            loaded = load_split(args.data_dir or SAMPLE_DIR, args.split, specs, overrides=overrides)
+        data = _labelled_data(model, specs, args)
     except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    _print_metrics(args.split.capitalize(), evaluate(model, tok, data, args.batch_size), specs)
+    return 0
+
+
+def _labelled_data(model, specs, args) -> dict:
+    """task -> labelled examples: --input (one task's file) or the split's files, cut to --limit."""
+    from .data import SAMPLE_DIR, load_split, read_task_file
+    if args.input:
+        if len(specs) != 1 or not (args.task or args.tasks):
+            raise ValueError("--input needs exactly one --task (the task whose format the file is in)")
+        examples, report = read_task_file(specs[0], args.input, labelled=True)
+        loaded = {specs[0].name: (examples, report)}
+    else:
+        overrides = {"para": args.quora_train} if args.quora_train and "para" in model.cfg.names else None
+        loaded = load_split(args.data_dir or SAMPLE_DIR, args.split, specs, overrides=overrides)
     data = {}
     for t, (examples, report) in loaded.items():
         print(f"[data] {report.summary()}", file=sys.stderr)
         data[t] = examples[:args.limit] if args.limit else examples
-    _print_metrics(args.split.capitalize(), evaluate(model, tok, data, args.batch_size), specs)
-    return 0
+    return data
 
 
 def _add_calibrate(sub) -> None:
@@ -346,6 +353,70 @@ def _cmd_probe(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(finite(out), indent=1) + "\n", encoding="utf-8")
         print(f"wrote {args.json}", file=sys.stderr)
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="write an HTML error analysis of a checkpoint (or compare two)",
+                       description="Write one self-contained HTML file (readable offline) of where and why a "
+                                   "checkpoint fails on a labelled set: each task's metrics, confusion matrix, "
+                                   "threshold, ROC, PR and reliability curves or regression scatter, and its "
+                                   "most confident mistakes. A second --checkpoint adds the comparison of the "
+                                   "two on the same examples (metric deltas, McNemar test or paired bootstrap, "
+                                   "the examples one gets right and the other wrong).")
+    p.add_argument("--checkpoint", action="append", required=True, metavar="DIR",
+                   help="checkpoint folder, Hub repo id, or minilm-l6; give it twice to compare (A, then B)")
+    p.add_argument("--out", required=True, help="HTML file to write, e.g. report.html")
+    p.add_argument("--split", default="dev", choices=("train", "dev"), help="default: dev")
+    p.add_argument("--data-dir", help="folder of the tasks' files (default: the shipped sample)")
+    p.add_argument("--quora-train", help="Quora train file to use when --split train")
+    p.add_argument("--task", action="append", metavar="NAME",
+                   help="this task only (repeat for several; default: all of the first checkpoint's tasks)")
+    p.add_argument("--tasks", help="comma-separated task names (the same as repeating --task)")
+    p.add_argument("--input", help="with one --task: a labelled file in that task's format instead of its split file")
+    p.add_argument("--limit", type=int, help="only the first N examples per task")
+    p.add_argument("--mistakes", type=int, default=20, help="mistakes listed per task and direction (default: 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap (default: 0)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args) -> int:
+    from .analysis import check_comparable, evaluate_checkpoint
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .htmlreport import Checkpoint, write_report
+    out = Path(args.out)
+    usage = (f"--checkpoint was given {len(args.checkpoint)} times; give one checkpoint, or two to compare"
+             if len(args.checkpoint) > 2 else
+             f"--out {out} is a folder; give a file name such as {out / 'report.html'}" if out.is_dir() else
+             f"--mistakes {args.mistakes} is not allowed; give a number >= 0" if args.mistakes < 0 else
+             f"--limit {args.limit} is not allowed; give a number >= 1" if args.limit is not None and args.limit < 1
+             else None)
+    if usage:
+        print(f"error: {usage}", file=sys.stderr)
+        return 2
+    try:
+        loaded = [_load_any(name) for name in args.checkpoint]
+        specs = _chosen_tasks(loaded[0][0], args)
+        for name, (model, _, _) in zip(args.checkpoint[1:], loaded[1:]):
+            for s in specs:
+                if s.name not in model.cfg.names:
+                    raise ValueError(f"checkpoint {name} has no task {s.name}; its tasks: "
+                                     f"{', '.join(model.cfg.names)} (compare tasks both checkpoints have)")
+                check_comparable(s, model.cfg.task(s.name))
+        data = _labelled_data(loaded[0][0], specs, args)
+        what = (f"file {args.input} (task {specs[0].name})" if args.input else
+                f"{args.split} split of {args.data_dir or 'the shipped sample'}")
+        checkpoints = []
+        for name, (model, tok, meta) in zip(args.checkpoint, loaded):
+            print(f"[report] predicting with {name}", file=sys.stderr, flush=True)
+            results = evaluate_checkpoint(model, tok, data, batch_size=args.batch_size)
+            checkpoints.append(Checkpoint(name, results, meta))
+        path = write_report(out, checkpoints, what, mistakes=args.mistakes, seed=args.seed)
+    except (CheckpointError, DataError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path} ({', '.join(f'{t}: {len(v):,} examples' for t, v in data.items())})", file=sys.stderr)
     return 0
 
 
@@ -358,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_submit(sub)
     _add_probe(sub)
+    _add_report(sub)
     data = sub.add_parser("data", help="data commands (fetch, check)", description="Data commands.")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     from . import fetch, hub

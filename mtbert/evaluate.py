@@ -21,9 +21,9 @@ def _to_device(batch: dict, device) -> dict:
 
 @torch.inference_mode()
 def predict_raw(model, tokenizer, task: str, examples: list[Example], batch_size: int = 64,
-                device: str | torch.device = "cpu", autocast_dtype=None) -> np.ndarray:
+                device: str | torch.device = "cpu", autocast_dtype=None, progress=None) -> np.ndarray:
     """Model outputs in input order: (N, K) class probabilities, (N,) probability of class 1 (binary),
-    or (N,) score in the task's range."""
+    or (N,) score in the task's range. progress(done, total), if given, is called after each batch."""
     # sorting by length cuts padding to a minimum; the permutation is undone at the end
     order = sorted(range(len(examples)), key=lambda i: example_length(examples[i]))
     was_training = model.training
@@ -36,6 +36,8 @@ def predict_raw(model, tokenizer, task: str, examples: list[Example], batch_size
             with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
                                 enabled=autocast_dtype is not None):
                 outs.append(model.predict(task, batch).float().cpu())
+            if progress is not None:
+                progress(min(s + batch_size, len(order)), len(order))
     finally:
         model.train(was_training)
     if not outs:
