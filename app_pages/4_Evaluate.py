@@ -112,19 +112,22 @@ st.caption(f"On the {source.label}: " + ", ".join(f"{t} {len(x):,} examples" for
 
 
 def show_metrics(task: str) -> None:
+    """The task's numbers; with two checkpoints, the second one's with its difference to the first."""
     summaries = [analysis.summary(r[task]) for _, _, r in results]
-    keys = [k for k, v in summaries[0].items() if isinstance(v, (int, float))]
-    for c, k in zip(st.columns(min(len(keys), 6) or 1), keys[:6]):
-        delta = summaries[1][k] - summaries[0][k] if len(summaries) > 1 else None
-        c.metric(k, f"{summaries[-1][k]:.3f}", None if delta is None else f"{delta:+.3f}",
-                 help=f"{results[-1][0]}" + (f", against {results[0][0]}" if delta is not None else ""))
+    keys = [k for k, v in summaries[0].items() if k not in ("n", "threshold") and isinstance(v, (int, float))]
+    for i in range(0, len(keys), 6):
+        for c, k in zip(st.columns(6), keys[i:i + 6]):
+            delta = summaries[1][k] - summaries[0][k] if len(summaries) > 1 else None
+            c.metric(k, f"{summaries[-1][k]:.3f}", None if delta is None else f"{delta:+.3f}",
+                     delta_color="inverse" if k in ("mae", "rmse", "ece") else "normal",
+                     help=results[-1][0] + ("" if delta is None else f", against {results[0][0]}"))
 
 
 def show_figures(r) -> None:
     figs = evalfigures.task_figures(r)
     for i in range(0, len(figs), 2):
         for c, (title, fig) in zip(st.columns(2), figs[i:i + 2]):
-            c.plotly_chart(fig, key=f"fig_{r.spec.name}_{id(r)}_{title}")
+            c.plotly_chart(fig, key=f"ev_fig_{r.spec.name}_{id(r)}_{title}")
 
 
 def error_browser(name: str, path: str, r) -> None:
@@ -137,15 +140,15 @@ def error_browser(name: str, path: str, r) -> None:
         label = None if pick == "any" else names.index(pick)
     else:
         bins = analysis.regression_report(r)["bins"]
-        pick = c1.selectbox("Gold score", ["any", *[b["label"] for b in bins]], key=f"ev_err_bin_{spec.name}_{path}")
-        gold_bin = None if pick == "any" else [b["label"] for b in bins].index(pick)
+        pick = c1.selectbox("Gold score", ["any", *bins], key=f"ev_err_bin_{spec.name}_{path}")
+        gold_bin = None if pick == "any" else bins.index(pick)
     longest = max((row_words(e) for e in r.examples), default=1)
     lo, hi = c2.slider("Length in words", 1, max(2, longest), (1, max(2, longest)), key=f"ev_err_len_{spec.name}_{path}")
     rows = analysis.mistakes(r, label=label, gold_bin=gold_bin, min_words=lo, max_words=hi, limit=100)
     if not rows:
         st.caption("No mistakes with these filters.")
         return
-    shown = [{k: v for k, v in row.items() if k != "text_b" or spec.is_pair} for row in rows]
+    shown = [{k: v for k, v in row.items() if k != "index" and (k != "text_b" or spec.is_pair)} for row in rows]
     picked_rows = st.dataframe(shown, hide_index=True, on_select="rerun", selection_mode="single-row",
                                key=f"ev_err_table_{spec.name}_{path}", width="stretch")
     chosen = picked_rows.selection.rows if picked_rows is not None else []
@@ -163,13 +166,18 @@ def row_words(e) -> int:
 def show_comparison(task: str) -> None:
     (name_a, _, ra), (name_b, _, rb) = results[0], results[1]
     c = analysis.compare(ra[task], rb[task])
-    st.markdown(f"**{name_b}** against **{name_a}**")
-    st.markdown(evalfigures.comparison_text(c, name_a, name_b))
-    left, right = st.columns(2)
-    for col, key, title in ((left, "b_right_a_wrong", f"{name_b} right, {name_a} wrong"),
-                            (right, "a_right_b_wrong", f"{name_a} right, {name_b} wrong")):
-        col.markdown(f"**{title}** ({c.get(key + '_count', len(c[key])):,})")
-        col.dataframe(c[key][:50], hide_index=True, width="stretch", key=f"ev_cmp_{task}_{key}")
+    st.markdown(f"**{name_b}** against **{name_a}**, on the same {c['n']:,} examples")
+    st.markdown(ev.comparison_text(c, name_a, name_b))
+    figs = evalfigures.compare_figures(ra[task], rb[task], c, name_a, name_b)
+    for col, (title, fig) in zip(st.columns(len(figs)), figs):
+        col.plotly_chart(fig, key=f"ev_cmp_fig_{task}_{title}")
+    if "mcnemar" in c:
+        pairs = [("b_right_a_wrong", f"{name_b} right, {name_a} wrong"), ("a_right_b_wrong", f"{name_a} right, {name_b} wrong")]
+    else:
+        pairs = [("b_better", f"{name_b} closer to gold"), ("a_better", f"{name_a} closer to gold")]
+    for col, (key, title) in zip(st.columns(2), pairs):
+        col.markdown(f"**{title}** ({len(c[key]):,} shown)")
+        col.dataframe(c[key], hide_index=True, width="stretch", key=f"ev_cmp_{task}_{key}")
 
 
 for tab, spec in zip(st.tabs([s.title for s in specs if s.name in source.data]),

@@ -493,7 +493,7 @@ def test_evaluate_page_scores_a_split_and_compares_two_checkpoints(runs_dir, che
     expected = analysis.summary(analysis.predict_task(model, tok, "sst", data["sst"]))
     shown = {m.label: m.value for m in at.metric}
     assert shown["sst_acc"] == f"{expected['sst_acc']:.3f}"
-    assert [t.label for t in at.tabs] == ["Sentiment", "STS"]
+    assert [t.label for t in at.tabs] == [model.cfg.task("sst").title, model.cfg.task("sts").title]
 
     # a second checkpoint: the same tiny encoder, other heads
     other = fake_run(runs_dir, "20260102-000000-other")

@@ -70,15 +70,16 @@ def test_evaluate_draws_every_figure_and_opens_a_mistake_in_the_playground(studi
     page.get_by_role("button", name="Evaluate", exact=True).click()
     page.get_by_role("heading", name="Results").wait_for(timeout=120_000)
     wait_idle(page)
-    # the first tab (Sentiment) draws its figures: plotly's SVG for each one the engine builds
-    expect(page.locator(".js-plotly-plot")).to_have_count(figures["sst"], timeout=30_000)
-    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {figures['sst']}",
+    # every task's tab holds the figures the engine builds for its kind, each drawn by plotly (its SVG);
+    # each tab is opened so that its figures are seen at their size
+    total = sum(figures.values())
+    expect(page.locator(".js-plotly-plot")).to_have_count(total, timeout=30_000)
+    for spec in reversed(model.cfg.tasks):
+        page.get_by_role("tab", name=spec.title).click()
+        page.wait_for_timeout(300)
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {total}",
                            timeout=30_000)
     shot(page, "evaluate-sentiment", page.locator(".js-plotly-plot").first)
-    page.get_by_role("tab", name="Paraphrase").click()
-    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= "
-                           f"{figures['sst'] + figures['para']}", timeout=30_000)
-    page.get_by_role("tab", name="Sentiment").click()
 
     # the error browser: select the most confident mistake, open it in the Playground
     first = analysis.mistakes(expected["sst"], limit=1)[0]

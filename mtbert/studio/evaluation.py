@@ -138,3 +138,19 @@ class Evaluations:
             for k in finished[:max(0, len(self._jobs) - self.keep)]:
                 del self._jobs[k]
             return job
+
+
+def comparison_text(c: dict, a_name: str, b_name: str) -> str:
+    """The significance test of analysis.compare in words (markdown)."""
+    if "mcnemar" in c:
+        m = c["mcnemar"]
+        verdict = ("a real difference at the 5 % level" if m["p"] < 0.05 else
+                   "no difference beyond chance at the 5 % level")
+        return (f"McNemar test on the {m['n']:,} examples exactly one of them gets right: {b_name} alone is right on "
+                f"{m['b01']:,}, {a_name} alone on {m['b10']:,}; exact binomial p = {m['p']:.3g}, {verdict}.")
+    bs = c["bootstrap"]
+    excludes = not (bs["low"] <= 0 <= bs["high"])
+    verdict = "the interval excludes 0: a real difference" if excludes else "the interval includes 0: no clear difference"
+    return (f"Paired bootstrap of the {bs['metric']} difference ({b_name} − {a_name}) over {bs['resamples']:,} "
+            f"resamples of the same examples: {bs['delta']:+.4f}, {bs['level']:.0%} interval "
+            f"[{bs['low']:+.4f}, {bs['high']:+.4f}]; {verdict}.")
