@@ -119,17 +119,22 @@ def _add_evaluate(sub) -> None:
                        description="Evaluate a checkpoint on a split of each of its tasks' files (the task "
                                    "definitions it stores say which files, in which format), or on one file.")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, Hub repo id, or minilm-l6 (untrained heads)")
+    _add_labelled_data(p, "evaluate ", "the checkpoint's")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _add_labelled_data(p, verb: str, whose: str) -> None:
+    """The flags that pick a labelled set (read by _labelled_data)."""
     p.add_argument("--split", default="dev", choices=("train", "dev"), help="default: dev")
     p.add_argument("--data-dir", help="folder of the tasks' files (default: the shipped sample); a task whose "
                                       "definition names its own data_dir reads from there")
     p.add_argument("--quora-train", help="Quora train file to use when --split train")
     p.add_argument("--task", action="append", metavar="NAME",
-                   help="evaluate this task only (repeat for several; default: all of the checkpoint's tasks)")
+                   help=f"{verb}this task only (repeat for several; default: all of {whose} tasks)")
     p.add_argument("--tasks", help="comma-separated task names (the same as repeating --task)")
     p.add_argument("--input", help="with one --task: a labelled file in that task's format instead of its split file")
-    p.add_argument("--limit", type=int, help="evaluate only the first N examples per task")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.set_defaults(func=_cmd_evaluate)
+    p.add_argument("--limit", type=int, help=f"{verb}only the first N examples per task")
 
 
 def _load_any(name: str):
@@ -366,14 +371,7 @@ def _add_report(sub) -> None:
     p.add_argument("--checkpoint", action="append", required=True, metavar="DIR",
                    help="checkpoint folder, Hub repo id, or minilm-l6; give it twice to compare (A, then B)")
     p.add_argument("--out", required=True, help="HTML file to write, e.g. report.html")
-    p.add_argument("--split", default="dev", choices=("train", "dev"), help="default: dev")
-    p.add_argument("--data-dir", help="folder of the tasks' files (default: the shipped sample)")
-    p.add_argument("--quora-train", help="Quora train file to use when --split train")
-    p.add_argument("--task", action="append", metavar="NAME",
-                   help="this task only (repeat for several; default: all of the first checkpoint's tasks)")
-    p.add_argument("--tasks", help="comma-separated task names (the same as repeating --task)")
-    p.add_argument("--input", help="with one --task: a labelled file in that task's format instead of its split file")
-    p.add_argument("--limit", type=int, help="only the first N examples per task")
+    _add_labelled_data(p, "", "the first checkpoint's")
     p.add_argument("--mistakes", type=int, default=20, help="mistakes listed per task and direction (default: 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap (default: 0)")
     p.add_argument("--batch-size", type=int, default=64)

@@ -75,27 +75,28 @@ def threshold_figure(curve: dict, task_title: str = "", positive: str = "class 1
                    legend=dict(x=0.02, y=0.02, bgcolor="rgba(255,255,255,0.8)"))
 
 
+def _curve_figure(x, y, name: str, chance: tuple, chance_name: str, shape: str, title: str, xlab: str,
+                  ylab: str) -> go.Figure:
+    """A curve in the unit square beside the line a random ranking would give."""
+    fig = go.Figure()
+    fig.add_scatter(x=[0, 1], y=list(chance), mode="lines", name=chance_name, line=dict(color="grey", dash="dot"))
+    fig.add_scatter(x=x, y=y, mode="lines", name=name, line=dict(shape=shape))
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(range=[0, 1.02])
+    return _layout(fig, title, xlab, ylab)
+
+
 def roc_figure(roc: dict, task_title: str = "") -> go.Figure:
-    fig = go.Figure()
-    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(color="grey", dash="dot"))
-    fig.add_scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", name=f"ROC (AUC {_fmt(roc['auc'])})",
-                    line=dict(shape="linear"))
-    fig.update_xaxes(range=[0, 1])
-    fig.update_yaxes(range=[0, 1.02])
-    return _layout(fig, f"{task_title} ROC curve, AUC {_fmt(roc['auc'])}".strip(),
-                   "false positive rate", "true positive rate")
+    auc = _fmt(roc["auc"])
+    return _curve_figure(roc["fpr"], roc["tpr"], f"ROC (AUC {auc})", (0, 1), "chance", "linear",
+                         f"{task_title} ROC curve, AUC {auc}".strip(), "false positive rate", "true positive rate")
 
 
-def pr_figure(pr: dict, task_title: str = "") -> go.Figure:
-    fig = go.Figure()
-    fig.add_scatter(x=[0, 1], y=[pr["prevalence"]] * 2, mode="lines", name="chance (prevalence)",
-                    line=dict(color="grey", dash="dot"))
-    fig.add_scatter(x=pr["recall"], y=pr["precision"], mode="lines", name=f"PR (AP {_fmt(pr['ap'])})",
-                    line=dict(shape="hv"))
-    fig.update_xaxes(range=[0, 1])
-    fig.update_yaxes(range=[0, 1.02])
-    return _layout(fig, f"{task_title} precision-recall curve, average precision {_fmt(pr['ap'])}".strip(),
-                   "recall (class 1)", "precision (class 1)")
+def pr_figure(pr: dict, task_title: str = "", positive: str = "class 1") -> go.Figure:
+    ap = _fmt(pr["ap"])
+    return _curve_figure(pr["recall"], pr["precision"], f"PR (AP {ap})", (pr["prevalence"],) * 2,
+                         "chance (prevalence)", "hv", f"{task_title} precision-recall curve, average precision {ap}".strip(),
+                         f"recall of {positive}", f"precision of {positive}")
 
 
 def reliability_figure(rel: dict, task_title: str = "") -> go.Figure:
@@ -160,7 +161,7 @@ def task_figures(r: an.TaskResult) -> list[tuple[str, go.Figure]]:
     if r.spec.binary:
         figs += [("threshold", threshold_figure(an.threshold_curve(r), title, plain(r.spec.label_name(1)))),
                  ("roc", roc_figure(an.roc_curve(r), title)),
-                 ("pr", pr_figure(an.pr_curve(r), title))]
+                 ("pr", pr_figure(an.pr_curve(r), title, plain(r.spec.label_name(1))))]
     return figs + [("reliability", reliability_figure(an.reliability(r), title))]
 
 
