@@ -176,7 +176,7 @@ def _compare_section(a: Checkpoint, b: Checkpoint, task: str, figures: _Figures,
                  "metrics")]
     if ra.is_classification:
         m = c["mcnemar"]
-        out.append(f'<div class="mcnemar"><h4>McNemar test</h4>' + table(
+        out.append('<div class="mcnemar"><h4>McNemar test</h4>' + table(
             ["A wrong, B right (b01)", "A right, B wrong (b10)", "discordant", "exact binomial p"],
             [[m["b01"], m["b10"], m["n"], f"{m['p']:.3g}"]]) +
             "<p>p is the two-sided exact binomial test of b01 among the discordant examples (chance 1/2): "
