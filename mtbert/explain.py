@@ -29,7 +29,7 @@ from .data import Example, make_batch
 
 DEFAULT_STEPS = 64  # Gauss-Legendre nodes: docs/attributions.md has the completeness measured
 DEFAULT_BATCH = 32  # path points per forward pass
-METHODS = ("gausslegendre", "riemann_trapezoid")
+METHODS = ("gausslegendre", "riemann_middle")
 
 
 @dataclass
@@ -77,10 +77,8 @@ def quadrature(method: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     if method == "gausslegendre":
         x, w = np.polynomial.legendre.leggauss(steps)  # on [-1, 1]
         return 0.5 * (x + 1.0), 0.5 * w
-    if method == "riemann_trapezoid":
-        w = np.full(steps, 1.0 / (steps - 1))
-        w[[0, -1]] /= 2
-        return np.linspace(0.0, 1.0, steps), w
+    if method == "riemann_middle":
+        return (np.arange(steps) + 0.5) / steps, np.full(steps, 1.0 / steps)
     raise ValueError(f"method={method!r} is not allowed; choose one of {', '.join(METHODS)}")
 
 
