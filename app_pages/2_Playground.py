@@ -134,12 +134,12 @@ with why_tab:
     if st.button("Explain", type="primary", key="why_go"):
         try:
             with st.spinner("Integrating gradients…"):
-                st.session_state.why_result = pg.attribution(model, tok, spec.name, a, b, target, int(steps))
+                st.session_state.why_result = name, pg.attribution(model, tok, spec.name, a, b, target, int(steps))
         except pg.InputError as e:
             st.session_state.pop("why_result", None)
             show_input_error(e)
-    attr = st.session_state.get("why_result")
-    if attr is not None and attr.task == spec.name:
+    for_model, attr = st.session_state.get("why_result", (None, None))
+    if attr is not None and (for_model, attr.task) == (name, spec.name):  # not another checkpoint's or task's
         if attr.note:
             st.info(attr.note, icon=":material/content_cut:")
         st.markdown(f"Explained output: **{attr.output}** = {attr.f_x:.3f} (baseline {attr.f_baseline:.3f})")

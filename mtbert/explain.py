@@ -87,7 +87,7 @@ def integrate_gradients(f, x: list[torch.Tensor], x0: list[torch.Tensor], steps:
     """IG of f (n inputs of shape (n, T_i, H) -> (n,) outputs) at x (T_i, H each) from baseline x0."""
     if not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch={batch!r} is not allowed; choose a positive integer")
-    alphas, weights = (torch.tensor(v, dtype=x[0].dtype) for v in quadrature(method, steps))
+    alphas, weights = (torch.tensor(v, dtype=x[0].dtype, device=x[0].device) for v in quadrature(method, steps))
     avg_grad = [torch.zeros_like(xi) for xi in x]  # sum_k w_k df/dx(x' + a_k (x - x'))
     for s in range(0, steps, batch):
         a = alphas[s:s + batch].view(-1, 1, 1)  # (n, 1, 1)
