@@ -31,7 +31,7 @@ models = [(m.name, m.model, m.tokenizer, m.meta) for m in models if m is not Non
 if not models:
     st.stop()
 
-tasks_tab, attention_tab, batch_tab = st.tabs(["Tasks", "Attention", "Batch file"])
+tasks_tab, why_tab, attention_tab, batch_tab = st.tabs(["Tasks", "Why", "Attention", "Batch file"])
 
 
 def show_answers(spec, answers: dict) -> None:
@@ -84,6 +84,47 @@ with tasks_tab:
             if answers:
                 show_answers(spec, answers)
 
+with why_tab:
+    name, model, tok, _ = models[0]
+    st.caption(f"Which word pieces moved **{name}**'s answer, by Integrated Gradients: each token's share of "
+               "the change from a baseline (the input with every word replaced by [PAD]) to the input. "
+               "Green pushed the output up, red down; docs/attributions.md explains the view.")
+    spec = model.cfg.task(st.selectbox("Task", model.cfg.names, key="why_task",
+                                       format_func=lambda t: f"{model.cfg.task(t).title} ({t})"))
+    st.caption(pg.describe_task(spec))
+    if spec.is_pair:
+        a = st.text_input("First sentence", key="why_a", placeholder="How do I learn to cook?")
+        b = st.text_input("Second sentence", key="why_b", placeholder="What is the best way to learn cooking?")
+    else:
+        a, b = st.text_area("Sentence", key="why_text", placeholder="The movie was not bad at all."), None
+    c1, c2 = st.columns(2)
+    target = None
+    if spec.kind == "classification" and not spec.binary:
+        names = [spec.label_name(k) for k in range(spec.classes)]
+        picked = c1.selectbox("Explain the probability of", ["the predicted class", *names], key="why_target")
+        target = None if picked == "the predicted class" else names.index(picked)
+    steps = c2.number_input("Steps", 2, 1024, pg.DEFAULT_IG_STEPS, step=16, key="why_steps",
+                            help="Nodes of the Gauss–Legendre rule along the path from the baseline to the input; "
+                                 "more steps close the completeness gap at the cost of time")
+    if st.button("Explain", type="primary", key="why_go"):
+        try:
+            with st.spinner("Integrating gradients…"):
+                st.session_state.why_result = name, pg.attribution(model, tok, spec.name, a, b, target, int(steps))
+        except pg.InputError as e:
+            st.session_state.pop("why_result", None)
+            show_input_error(e)
+    for_model, attr = st.session_state.get("why_result", (None, None))
+    if attr is not None and (for_model, attr.task) == (name, spec.name):  # not another checkpoint's or task's
+        if attr.note:
+            st.info(attr.note, icon=":material/content_cut:")
+        st.markdown(f"Explained output: **{attr.output}** = {attr.f_x:.3f} (baseline {attr.f_baseline:.3f})")
+        st.markdown(pg.attribution_html(attr), unsafe_allow_html=True)
+        st.caption(pg.completeness_caption(attr))
+        if attr.gap > pg.COMPLETENESS_TOLERANCE:
+            st.info("The attributions do not add up to the change of the output within "
+                    f"{100 * pg.COMPLETENESS_TOLERANCE:g} %: raise the steps for a closer integral.",
+                    icon=":material/functions:")
+
 with attention_tab:
     name, model, tok, _ = models[0]
     st.caption(f"Attention of **{name}**'s encoder. A pair is read jointly as [CLS] a [SEP] b [SEP].")
@@ -103,7 +144,12 @@ with attention_tab:
         c1, c2 = st.columns(2)
         layer = c1.slider("Layer", 0, view.num_layers - 1, 0, key="attn_layer")
         head = c2.slider("Head", 0, view.num_heads - 1, 0, key="attn_head")
-        st.plotly_chart(pg.attention_heatmap(view, layer, head), key="attn_heatmap")
+        heads_col, rollout_col = st.columns(2)
+        heads_col.plotly_chart(pg.attention_heatmap(view, layer, head), key="attn_heatmap")
+        rollout_col.plotly_chart(pg.rollout_heatmap(view), key="attn_rollout")
+        rollout_col.caption("Attention rollout: each layer's attention averaged over its heads, half of it kept "
+                            "for the token itself (the residual connection), multiplied through the layers.")
+        st.plotly_chart(pg.rollout_cls_figure(view), key="attn_rollout_cls")
         kind = st.radio("bertviz", ["head view", "model view"], horizontal=True, key="bertviz_kind")
         kind = kind.split()[0]
         try:

@@ -100,8 +100,11 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, input_ids, token_type_ids, position_ids):  # ids (B, T) or unpadded (N,)
-        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)  # (..., H)
+    def forward(self, input_ids, token_type_ids, position_ids, inputs_embeds=None):  # ids (B, T) or unpadded (N,)
+        # inputs_embeds (..., H) stand in for the word-piece embeddings: attributions (mtbert/explain.py)
+        # differentiate with respect to them; positions and token types are added as ever
+        w = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        x = w + self.position_embeddings(position_ids)  # (..., H)
         x = x + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.LayerNorm(x))
 
@@ -182,11 +185,12 @@ class BertModel(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None,
-                output_attentions=False) -> BertOutput:
+                output_attentions=False, inputs_embeds=None) -> BertOutput:
         """last_hidden_state is (B, T, H); at padding it is zeros (callers mask padding anyway),
         except with output_attentions, which runs everything padded, as Hugging Face does, so
         that bertviz sees the attention of every position. The pooler reads position 0: batches
-        are padded on the right, so it is always the real [CLS]."""
+        are padded on the right, so it is always the real [CLS]. inputs_embeds (B, T, H), if given,
+        replace the word-piece embeddings of input_ids (which still give the shape)."""
         B, T = input_ids.shape
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
@@ -197,7 +201,9 @@ class BertModel(nn.Module):
             if not output_attentions:
                 u = Unpadding(attention_mask.flatten().nonzero().squeeze(1), B, T)
                 ids = tuple(u.unpad(t) for t in ids)  # 3 x (N,)
-        x = self.embeddings(*ids)  # (B, T, H), or (N, H) when unpadded
+                if inputs_embeds is not None:
+                    inputs_embeds = u.unpad(inputs_embeds)  # (N, H)
+        x = self.embeddings(*ids, inputs_embeds=inputs_embeds)  # (B, T, H), or (N, H) when unpadded
         all_probs = []
         for layer in self.layers:
             x, probs = layer(x, mask, u, output_attentions)

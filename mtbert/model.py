@@ -119,7 +119,8 @@ class MultitaskBert(nn.Module):
 
     def embed(self, enc: dict) -> torch.Tensor:
         """Pooled sentence embedding, (B, H)."""
-        out = self.encoder(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+        out = self.encoder(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"],
+                           inputs_embeds=enc.get("inputs_embeds"))  # (B, T, H) word pieces, for attributions
         if self.cfg.pooling == "cls":
             return out.last_hidden_state[:, 0]
         m = enc["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)  # (B, T, 1)
@@ -187,8 +188,15 @@ class MultitaskBert(nn.Module):
         return out.clamp(*spec.range)
 
 
+ENCODING_KEYS = ("input_ids", "attention_mask", "token_type_ids", "inputs_embeds")
+
+
 def _stack_encodings(a: dict, b: dict) -> dict:
-    """Concatenate two padded encodings along the batch, padding the shorter one."""
+    """Concatenate two padded encodings along the batch, padding the shorter one (along T; the
+    optional inputs_embeds (B, T, H) too)."""
     T = max(a["input_ids"].size(1), b["input_ids"].size(1))
-    return {k: torch.cat([F.pad(a[k], (0, T - a[k].size(1))), F.pad(b[k], (0, T - b[k].size(1)))])
-            for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def pad(x):  # (B, t, *rest) -> (B, T, *rest)
+        return F.pad(x, (0, 0) * (x.dim() - 2) + (0, T - x.size(1)))
+
+    return {k: torch.cat([pad(a[k]), pad(b[k])]) for k in ENCODING_KEYS if k in a or k in b}

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import download_from_hub, load_base, load_checkpoint
+from ..explain import DEFAULT_STEPS as DEFAULT_IG_STEPS
+from ..explain import attention_rollout
 from ..model import ModelConfig, MultitaskBert
 from ..tasks import specs_of_model_config
 from .checkpoints import CheckpointRef, list_checkpoints, safe_checkpoint_path
@@ -227,14 +229,18 @@ def task_answer(model, tokenizer, task: str, a: str, b: str | None = None) -> di
     from ..evaluate import predict_text
 
     spec = model.cfg.task(task)
-    if spec.is_pair:
-        a, b = check_text(a, "first sentence"), check_text(b, "second sentence")
-        texts = {"first sentence": a, "second sentence": b}
-    else:
-        a, b = check_text(a), None
-        texts = {"sentence": a}
+    a, b, texts = _task_inputs(spec, a, b)
     r = predict_text(model, tokenizer, task, a, b)
     return {**r, "note": truncation_note(tokenizer, texts, joint=spec.pair_encoding == "joint")}
+
+
+def _task_inputs(spec, a: str, b: str | None) -> tuple[str, str | None, dict[str, str]]:
+    """A task's input checked (check_text): (a, b, texts by the names the messages give them)."""
+    if spec.is_pair:
+        a, b = check_text(a, "first sentence"), check_text(b, "second sentence")
+        return a, b, {"first sentence": a, "second sentence": b}
+    a = check_text(a)
+    return a, None, {"sentence": a}
 
 
 def describe_task(spec) -> str:
@@ -330,22 +336,102 @@ def attention(model, tokenizer, a: str, b: str | None = None) -> AttentionView:
 
 
 def attention_heatmap(view: AttentionView, layer: int, head: int):
-    import plotly.graph_objects as go
-
     if not (0 <= layer < view.num_layers and 0 <= head < view.num_heads):
         raise InputError(f"layer must be 0..{view.num_layers - 1} and head 0..{view.num_heads - 1}")
-    m = view.attentions[layer][0, head].tolist()
-    idx = list(range(len(view.tokens)))  # positions, not token strings: repeated tokens stay apart
-    fig = go.Figure(go.Heatmap(z=m, x=idx, y=idx, colorscale="Blues", zmin=0, zmax=1,
+    return _token_heatmap(view.attentions[layer][0, head].tolist(), view.tokens,
+                          f"Layer {layer}, head {head}: rows attend to columns", zmax=1)
+
+
+def _token_heatmap(m: list, tokens: list[str], title: str, zmax: float):
+    import plotly.graph_objects as go
+
+    idx = list(range(len(tokens)))  # positions, not token strings: repeated tokens stay apart
+    fig = go.Figure(go.Heatmap(z=m, x=idx, y=idx, colorscale="Blues", zmin=0, zmax=zmax,
                                hovertemplate="query %{y}: %{customdata[0]}<br>key %{x}: %{customdata[1]}"
                                              "<br>weight %{z:.3f}<extra></extra>",
-                               customdata=[[[view.tokens[i], view.tokens[j]] for j in idx] for i in idx]))
-    ticks = dict(tickmode="array", tickvals=idx, ticktext=view.tokens)
-    fig.update_layout(title=f"Layer {layer}, head {head}: rows attend to columns",
+                               customdata=[[[tokens[i], tokens[j]] for j in idx] for i in idx]))
+    ticks = dict(tickmode="array", tickvals=idx, ticktext=tokens)
+    fig.update_layout(title=title,
                       xaxis=dict(title="key (attended to)", tickangle=-60, **ticks),
                       yaxis=dict(title="query", autorange="reversed", **ticks),
                       height=max(360, 18 * len(idx) + 160), margin=dict(l=10, r=10, t=40, b=10))
     return fig
+
+
+def rollout(view: AttentionView):
+    """Attention rollout of a view's layers (mtbert.explain.attention_rollout), (T, T)."""
+    return attention_rollout(view.attentions)
+
+
+def rollout_heatmap(view: AttentionView):
+    """The rollout as the per-head heatmaps show attention: row i draws on column j through all layers.
+    The colour scale ends at the largest weight: rollout spreads out, a 0..1 scale would show little."""
+    r = rollout(view)
+    return _token_heatmap(r.tolist(), view.tokens, f"Attention rollout over {view.num_layers} layers",
+                          zmax=float(r.max()))
+
+
+def rollout_cls_figure(view: AttentionView):
+    """The [CLS] row of the rollout: what the pooled [CLS] output draws on, token by token."""
+    import plotly.graph_objects as go
+
+    row = rollout(view)[0]
+    idx = list(range(len(view.tokens)))
+    fig = go.Figure(go.Bar(x=idx, y=row.tolist(), customdata=view.tokens, marker_color="#1f77b4",
+                           hovertemplate="%{x}: %{customdata}<br>share %{y:.3f}<extra></extra>"))
+    fig.update_layout(title=f"Rollout of {view.tokens[0]}: what position 0 draws on",
+                      xaxis=dict(tickmode="array", tickvals=idx, ticktext=view.tokens, tickangle=-60),
+                      yaxis=dict(title="share", rangemode="tozero"),
+                      height=320, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+# ---- attributions (Integrated Gradients) ------------------------------------------------------
+
+COMPLETENESS_TOLERANCE = 0.01  # a larger relative gap gets a hint to raise the steps
+
+
+def attribution(model, tokenizer, task: str, a: str, b: str | None = None, target=None,
+                steps: int = DEFAULT_IG_STEPS):
+    """Integrated Gradients of a task's output for one input (mtbert.explain.integrated_gradients),
+    the input checked first; `note` says when the model could not read all of it."""
+    from ..explain import integrated_gradients
+
+    spec = model.cfg.task(task)
+    a, b, texts = _task_inputs(spec, a, b)
+    try:
+        attr = integrated_gradients(model, tokenizer, task, a, b, target=target, steps=steps)
+    except ValueError as e:  # a target or a step count the task does not take
+        raise InputError(str(e)) from None
+    attr.note = truncation_note(tokenizer, texts, joint=spec.pair_encoding == "joint")
+    return attr
+
+
+ATTRIBUTION_RGB = {"negative": (220, 38, 38), "positive": (22, 163, 74)}  # red, green
+
+
+def attribution_html(attr) -> str:
+    """The tokens coloured by attribution: green positive, red negative, opacity |attribution| / the
+    largest |attribution| of the input; a pair as two rows. The exact value is each token's tooltip."""
+    import html
+
+    scale = max((float(abs(v).max()) for v in attr.attributions if len(v)), default=0.0) or 1.0
+    rows = []
+    for tokens, values in zip(attr.tokens, attr.attributions):
+        spans = []
+        for t, v in zip(tokens, values):
+            r, g, b = ATTRIBUTION_RGB["positive" if v >= 0 else "negative"]
+            text = html.escape(t).replace("$", "&#36;")  # no markdown maths inside the page's HTML
+            spans.append(f'<span class="mtbert-token" title="{v:+.6f}" data-attribution="{v:.9g}" '
+                         f'style="background: rgba({r}, {g}, {b}, {abs(v) / scale:.3f}); padding: 1px 3px; '
+                         f'margin: 1px; border-radius: 3px; display: inline-block">{text}</span>')
+        rows.append('<div style="line-height: 1.9">' + "".join(spans) + "</div>")
+    return '<div class="mtbert-attribution">' + "".join(rows) + "</div>"
+
+
+def completeness_caption(attr) -> str:
+    return (f"attributions sum to {attr.total:.3f}; f(x) − f(baseline) = {attr.delta:.3f} "
+            f"(gap {100 * attr.gap:.1f} %)")
 
 
 # ---- bertviz, offline ------------------------------------------------------------------------
