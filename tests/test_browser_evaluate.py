@@ -1,7 +1,8 @@
 """The Evaluate page in a real browser: `streamlit run app.py` driven by Playwright in Debian's
 Chromium. A tiny checkpoint is evaluated on the shipped sample's dev split; every figure must draw
 (plotly's SVG); then one of its most confident mistakes is opened in the Playground, which must
-show that example's text and answer it. Every request for a host other than 127.0.0.1 is aborted
+show that example's text and answer it, and its Why tab must colour the example's tokens with the
+attributions `mtbert.explain` computes. Every request for a host other than 127.0.0.1 is aborted
 and must never happen.
 
 Skipped only when /usr/bin/chromium is missing outside CI; in CI (env CI set) it must run.
@@ -9,6 +10,7 @@ Skipped only when /usr/bin/chromium is missing outside CI; in CI (env CI set) it
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from mtbert import analysis, evalfigures
 from mtbert.checkpoint import load_checkpoint, load_encoder, save_checkpoint
 from mtbert.data import SAMPLE_DIR, load_split
 from mtbert.model import ModelConfig, MultitaskBert
+from mtbert.studio import playground as pg
 from streamlit_server import CHROMIUM, chromium, streamlit_app
 from test_browser import keep_on_loopback, shot, wait_idle
 
@@ -95,8 +98,21 @@ def test_evaluate_draws_every_figure_and_opens_a_mistake_in_the_playground(studi
     page.get_by_role("heading", name="Playground", exact=True).wait_for(timeout=60_000)
     wait_idle(page)
     assert page.url.endswith("/Playground")
-    expect(page.get_by_label("Sentence", exact=True)).to_have_value(first["text_a"], timeout=30_000)
+    # the Tasks tab's sentence (the Why tab's, filled too, comes after it)
+    expect(page.get_by_label("Sentence", exact=True).first).to_have_value(first["text_a"], timeout=30_000)
     expect(page.locator("[data-testid='stMetricValue']").first).to_have_text(first["predicted"], timeout=30_000)
     shot(page, "evaluate-opened-in-playground")
+
+    # the same example on the Why tab: its tokens coloured by Integrated Gradients, the sum checked
+    page.get_by_role("tab", name="Why").click()
+    page.get_by_role("button", name="Explain", exact=True).click()
+    tokens = page.locator(".mtbert-attribution .mtbert-token")
+    tokens.first.wait_for(timeout=60_000)
+    attr = pg.attribution(model, tok, "sst", first["text_a"], steps=pg.DEFAULT_IG_STEPS)
+    assert tokens.all_inner_texts() == [t for row in attr.tokens for t in row]
+    shown = [float(v) for v in tokens.evaluate_all("els => els.map(e => e.dataset.attribution)")]
+    assert shown == pytest.approx([float(v) for row in attr.attributions for v in row], rel=1e-4, abs=1e-7)
+    expect(page.get_by_text(re.compile(r"attributions sum to .* f\(x\) − f\(baseline\)"))).to_be_visible()
+    shot(page, "evaluate-why", tokens.first)
     assert not outside, f"requests left the machine: {outside[:5]}"
     page.close()

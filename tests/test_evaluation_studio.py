@@ -112,11 +112,12 @@ def test_prefill_picks_the_checkpoint_fills_the_task_and_asks_for_the_answer(tin
     pg.apply_prefill(state, pg.prefill("/x/b", "sts", "A man plays.", "A person plays."), refs)
     assert state["ckpt_a"] == refs[1] and state["compare"] is False
     assert (state["sts_a"], state["sts_b"], state["sts_auto"]) == ("A man plays.", "A person plays.", True)
+    assert (state["why_task"], state["why_a"], state["why_b"]) == ("sts", "A man plays.", "A person plays.")
     assert "sts_result" not in state
     state = {}
     pg.apply_prefill(state, pg.prefill("runs/other/best", "sst", "Fine."), refs)
     assert state["ckpt_a"] == pg.TYPED_PATH and state["ckpt_a_path"] == "runs/other/best"
-    assert state["sst_text"] == "Fine." and state["sst_auto"] is True
+    assert state["sst_text"] == state["why_text"] == "Fine." and state["sst_auto"] is True
     state = {}
     pg.apply_prefill(state, None, refs)
     assert state == {}

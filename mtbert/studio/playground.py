@@ -280,8 +280,8 @@ def prefill(checkpoint: str, task: str, a: str, b: str | None = None) -> dict:
 
 def apply_prefill(state, fill: dict | None, refs: list) -> None:
     """Put a prefill into the Playground's widgets (`state`: st.session_state or any dict): the
-    checkpoint picked (a folder not on the list is typed), the task's inputs filled, and the
-    task's answer requested once (`<task>_auto`)."""
+    checkpoint picked (a folder not on the list is typed), the task's inputs filled (on the Tasks
+    tab and the Why tab), and the task's answer requested once (`<task>_auto`)."""
     if not fill:
         return
     ref = next((r for r in refs if r.path == fill["checkpoint"] and r.kind != "path"), None)
@@ -291,10 +291,13 @@ def apply_prefill(state, fill: dict | None, refs: list) -> None:
     state["ckpt_a"] = ref
     state["compare"] = False
     task = fill["task"]
-    if fill.get("b") is None:
-        state[f"{task}_text"] = fill["a"]
-    else:
-        state[f"{task}_a"], state[f"{task}_b"] = fill["a"], fill["b"]
+    state["why_task"] = task  # the Why tab: the same example, one click from its token attributions
+    state.pop("why_result", None)
+    for prefix in (task, "why"):
+        if fill.get("b") is None:
+            state[f"{prefix}_text"] = fill["a"]
+        else:
+            state[f"{prefix}_a"], state[f"{prefix}_b"] = fill["a"], fill["b"]
     state.pop(f"{task}_result", None)
     state[f"{task}_auto"] = True
 
