@@ -88,13 +88,26 @@ def subset(examples: list[Example], n: int | None, seed: int) -> list[Example]:
 
 # ---- the plan: which task(s) each step trains --------------------------------------------------
 
+SAMPLED = ("proportional", "temperature", "annealed")  # one task per step, drawn at random
+
+
 @dataclass
 class Plan:
     """parallel: every step one batch of every task; an epoch ends with the shortest loader.
-    round-robin: a whole pass of one task, then the next (the seed's first attempt)."""
+    round-robin: a whole pass of one task, then the next (the seed's first attempt).
+    Sampled (Stickland and Murray 2019): every step one batch of ONE task, drawn with probability
+        p_k ∝ N_k^α,  N_k the task's number of batches,
+    proportional α = 1; temperature α = 1/τ (τ > 1 flattens the mix towards uniform, so a small task
+    is seen more than its size says); annealed α = 1 − 0.8 (e − 1)/(E − 1) in epoch e of E, from
+    proportional to nearly uniform. An epoch of a sampled schedule is Σ N_k steps, as many as
+    round-robin's. The draw is a pure function of (seed, epoch, step in epoch): a resumed run, and
+    every rank of a distributed one, draws the same tasks."""
     schedule: str
     tasks: list
     n_batches: dict
+    seed: int = 0
+    temperature: float = 2.0
+    epochs: int = 1
 
     @property
     def steps_per_epoch(self) -> int:
@@ -102,9 +115,26 @@ class Plan:
             return min(self.n_batches[t] for t in self.tasks)
         return sum(self.n_batches[t] for t in self.tasks)
 
-    def tasks_at(self, step_in_epoch: int) -> list[str]:
+    def alpha(self, epoch: int) -> float:
+        if self.schedule == "proportional":
+            return 1.0
+        if self.schedule == "temperature":
+            return 1.0 / self.temperature
+        return 1.0 - 0.8 * epoch / (self.epochs - 1) if self.epochs > 1 else 1.0  # epoch counts from 0
+
+    def probabilities(self, epoch: int = 0) -> dict[str, float]:
+        """Each task's probability of being drawn at a step of `epoch` (sampled schedules)."""
+        w = {t: self.n_batches[t] ** self.alpha(epoch) for t in self.tasks}
+        total = sum(w.values())
+        return {t: v / total for t, v in w.items()}
+
+    def tasks_at(self, step_in_epoch: int, epoch: int = 0) -> list[str]:
         if self.schedule == "parallel":
             return self.tasks
+        if self.schedule in SAMPLED:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 100_003 + step_in_epoch)
+            p = torch.tensor(list(self.probabilities(epoch).values()), dtype=torch.float64)
+            return [self.tasks[int(torch.multinomial(p, 1, generator=g))]]
         for t in self.tasks:
             if step_in_epoch < self.n_batches[t]:
                 return [t]
@@ -362,7 +392,8 @@ class Trainer:
         self.data = build_data(cfg, self.log)
         self.model, self.tok = build_model(cfg, list(self.data.specs.values()), self.device,
                                            checkpoint=self._last_dir() if self.resume else None)
-        self.plan = Plan(cfg.schedule, cfg.tasks, {t: s.n_batches for t, s in self.data.streams.items()})
+        self.plan = Plan(cfg.schedule, cfg.tasks, {t: s.n_batches for t, s in self.data.streams.items()},
+                         seed=cfg.seed, temperature=cfg.sampling_temperature, epochs=cfg.epochs)
         self.total_steps = min(cfg.epochs * self.plan.steps_per_epoch, cfg.max_steps or math.inf)
         self.state = TrainState()
         self.opt, self.sched = build_optimizer(cfg, self.model, self.device, self.total_steps,
@@ -540,7 +571,7 @@ class Trainer:
         if dist.active():  # log the global batch's loss
             dist.average_(shown)
         rec = {"type": "step", "step": self.state.step, "epoch": self.state.epoch, "time": time.time(),
-               "loss": {t: float(v) for t, v in zip(losses, shown)}, "loss_total": float(shown.sum()),
+               "tasks": list(tasks), "loss": {t: float(v) for t, v in zip(losses, shown)}, "loss_total": float(shown.sum()),
                "lr": lr, "examples_per_s": n_examples / dt, "step_time": dt, **stats}
         self._record(rec)
         return rec
@@ -623,7 +654,7 @@ class Trainer:
                 if why:
                     return self._finish(why)
                 t0 = time.perf_counter()
-                rec = self._train_step(self.plan.tasks_at(s.step_in_epoch))
+                rec = self._train_step(self.plan.tasks_at(s.step_in_epoch, s.epoch))
                 s.train_time += time.perf_counter() - t0
                 if bar is not None:  # before evaluating, which may take a while
                     bar.update(1)

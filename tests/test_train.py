@@ -64,6 +64,54 @@ def test_round_robin_is_a_whole_pass_of_each_task_in_turn():
     assert [plan.tasks_at(i) for i in range(6)] == [["sst"], ["sst"], ["para"], ["para"], ["para"], ["sts"]]
 
 
+def test_sampled_schedules_draw_tasks_with_stickland_and_murray_probabilities():
+    n = {"sst": 10, "para": 80, "sts": 5}
+    prop = Plan("proportional", list(n), n)
+    assert prop.steps_per_epoch == 95
+    assert prop.probabilities() == pytest.approx({t: v / 95 for t, v in n.items()})
+    temp = Plan("temperature", list(n), n, temperature=2.0)
+    root = {t: v ** 0.5 for t, v in n.items()}
+    assert temp.probabilities() == pytest.approx({t: v / sum(root.values()) for t, v in root.items()})
+    assert Plan("temperature", list(n), n, temperature=1.0).probabilities() == pytest.approx(prop.probabilities())
+    annealed = Plan("annealed", list(n), n, epochs=5)
+    # alpha = 1 - 0.8 (e - 1) / (E - 1) for epochs e = 1..E: proportional first, N^0.2 last
+    assert [annealed.alpha(e) for e in range(5)] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])
+    assert annealed.probabilities(0) == pytest.approx(prop.probabilities())
+    fifth = {t: v ** 0.2 for t, v in n.items()}
+    assert annealed.probabilities(4) == pytest.approx({t: v / sum(fifth.values()) for t, v in fifth.items()})
+    # the draws follow the probabilities (4,000 draws: each share within 0.03 of its probability) ...
+    for plan, epoch in ((prop, 0), (temp, 0), (annealed, 4)):
+        drawn = [plan.tasks_at(i, epoch)[0] for i in range(4000)]
+        for t, p in plan.probabilities(epoch).items():
+            assert abs(drawn.count(t) / 4000 - p) < 0.03, (plan.schedule, t)
+    # ... and are a pure function of (seed, epoch, step): what a resumed run and every rank draw
+    assert [temp.tasks_at(i, 1) for i in range(50)] == [Plan("temperature", list(n), n).tasks_at(i, 1) for i in range(50)]
+    assert [temp.tasks_at(i, 1) for i in range(50)] != [Plan("temperature", list(n), n, seed=1).tasks_at(i, 1)
+                                                       for i in range(50)]
+
+
+def test_a_sampled_run_records_each_steps_task_and_resumes_exactly(tiny_base, tmp_path):
+    cfg = tiny_cfg(tiny_base, epochs=2, schedule="temperature", sampling_temperature=3.0, train_subset=12)
+    full = tmp_path / "runs" / "full"
+    Trainer(cfg, full, progress=False).run()
+    a = steps(full)
+    assert len(a) == 2 * 9  # an epoch: 3 tasks x 3 batches
+    assert all(len(r["tasks"]) == 1 and list(r["loss"]) == r["tasks"] for r in a.values())
+    assert len({r["tasks"][0] for r in a.values()}) > 1
+    part = tmp_path / "runs" / "part"
+    StopAt.stop_at = 11
+    assert StopAt(cfg, part, progress=False).run() == "stopped"
+    assert Trainer(cfg, part, resume=True, progress=False).run() == "finished"
+    b = steps(part)
+    assert [b[s]["tasks"] for s in sorted(b)] == [a[s]["tasks"] for s in sorted(a)]
+    assert all(b[s]["loss"] == a[s]["loss"] for s in a if s > 11)
+
+
+def test_a_bad_sampling_temperature_is_refused_by_name():
+    with pytest.raises(ValueError, match="sampling_temperature"):
+        TrainConfig(sampling_temperature=0.5)
+
+
 def test_task_stream_order_is_a_function_of_seed_and_pass():
     ex = [Example(str(i), "x" * i, None, 0) for i in range(20)]
     a, b = TaskStream("sst", ex, 3, 5, bucket=True), TaskStream("sst", ex, 3, 5, bucket=True)
