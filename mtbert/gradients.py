@@ -90,12 +90,13 @@ def pcgrad_coefficients(gram: torch.Tensor, orders: list[list[int]]) -> tuple[to
 
 
 def pcgrad_project(grads: torch.Tensor, order_generator: torch.Generator,
-                   gram: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+                   gram: torch.Tensor | None = None, out: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """PCGrad on (K, P) task gradients: (sum_i g_i^PC of shape (P,), number of projections).
 
     Task i visits the others in the order of torch.randperm(K, generator=order_generator), one
     permutation per task, drawn for i = 0..K-1 whatever the gradients, so the generator's stream
-    depends only on the number of steps. `gram` (grads @ grads.T) may be passed to reuse it.
+    depends only on the number of steps. `gram` (grads @ grads.T) may be passed to reuse it; the
+    result is written into `out` when given.
     The result is the SUM of the projected gradients (there is no `reduction` option: the
     pytorch-pcgrad one is silently ignored), matching the summed loss of the `sum` method; with
     no projection it is exactly sum_rows(grads), the `sum` method's gradient.
@@ -106,16 +107,24 @@ def pcgrad_project(grads: torch.Tensor, order_generator: torch.Generator,
         gram = grads @ grads.T
     C, n = pcgrad_coefficients(gram, orders)
     if n == 0:
-        return sum_rows(grads), 0
-    return C.sum(0).to(device=grads.device, dtype=grads.dtype) @ grads, n
+        return sum_rows(grads, out), 0
+    c = C.sum(0).to(device=grads.device, dtype=grads.dtype)
+    if out is None:
+        return c @ grads, n
+    return torch.matmul(c.unsqueeze(0), grads, out=out.unsqueeze(0)).squeeze(0), n
 
 
-def sum_rows(grads: torch.Tensor) -> torch.Tensor:
-    """g_0 + g_1 + ..., added in that order."""
-    total = grads[0].clone()
-    for k in range(1, grads.size(0)):
-        total.add_(grads[k])
-    return total
+def sum_rows(grads: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """g_0 + g_1 + ..., added in that order (into `out` when given)."""
+    K = grads.size(0)
+    if out is None:
+        return grads[0].clone() if K == 1 else sum_rows(grads, torch.empty_like(grads[0]))
+    if K == 1:
+        return out.copy_(grads[0])
+    torch.add(grads[0], grads[1], out=out)
+    for k in range(2, K):
+        out.add_(grads[k])
+    return out
 
 
 def gradient_stats(grads: torch.Tensor, gram: torch.Tensor, tasks: list[str], n_shared: int) -> dict:
@@ -153,6 +162,53 @@ def order_tasks(names) -> list[str]:
 
 # ---- methods ----------------------------------------------------------------------------------
 
+class _Buffers:
+    """The (K, P) rows of the task gradients and the (P,) update, with one view per parameter.
+
+    Columns: `order` lists parameter indices, the shared ones first, then the task-only ones, then
+    the unused ones, so that row k[:n_used] is one contiguous vector and [:, :n_shared] the shared
+    block. The views are made once, so pointing p.grad at row k costs no allocation.
+    """
+
+    def __init__(self, params: list[nn.Parameter], order: list[int], n_shared: int, n_used: int,
+                 K: int, dtype: torch.dtype):
+        self.order, self.n_shared_params, self.n_used_params = order, n_shared, n_used
+        self.shared, self.own = frozenset(order[:n_shared]), frozenset(order[n_shared:n_used])
+        self.start, s = {}, 0
+        for pos, i in enumerate(order):
+            if pos == n_shared:
+                self.n_shared = s
+            if pos == n_used:
+                self.n_used = s
+            self.start[i] = s
+            s += params[i].numel()
+        if n_shared == len(order):
+            self.n_shared = s
+        if n_used == len(order):
+            self.n_used = s
+        device = params[0].device
+        self.rows = torch.zeros(K, s, dtype=dtype, device=device)
+        self.update = torch.zeros(s, dtype=dtype, device=device)
+        self.row_views = [self._views(params, self.rows[k]) for k in range(K)]
+        self.update_views = self._views(params, self.update)
+
+    def _views(self, params, flat: torch.Tensor) -> list[torch.Tensor]:
+        return [flat[self.start[i]:self.start[i] + p.numel()].view(p.shape) for i, p in enumerate(params)]
+
+    def matches(self, shared: list[int], own: list[int]) -> bool:
+        return self.shared == frozenset(shared) and self.own == frozenset(own)
+
+    def relayout(self, params, shared: list[int], own: list[int], K: int) -> "_Buffers":
+        """New buffers for a new classification, the first K rows carried over (a one-off copy)."""
+        used = set(shared) | set(own)
+        rest = [i for i in range(len(params)) if i not in used]
+        new = _Buffers(params, shared + own + rest, len(shared), len(used), self.rows.size(0), self.rows.dtype)
+        for i in used:
+            n = params[i].numel()
+            new.rows[:K, new.start[i]:new.start[i] + n] = self.rows[:K, self.start[i]:self.start[i] + n]
+        return new
+
+
 class GradientMethod:
     """Per-task gradients -> one gradient in p.grad. Subclasses implement `combine`."""
 
@@ -174,27 +230,51 @@ class GradientMethod:
         self.dtype = torch.float32
         for p in self.params:
             self.dtype = torch.promote_types(self.dtype, p.dtype)
+        # a .grad must have its parameter's dtype: the others (bf16 ones) are copied into their row
+        self._direct = [i for i, p in enumerate(self.params) if p.dtype == self.dtype]
+        self._copied = [i for i, p in enumerate(self.params) if p.dtype != self.dtype]
+        self._buf: _Buffers | None = None
+        self._k: int | None = None  # tasks in the last step
 
     # subclasses: (K, P) gradients with the shared columns first, and their (K, K) Gram matrix
-    # over the shared columns -> ((P,) update, number of projections)
-    def combine(self, grads: torch.Tensor, n_shared: int, gram: torch.Tensor) -> tuple[torch.Tensor, int]:
+    # over the shared columns -> the (P,) update written into `out`; returns the number of projections
+    def combine(self, grads: torch.Tensor, n_shared: int, gram: torch.Tensor, out: torch.Tensor) -> int:
         raise NotImplementedError
 
     def backward(self, losses: dict[str, torch.Tensor]) -> dict:
         tasks = self._check(losses)
-        grads, layout, n_shared = self._task_gradients([losses[t] for t in tasks])
+        grads, n_shared = self._task_gradients([losses[t] for t in tasks])
         if self.all_reduce is not None:
             for k in range(len(tasks)):
                 self.all_reduce(grads[k])  # row k is contiguous: reduced in place
         shared = grads[:, :n_shared]
         # every dot product PCGrad and the telemetry need, in one pass; K x K, so to the CPU
         gram = (shared @ shared.T).double().cpu()
-        update, n_proj = self.combine(grads, n_shared, gram)
+        n_proj = self.combine(grads, n_shared, gram, self._buf.update[:grads.size(1)])
         stats = gradient_stats(grads, gram, tasks, n_shared) if self.telemetry else {}
         stats["projections"] = n_proj
-        del grads
-        self._write(update, layout)
+        self._write(self._buf.update_views)
         return stats
+
+    @property
+    def grads(self) -> torch.Tensor | None:
+        """The last step's (K, P) task gradients (all-reduced), shared columns first; None before the
+        first step. Columns past the shared ones are the task-only parameters', in `layout` order."""
+        b = self._buf
+        return None if b is None or self._k is None else b.rows[:self._k, :b.n_used]
+
+    @property
+    def layout(self) -> list[tuple[nn.Parameter, int, int]]:
+        """(parameter, first column, number of columns) of every used parameter, in column order."""
+        b = self._buf
+        return [] if b is None else [(self.params[i], b.start[i], self.params[i].numel())
+                                     for i in b.order[:b.n_used_params]]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the buffers this method keeps between steps (0 before the first step)."""
+        b = self._buf
+        return 0 if b is None else b.rows.nbytes + b.update.nbytes
 
     def state_dict(self) -> dict:
         return {}
@@ -214,36 +294,56 @@ class GradientMethod:
                 raise ValueError(f"loss for task {t!r} does not depend on any trainable parameter")
         return order_tasks(losses)
 
-    def _task_gradients(self, losses: list[torch.Tensor]):
-        """(K, P) flat gradients, shared parameters' columns first; layout [(param index, start, numel)]."""
-        K = len(losses)
-        per_task = [torch.autograd.grad(loss, self.params, retain_graph=k < K - 1, allow_unused=True)
-                    for k, loss in enumerate(losses)]
-        users = [[k for k in range(K) if per_task[k][i] is not None] for i in range(len(self.params))]
+    def _task_gradients(self, losses: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Runs one backward per loss, each accumulating into its own zeroed row of the buffer
+        through p.grad views. Returns the (K, P) rows over the used parameters (shared columns
+        first) and the number of shared columns."""
+        K, params = len(losses), self.params
+        self._k = None
+        buf = self._buf
+        if buf is None or buf.rows.size(0) < K:
+            order = buf.order if buf else list(range(len(params)))
+            n_shared, n_used = (buf.n_shared_params, buf.n_used_params) if buf else (0, len(params))
+            buf = self._buf = _Buffers(params, order, n_shared, n_used, K, self.dtype)
+        # who reaches whom, as autograd sees it: a parameter's AccumulateGrad runs in task k's
+        # backward exactly when torch.autograd.grad would not have returned None for it
+        users: list[set[int]] = [set() for _ in params]
+        task = [0]
+        hooks = [p.register_post_accumulate_grad_hook(lambda _, u=users[i]: u.add(task[0]))
+                 for i, p in enumerate(params)]
+        for i in self._copied:
+            params[i].grad = None
+        try:
+            for k, loss in enumerate(losses):
+                task[0] = k
+                buf.rows[k].zero_()
+                views = buf.row_views[k]
+                for i in self._direct:
+                    params[i].grad = views[i]
+                # the losses may share part of one graph (one trunk, three heads): keep it until the last
+                torch.autograd.backward(loss, inputs=params, retain_graph=k < K - 1)
+                for i in self._copied:
+                    if params[i].grad is not None:
+                        views[i].copy_(params[i].grad)
+                        params[i].grad = None
+        finally:
+            for h in hooks:
+                h.remove()
+            for p in params:
+                p.grad = None
         shared = [i for i, u in enumerate(users) if len(u) >= 2]
         own = [i for i, u in enumerate(users) if len(u) == 1]
-        layout, start = [], 0
-        for i in shared + own:
-            layout.append((i, start, self.params[i].numel()))
-            start += self.params[i].numel()
-        n_shared = sum(self.params[i].numel() for i in shared)
-        grads = torch.empty(K, start, dtype=self.dtype, device=self.params[0].device)
-        for k in range(K):
-            for i, s, n in layout:
-                g = per_task[k][i]
-                if g is None:  # a task that does not use a parameter has zeros there
-                    grads[k, s:s + n].zero_()
-                else:
-                    grads[k, s:s + n] = g.reshape(-1)
-            per_task[k] = None  # free the autograd outputs as we go
-        return grads, layout, n_shared
+        if not buf.matches(shared, own):
+            buf = self._buf = buf.relayout(params, shared, own, K)
+        self._k = K
+        return buf.rows[:K, :buf.n_used], buf.n_shared
 
-    def _write(self, update: torch.Tensor, layout) -> None:
-        for p in self.params:
-            p.grad = None
-        for i, s, n in layout:
+    def _write(self, views: list[torch.Tensor]) -> None:
+        """p.grad = the parameter's view of `views` (a copy for a bf16 parameter); None if unused."""
+        buf = self._buf
+        for i in buf.order[:buf.n_used_params]:
             p = self.params[i]
-            p.grad = update[s:s + n].view(p.shape).to(p.dtype)
+            p.grad = views[i] if p.dtype == views[i].dtype else views[i].to(p.dtype)
 
 
 class Sum(GradientMethod):
@@ -251,25 +351,24 @@ class Sum(GradientMethod):
 
     name = "sum"
 
-    def combine(self, grads, n_shared, gram):
-        return sum_rows(grads), 0
+    def combine(self, grads, n_shared, gram, out):
+        sum_rows(grads, out)
+        return 0
 
     def backward(self, losses):
         if self.telemetry:  # per-task gradients, so that cosines and norms can be reported
             return super().backward(losses)
         tasks = self._check(losses)
-        for p in self.params:
-            p.grad = None
-        sum(losses[t] for t in tasks).backward()
-        if self.all_reduce is not None:
-            # all_reduce is linear, so reducing the summed gradient = summing the reduced ones
-            have = [p for p in self.params if p.grad is not None]
-            flat = torch.cat([p.grad.reshape(-1).to(self.dtype) for p in have])
-            self.all_reduce(flat)
-            s = 0
-            for p in have:
-                p.grad.copy_(flat[s:s + p.numel()].view(p.shape))
-                s += p.numel()
+        total = sum(losses[t] for t in tasks)
+        if self.all_reduce is None:  # one plain backward: autograd's own gradient tensors
+            for p in self.params:
+                p.grad = None
+            torch.autograd.backward(total, inputs=self.params)
+            return {"projections": 0}
+        # all_reduce is linear, so reducing the summed gradient = summing the reduced ones
+        grads, _ = self._task_gradients([total])
+        self.all_reduce(grads[0])
+        self._write(self._buf.row_views[0])
         return {"projections": 0}
 
 
@@ -287,9 +386,10 @@ class PCGrad(GradientMethod):
         super().__init__(params, seed, telemetry, all_reduce)
         self.generator = torch.Generator().manual_seed(seed)  # CPU: the orders are tiny
 
-    def combine(self, grads, n_shared, gram):
-        shared, n = pcgrad_project(grads[:, :n_shared], self.generator, gram)
-        return torch.cat([shared, sum_rows(grads[:, n_shared:])]), n
+    def combine(self, grads, n_shared, gram, out):
+        _, n = pcgrad_project(grads[:, :n_shared], self.generator, gram, out=out[:n_shared])
+        sum_rows(grads[:, n_shared:], out[n_shared:])
+        return n
 
     def state_dict(self) -> dict:
         """{"generator": uint8 tensor}: fits trainer_state.safetensors (or .tolist() for JSON)."""
