@@ -168,6 +168,8 @@ class _Buffers:
     Columns: `order` lists parameter indices, the shared ones first, then the task-only ones, then
     the unused ones, so that row k[:n_used] is one contiguous vector and [:, :n_shared] the shared
     block. The views are made once, so pointing p.grad at row k costs no allocation.
+    `clean[k]`: {parameter index: the rows of its (V, H) table that may be non-zero in row k};
+    every other entry of such a table is known to be 0, so zeroing it touches those rows only.
     """
 
     def __init__(self, params: list[nn.Parameter], order: list[int], n_shared: int, n_used: int,
@@ -175,6 +177,7 @@ class _Buffers:
         self.order, self.n_shared_params, self.n_used_params = order, n_shared, n_used
         self.shared, self.own = frozenset(order[:n_shared]), frozenset(order[n_shared:n_used])
         self.start, s = {}, 0
+        self.n_shared = self.n_used = None
         for pos, i in enumerate(order):
             if pos == n_shared:
                 self.n_shared = s
@@ -182,15 +185,14 @@ class _Buffers:
                 self.n_used = s
             self.start[i] = s
             s += params[i].numel()
-        if n_shared == len(order):
-            self.n_shared = s
-        if n_used == len(order):
-            self.n_used = s
+        self.n_shared = s if self.n_shared is None else self.n_shared
+        self.n_used = s if self.n_used is None else self.n_used
         device = params[0].device
         self.rows = torch.zeros(K, s, dtype=dtype, device=device)
         self.update = torch.zeros(s, dtype=dtype, device=device)
         self.row_views = [self._views(params, self.rows[k]) for k in range(K)]
         self.update_views = self._views(params, self.update)
+        self.clean: list[dict[int, torch.Tensor]] = [{} for _ in range(K)]
 
     def _views(self, params, flat: torch.Tensor) -> list[torch.Tensor]:
         return [flat[self.start[i]:self.start[i] + p.numel()].view(p.shape) for i, p in enumerate(params)]
@@ -206,11 +208,56 @@ class _Buffers:
         for i in used:
             n = params[i].numel()
             new.rows[:K, new.start[i]:new.start[i] + n] = self.rows[:K, self.start[i]:self.start[i] + n]
+        new.clean = [{i: r for i, r in c.items() if i in used} for c in self.clean[:K]] + new.clean[K:]
         return new
+
+    def zero_row(self, k: int) -> None:
+        """Row k back to 0: the tables of clean[k] only in their listed rows, the rest in full."""
+        row, clean, a = self.rows[k], self.clean[k], 0
+        for i in sorted(clean, key=self.start.get):
+            view = self.row_views[k][i]
+            row[a:self.start[i]].zero_()
+            if clean[i].numel():
+                view.index_fill_(0, clean[i], 0)
+            a = self.start[i] + view.numel()
+        row[a:].zero_()
+        self.clean[k] = {}
+
+
+def embedding_rows(loss: torch.Tensor, tables: dict[nn.Parameter, int]) -> dict[int, torch.Tensor | None]:
+    """For each parameter of `tables` ({parameter: index}) that `loss` reaches: the rows its
+    gradient can be non-zero in, when every path into it is an embedding lookup (the rows looked
+    up, as autograd saved them); None when some other operation uses it too (a tied output layer).
+
+    A walk over the loss's graph (a few hundred nodes for a BERT forward: well under a millisecond
+    a task), before the backward frees what the lookups saved.
+    """
+    found: dict[int, list[torch.Tensor] | None] = {}
+    if loss.grad_fn is None:
+        return {}
+    seen, stack = {loss.grad_fn}, [loss.grad_fn]
+    by_id = {id(p): i for p, i in tables.items()}
+    while stack:
+        node = stack.pop()
+        for nxt, _ in node.next_functions:
+            if nxt is None:
+                continue
+            var = getattr(nxt, "variable", None)
+            if var is not None and id(var) in by_id:
+                i = by_id[id(var)]
+                if node.name() == "EmbeddingBackward0":
+                    if i not in found or found[i] is not None:
+                        found.setdefault(i, []).append(node._saved_indices.reshape(-1))
+                else:
+                    found[i] = None
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return {i: None if ids is None else torch.unique(torch.cat(ids)) for i, ids in found.items()}
 
 
 class GradientMethod:
-    """Per-task gradients -> one gradient in p.grad. Subclasses implement `combine`."""
+    """Per-task gradients -> one gradient in p.grad. Subclasses implement `coefficients`."""
 
     name = "?"
 
@@ -233,12 +280,18 @@ class GradientMethod:
         # a .grad must have its parameter's dtype: the others (bf16 ones) are copied into their row
         self._direct = [i for i, p in enumerate(self.params) if p.dtype == self.dtype]
         self._copied = [i for i, p in enumerate(self.params) if p.dtype != self.dtype]
+        # tables whose gradient may be row-sparse (word embeddings). Under all_reduce the other ranks'
+        # rows are unknown here, so every table is treated as dense.
+        self._tables = {} if all_reduce is not None else {
+            self.params[i]: i for i in self._direct if self.params[i].dim() == 2}
         self._buf: _Buffers | None = None
         self._k: int | None = None  # tasks in the last step
+        self._sparse: dict[int, torch.Tensor] = {}  # this step's row-sparse shared tables: index -> rows
 
-    # subclasses: (K, P) gradients with the shared columns first, and their (K, K) Gram matrix
-    # over the shared columns -> the (P,) update written into `out`; returns the number of projections
-    def combine(self, grads: torch.Tensor, n_shared: int, gram: torch.Tensor, out: torch.Tensor) -> int:
+    # subclasses: the (K, K) Gram matrix of the task gradients over the shared parameters (float64,
+    # CPU) -> (c, n): the update on the shared parameters is sum_k c[k] g_k (c = None: the plain sum,
+    # added in task order), n the number of projections. Task-only parameters always get their sum.
+    def coefficients(self, gram: torch.Tensor) -> tuple[torch.Tensor | None, int]:
         raise NotImplementedError
 
     def backward(self, losses: dict[str, torch.Tensor]) -> dict:
@@ -247,12 +300,11 @@ class GradientMethod:
         if self.all_reduce is not None:
             for k in range(len(tasks)):
                 self.all_reduce(grads[k])  # row k is contiguous: reduced in place
-        shared = grads[:, :n_shared]
-        # every dot product PCGrad and the telemetry need, in one pass; K x K, so to the CPU
-        gram = (shared @ shared.T).double().cpu()
-        n_proj = self.combine(grads, n_shared, gram, self._buf.update[:grads.size(1)])
+        gram = self._gram(grads, n_shared)  # every dot product PCGrad and the telemetry need
+        c, n_proj = self.coefficients(gram)
         stats = gradient_stats(grads, gram, tasks, n_shared) if self.telemetry else {}
         stats["projections"] = n_proj
+        self._combine(grads, n_shared, c, self._buf.update[:grads.size(1)])
         self._write(self._buf.update_views)
         return stats
 
@@ -299,7 +351,7 @@ class GradientMethod:
         through p.grad views. Returns the (K, P) rows over the used parameters (shared columns
         first) and the number of shared columns."""
         K, params = len(losses), self.params
-        self._k = None
+        self._k, self._sparse = None, {}
         buf = self._buf
         if buf is None or buf.rows.size(0) < K:
             order = buf.order if buf else list(range(len(params)))
@@ -311,12 +363,14 @@ class GradientMethod:
         task = [0]
         hooks = [p.register_post_accumulate_grad_hook(lambda _, u=users[i]: u.add(task[0]))
                  for i, p in enumerate(params)]
+        looked_up: list[dict[int, torch.Tensor | None]] = []
         for i in self._copied:
             params[i].grad = None
         try:
             for k, loss in enumerate(losses):
                 task[0] = k
-                buf.rows[k].zero_()
+                looked_up.append(embedding_rows(loss, self._tables) if self._tables else {})
+                buf.zero_row(k)
                 views = buf.row_views[k]
                 for i in self._direct:
                     params[i].grad = views[i]
@@ -326,6 +380,13 @@ class GradientMethod:
                     if params[i].grad is not None:
                         views[i].copy_(params[i].grad)
                         params[i].grad = None
+                # a table reached by lookups only is now non-zero in the looked-up rows alone
+                empty = torch.empty(0, dtype=torch.long, device=buf.rows.device)
+                buf.clean[k] = {i: looked_up[k].get(i, empty) for i in self._tables.values()
+                                if looked_up[k].get(i, empty) is not None}
+        except BaseException:
+            buf.clean = [{} for _ in buf.clean]  # a backward stopped half-way: zero in full next time
+            raise
         finally:
             for h in hooks:
                 h.remove()
@@ -335,8 +396,60 @@ class GradientMethod:
         own = [i for i, u in enumerate(users) if len(u) == 1]
         if not buf.matches(shared, own):
             buf = self._buf = buf.relayout(params, shared, own, K)
+        for i in shared:  # a table every task reached by lookups only (or not at all)
+            if all(i in buf.clean[k] for k in range(K)):
+                rows = torch.unique(torch.cat([buf.clean[k][i] for k in range(K)]))
+                if 2 * rows.numel() < params[i].size(0):  # worth it when most rows are 0
+                    self._sparse[i] = rows
         self._k = K
         return buf.rows[:K, :buf.n_used], buf.n_shared
+
+    def _segments(self, lo: int, hi: int) -> tuple[list[tuple[int, int]], list[tuple[int, torch.Tensor]]]:
+        """Columns [lo, hi) split into dense ranges and the row-sparse tables in between."""
+        buf, dense, tables, a = self._buf, [], [], lo
+        for i in sorted(self._sparse, key=buf.start.get):
+            s = buf.start[i]
+            if lo <= s < hi:
+                if s > a:
+                    dense.append((a, s))
+                tables.append((i, self._sparse[i]))
+                a = s + self.params[i].numel()
+        if hi > a:
+            dense.append((a, hi))
+        return dense, tables
+
+    def _table_rows(self, grads: torch.Tensor, i: int, rows: torch.Tensor) -> torch.Tensor:
+        """(K, len(rows) * H): the looked-up rows of table i in every task's gradient."""
+        s, (V, H) = self._buf.start[i], self.params[i].shape
+        return grads[:, s:s + V * H].view(-1, V, H).index_select(1, rows).reshape(grads.size(0), -1)
+
+    def _gram(self, grads: torch.Tensor, n_shared: int) -> torch.Tensor:
+        """(K, K) float64 on the CPU, over the shared columns; a row-sparse table contributes its
+        looked-up rows only (the others are 0 in every task's gradient)."""
+        if not self._sparse:
+            shared = grads[:, :n_shared]
+            return (shared @ shared.T).double().cpu()
+        dense, tables = self._segments(0, n_shared)
+        parts = [grads[:, a:b] for a, b in dense] + [self._table_rows(grads, i, r) for i, r in tables]
+        return sum((x @ x.T).double() for x in parts).cpu()
+
+    def _combine(self, grads: torch.Tensor, n_shared: int, c: torch.Tensor | None, out: torch.Tensor) -> None:
+        """out = sum_k c[k] g_k on the shared columns (the plain sum for c = None), the plain sum on
+        the task-only ones."""
+        if c is not None:
+            c = c.to(device=grads.device, dtype=grads.dtype).unsqueeze(0)
+        dense, tables = self._segments(0, n_shared)
+        for a, b in dense:
+            if c is None:
+                sum_rows(grads[:, a:b], out[a:b])
+            else:
+                torch.matmul(c, grads[:, a:b], out=out[a:b].unsqueeze(0))
+        for i, rows in tables:
+            view = self._buf.update_views[i]
+            view.zero_()
+            part = self._table_rows(grads, i, rows)
+            view.index_copy_(0, rows, (sum_rows(part) if c is None else (c @ part).squeeze(0)).view(len(rows), -1))
+        sum_rows(grads[:, n_shared:], out[n_shared:])
 
     def _write(self, views: list[torch.Tensor]) -> None:
         """p.grad = the parameter's view of `views` (a copy for a bf16 parameter); None if unused."""
@@ -351,9 +464,8 @@ class Sum(GradientMethod):
 
     name = "sum"
 
-    def combine(self, grads, n_shared, gram, out):
-        sum_rows(grads, out)
-        return 0
+    def coefficients(self, gram):
+        return None, 0
 
     def backward(self, losses):
         if self.telemetry:  # per-task gradients, so that cosines and norms can be reported
@@ -377,7 +489,7 @@ class PCGrad(GradientMethod):
 
     Task-only columns have one non-zero row, so summing them gives each head its own gradient.
     The task order is drawn from a torch.Generator seeded with `seed`; its state is in
-    state_dict(), so a resumed run draws the same orders.
+    state_dict(), so a resumed run draws the same orders (as pcgrad_project draws them).
     """
 
     name = "pcgrad"
@@ -386,10 +498,11 @@ class PCGrad(GradientMethod):
         super().__init__(params, seed, telemetry, all_reduce)
         self.generator = torch.Generator().manual_seed(seed)  # CPU: the orders are tiny
 
-    def combine(self, grads, n_shared, gram, out):
-        _, n = pcgrad_project(grads[:, :n_shared], self.generator, gram, out=out[:n_shared])
-        sum_rows(grads[:, n_shared:], out[n_shared:])
-        return n
+    def coefficients(self, gram):
+        K = gram.size(0)
+        orders = [torch.randperm(K, generator=self.generator).tolist() for _ in range(K)]
+        C, n = pcgrad_coefficients(gram, orders)
+        return (C.sum(0) if n else None), n
 
     def state_dict(self) -> dict:
         """{"generator": uint8 tensor}: fits trainer_state.safetensors (or .tolist() for JSON)."""
