@@ -224,36 +224,38 @@ class _Buffers:
         self.clean[k] = {}
 
 
-def embedding_rows(loss: torch.Tensor, tables: dict[nn.Parameter, int]) -> dict[int, torch.Tensor | None]:
-    """For each parameter of `tables` ({parameter: index}) that `loss` reaches: the rows its
-    gradient can be non-zero in, when every path into it is an embedding lookup (the rows looked
-    up, as autograd saved them); None when some other operation uses it too (a tied output layer).
+def walk_graph(loss: torch.Tensor, tables: dict[nn.Parameter, int]
+               ) -> tuple[set, dict[int, torch.Tensor | None]]:
+    """What one backward of `loss` will do, read off its graph before it runs (a few hundred nodes
+    for a BERT forward: well under a millisecond):
 
-    A walk over the loss's graph (a few hundred nodes for a BERT forward: well under a millisecond
-    a task), before the backward frees what the lookups saved.
+    - the graph's nodes (parameters' AccumulateGrad nodes left out), to tell whether another
+      loss's backward still needs them (retain_graph);
+    - for each parameter of `tables` ({parameter: index}) that `loss` reaches: the rows its gradient
+      can be non-zero in, when every path into it is an embedding lookup (the rows looked up, as
+      autograd saved them), or None when some other operation uses it too (a tied output layer).
     """
     found: dict[int, list[torch.Tensor] | None] = {}
     if loss.grad_fn is None:
-        return {}
+        return set(), {}
     seen, stack = {loss.grad_fn}, [loss.grad_fn]
     by_id = {id(p): i for p, i in tables.items()}
     while stack:
         node = stack.pop()
         for nxt, _ in node.next_functions:
-            if nxt is None:
+            if nxt is None or nxt in seen:
                 continue
             var = getattr(nxt, "variable", None)
-            if var is not None and id(var) in by_id:
-                i = by_id[id(var)]
-                if node.name() == "EmbeddingBackward0":
-                    if i not in found or found[i] is not None:
-                        found.setdefault(i, []).append(node._saved_indices.reshape(-1))
-                else:
-                    found[i] = None
-            if nxt not in seen:
+            if var is None:  # an operation, not a parameter's accumulator
                 seen.add(nxt)
                 stack.append(nxt)
-    return {i: None if ids is None else torch.unique(torch.cat(ids)) for i, ids in found.items()}
+            elif id(var) in by_id:
+                i = by_id[id(var)]
+                if node.name() != "EmbeddingBackward0":
+                    found[i] = None
+                elif found.get(i, []) is not None:
+                    found.setdefault(i, []).append(node._saved_indices.reshape(-1))
+    return seen, {i: None if ids is None else torch.unique(torch.cat(ids)) for i, ids in found.items()}
 
 
 class GradientMethod:
@@ -363,19 +365,25 @@ class GradientMethod:
         task = [0]
         hooks = [p.register_post_accumulate_grad_hook(lambda _, u=users[i]: u.add(task[0]))
                  for i, p in enumerate(params)]
-        looked_up: list[dict[int, torch.Tensor | None]] = []
+        walks = [walk_graph(loss, self._tables) for loss in losses]
+        looked_up = [rows for _, rows in walks]
+        # a graph is freed by its backward unless a later loss's backward goes through part of it
+        # (one trunk forward, three heads)
+        retain, later = [False] * K, set()
+        for k in reversed(range(K)):
+            retain[k] = not walks[k][0].isdisjoint(later)
+            later |= walks[k][0]
+        del walks, later
         for i in self._copied:
             params[i].grad = None
         try:
             for k, loss in enumerate(losses):
                 task[0] = k
-                looked_up.append(embedding_rows(loss, self._tables) if self._tables else {})
                 buf.zero_row(k)
                 views = buf.row_views[k]
                 for i in self._direct:
                     params[i].grad = views[i]
-                # the losses may share part of one graph (one trunk, three heads): keep it until the last
-                torch.autograd.backward(loss, inputs=params, retain_graph=k < K - 1)
+                torch.autograd.backward(loss, inputs=params, retain_graph=retain[k])
                 for i in self._copied:
                     if params[i].grad is not None:
                         views[i].copy_(params[i].grad)
@@ -421,7 +429,8 @@ class GradientMethod:
     def _table_rows(self, grads: torch.Tensor, i: int, rows: torch.Tensor) -> torch.Tensor:
         """(K, len(rows) * H): the looked-up rows of table i in every task's gradient."""
         s, (V, H) = self._buf.start[i], self.params[i].shape
-        return grads[:, s:s + V * H].view(-1, V, H).index_select(1, rows).reshape(grads.size(0), -1)
+        # advanced indexing: index_select along dim 1 of this strided view is ~100x slower on a CPU
+        return grads[:, s:s + V * H].view(-1, V, H)[:, rows].reshape(grads.size(0), -1)
 
     def _gram(self, grads: torch.Tensor, n_shared: int) -> torch.Tensor:
         """(K, K) float64 on the CPU, over the shared columns; a row-sparse table contributes its

@@ -617,3 +617,19 @@ def test_looked_up_table_rows_give_the_dense_results(name, tied):
         opt.step()
     # the shortcut was taken where it applies: untied, or the step without sst
     assert sparse_steps == (1 if tied else 5)
+
+
+def test_graphs_are_kept_only_while_a_later_backward_needs_them():
+    separate = TiedTiny()  # one forward per task: each graph is freed by its own backward
+    losses = separate.losses()
+    make_method("sum", trainable(separate)).backward(losses)
+    for t in ("sst", "para", "sts"):
+        with pytest.raises(RuntimeError, match="second time"):
+            torch.autograd.grad(losses[t], separate.trunk.weight)
+    shared = Tiny()  # one trunk forward for all tasks: kept until the last task's backward
+    losses = shared.losses()
+    g = per_param_grads(shared)
+    make_method("pcgrad", trainable(shared)).backward(losses)
+    assert torch.allclose(shared.sst_head.weight.grad, g["sst"]["sst_head.weight"], atol=1e-14)
+    with pytest.raises(RuntimeError, match="second time"):
+        torch.autograd.grad(losses["sts"], shared.trunk.weight)
