@@ -114,9 +114,10 @@ def main(argv=None) -> int:
              "shared weights, so it runs one backward per task (3) instead of one; the tasks' batches are "
              "separate, so that is the same arithmetic. Each task's backward accumulates straight into its "
              "row of a (K, P) buffer kept from step to step (the parameters' `.grad` point into it), and the "
-             "combined update is written into one (P,) buffer that the `.grad` of the optimizer step are "
-             "views of. What is left on top of one backward: zeroing the rows, the K x K Gram matrix "
-             "(one pass over the rows) and the combination (another pass). A PCGrad step takes "
+             "combined update is written into a kept (P,) buffer that the optimizer's `.grad` are views of. "
+             "On top of one backward: zeroing the rows, the K x K Gram matrix (one pass over the rows) and "
+             "the combination (another pass); for the word embeddings, which the tasks reach by lookups "
+             "only, all three touch the looked-up rows alone. A PCGrad step takes "
              f"{over:.2f}x the time of a `sum + telemetry` one. Extra memory: the buffers beyond the "
              f"{grad_mb:.0f} MB of gradients one backward makes anyway, i.e. the K rows. The trainer uses "
              "`sum + telemetry` for `gradient_method: sum`.")

@@ -7,10 +7,13 @@ The trainer computes one loss per task (the "parallel" schedule) and hands them 
     optimizer.step()
 
 Each method is one small class behind `backward(losses) -> stats` (the LibMTL layout), so a new
-method (GradVac, CAGrad, ...) is one more `GradientMethod` subclass with its own `combine`.
+method (GradVac, CAGrad, ...) is one more `GradientMethod` subclass with its own `coefficients`:
+the K x K Gram matrix of the task gradients in, the weights of the task gradients out (PCGrad's
+projected gradients, too, are a combination of the original ones).
 
-Shared vs task-only parameters are found, per step, from which losses reach a parameter
-(`torch.autograd.grad(..., allow_unused=True)` returns None for the others):
+Shared vs task-only parameters are found, per step, from which losses reach a parameter (the
+ones whose accumulator a task's backward runs, i.e. those for which
+`torch.autograd.grad(..., allow_unused=True)` would not return None):
   shared     used by >= 2 of the present tasks (the encoder; also a layer that only two of the
              three tasks use). In the per-task flat vectors over the shared parameters a task that
              does not use a parameter has zeros there. Treating a subset-shared parameter as
@@ -21,10 +24,24 @@ Shared vs task-only parameters are found, per step, from which losses reach a pa
 
 `backward` OVERWRITES p.grad (it does not accumulate like loss.backward()).
 
-Memory: every task's gradient is copied into one (K, P) buffer over the P entries of the
-parameters some present task uses, shared parameters first, in at least float32 (float32 for bf16/fp16 params), so the surgery and
-the telemetry are never done in bf16. Peak extra memory is about 2 x K x P floats while the
-autograd outputs are copied in (K = 3: ~2.6 GB for bert-base, ~0.5 GB for MiniLM-L6).
+How, at about the price of one backward (the tasks' batches are separate, so K backward passes
+do the arithmetic of one):
+- One (K, P) buffer over the P entries of the parameters, shared ones first, in at least float32
+  (float32 for bf16/fp16 params: the surgery and the telemetry are never done in bf16), kept from
+  step to step; it is re-allocated only when K grows or the shared / task-only / unused split
+  changes. Before task k's backward every p.grad is pointed at its view of row k, zeroed, and
+  autograd accumulates straight into it (a bf16 parameter's gradient is copied in: a .grad must
+  have its parameter's dtype).
+- The update is written into one kept (P,) buffer, and p.grad are left as views of it.
+- Nothing else of size P is allocated per step; the K x K Gram matrix is the one thing that goes
+  to the host.
+- A table that the tasks reach through embedding lookups only (the word embeddings: half of
+  MiniLM's weights) is non-zero in the looked-up rows only. Those rows are read off each task's
+  graph, and the zeroing, the Gram matrix and the combination touch them alone (on a CPU; on a
+  GPU full passes are cheaper than finding the rows).
+- retain_graph only for a graph that a later task's backward still goes through.
+Memory kept between steps: (K + 1) x P floats (K = 3, float32: 1.8 GB for bert-base, 0.37 GB for
+MiniLM-L6), of which P replace the gradients a plain backward makes anyway.
 
 Distributed training: `all_reduce(flat)` is applied in place to each task's full flat gradient
 (row k of the buffer: one contiguous (P,) float tensor over every parameter some present task
@@ -33,7 +50,8 @@ so every rank projects the same global gradients with the same generator state a
 same update. Averaging is the callable's job (e.g. dist.all_reduce then divide by world size).
 Telemetry is computed after the reduction, i.e. on the global gradients. (`sum` with
 telemetry=False has no per-task gradients: it reduces the summed one, the same thing since
-all_reduce is linear.)
+all_reduce is linear.) Under all_reduce the looked-up-rows shortcut is off: the rows other ranks
+looked up are not known here, so every table is zeroed and multiplied in full.
 
 `stats` (plain JSON; floats that are not finite are reported as null):
   grad_norm    {task: ||g_task||} over the shared parameters; over all of the task's parameters
@@ -56,6 +74,12 @@ import torch.nn as nn
 from .tasks import BUILTIN_NAMES as TASKS
 
 AllReduce = Callable[[torch.Tensor], None]
+
+# a table (2-D parameter) smaller than this is zeroed and multiplied in full even when only a few of
+# its rows are looked up: a full pass over 4 MB takes well under a millisecond, and the Gram matrix
+# and the update keep the summation order of one matrix product (the position embeddings of a BERT
+# stay there; the word embeddings, 30522 x 384 in MiniLM, do not)
+TABLE_MIN_SIZE = 1 << 20
 
 
 # ---- the surgery, on plain (K, P) tensors ----------------------------------------------------
@@ -283,9 +307,11 @@ class GradientMethod:
         self._direct = [i for i, p in enumerate(self.params) if p.dtype == self.dtype]
         self._copied = [i for i, p in enumerate(self.params) if p.dtype != self.dtype]
         # tables whose gradient may be row-sparse (word embeddings). Under all_reduce the other ranks'
-        # rows are unknown here, so every table is treated as dense.
-        self._tables = {} if all_reduce is not None else {
-            self.params[i]: i for i in self._direct if self.params[i].dim() == 2}
+        # rows are unknown here; on a GPU a full pass costs microseconds, while counting the looked-up
+        # rows would wait for the device: there every table is treated as dense.
+        self._tables = {} if all_reduce is not None or self.params[0].device.type != "cpu" else {
+            self.params[i]: i for i in self._direct
+            if self.params[i].dim() == 2 and self.params[i].numel() >= TABLE_MIN_SIZE}
         self._buf: _Buffers | None = None
         self._k: int | None = None  # tasks in the last step
         self._sparse: dict[int, torch.Tensor] = {}  # this step's row-sparse shared tables: index -> rows

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mtbert import gradients
 from mtbert.gradients import METHODS, make_method, pcgrad_coefficients, pcgrad_project, sum_rows
 
 
@@ -594,7 +595,8 @@ class LookedUp(TiedTiny):
 
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("name", ["sum", "pcgrad"])
-def test_looked_up_table_rows_give_the_dense_results(name, tied):
+def test_looked_up_table_rows_give_the_dense_results(name, tied, monkeypatch):
+    monkeypatch.setattr(gradients, "TABLE_MIN_SIZE", 40 * 4)  # the tiny table counts as a large one
     model = LookedUp(tied)
     method = make_method(name, trainable(model), seed=4)
     ref_gen = torch.Generator().manual_seed(4)
@@ -633,3 +635,14 @@ def test_graphs_are_kept_only_while_a_later_backward_needs_them():
     assert torch.allclose(shared.sst_head.weight.grad, g["sst"]["sst_head.weight"], atol=1e-14)
     with pytest.raises(RuntimeError, match="second time"):
         torch.autograd.grad(losses["sts"], shared.trunk.weight)
+
+
+def test_small_tables_keep_the_plain_matrix_product():
+    # below TABLE_MIN_SIZE (a BERT's position embeddings) a table is zeroed and multiplied in full,
+    # so the Gram matrix is the one product over all shared columns, summed in the same order
+    model = LookedUp(tied=False)
+    method = make_method("pcgrad", trainable(model))
+    method.backward(model.losses())
+    assert method._sparse == {} and model.emb.weight.numel() < gradients.TABLE_MIN_SIZE
+    shared = method.grads[:, :method._buf.n_shared]
+    assert torch.equal(method._gram(method.grads, method._buf.n_shared), (shared @ shared.T).double())
