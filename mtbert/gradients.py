@@ -275,11 +275,20 @@ def walk_graph(loss: torch.Tensor, tables: dict[nn.Parameter, int]
                 stack.append(nxt)
             elif id(var) in by_id:
                 i = by_id[id(var)]
-                if node.name() != "EmbeddingBackward0":
-                    found[i] = None
-                elif found.get(i, []) is not None:
-                    found.setdefault(i, []).append(node._saved_indices.reshape(-1))
+                ids = _looked_up(node) if found.get(i, []) is not None else None
+                found[i] = None if ids is None else found.get(i, []) + [ids]
     return seen, {i: None if ids is None else torch.unique(torch.cat(ids)) for i, ids in found.items()}
+
+
+def _looked_up(node) -> torch.Tensor | None:
+    """The indices an embedding lookup's backward scatters into, or None for any other operation
+    (or a lookup whose saved indices cannot be read): then the whole table is treated as dense."""
+    if node.name() != "EmbeddingBackward0":
+        return None
+    try:
+        return node._saved_indices.reshape(-1)
+    except (AttributeError, RuntimeError):
+        return None
 
 
 class GradientMethod:
