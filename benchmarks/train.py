@@ -1,12 +1,14 @@
-"""Training speed of the multitask step: `sum` vs `pcgrad`, examples/s and step time.
+"""Training speed of the multitask step: every gradient method against one plain backward.
 
-    python benchmarks/train.py                       # MiniLM (packaged weights), CPU
-    python benchmarks/train.py --model bert-base     # bert-base-sized random weights
-    python benchmarks/train.py --device cuda         # + bf16 autocast, fused AdamW
+    python benchmarks/train.py                                # MiniLM (packaged weights), CPU
+    python benchmarks/train.py --model bert-base --reps 4     # bert-base-sized random weights
+    python benchmarks/train.py --device cuda                  # + bf16 autocast, fused AdamW
 
 One step = one batch of each task (SST, Quora, STS; the parallel schedule), forward, the gradient
-method's backward, AdamW step — exactly what `mtbert.train.Trainer` does per step. The methods
-are timed alternately in the same run; the PCGrad overhead is reported as a ratio.
+method's backward, AdamW step — exactly what `mtbert.train.Trainer` does per step. The rows:
+`sum` without telemetry (one backward of the summed loss: the baseline), `sum` with telemetry
+(per-task gradients for the conflict charts, what the trainer runs), and every other method in
+`mtbert.gradients.METHODS`. They are timed alternately in the same run; the ratios are medians.
 """
 from __future__ import annotations
 
@@ -17,12 +19,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import (DOC, command, commit, interleaved, machine, markdown_table, median, today,  # noqa: E402
-                               write_section)
+from benchmarks.common import (DOC, command, commit, interleaved, load_average, machine, markdown_table,  # noqa: E402
+                               median, today, write_section)
 from mtbert.bert import BertConfig, BertModel  # noqa: E402
 from mtbert.checkpoint import load_base, resolve_base  # noqa: E402
 from mtbert.data import FULL_DATA_DIR, load_split, make_batch  # noqa: E402
-from mtbert.gradients import make_method  # noqa: E402
+from mtbert.gradients import METHODS, make_method  # noqa: E402
 from mtbert.model import ModelConfig, MultitaskBert  # noqa: E402
 from mtbert.tasks import BUILTIN_NAMES as TASKS  # noqa: E402
 from mtbert.tokenizer import Tokenizer  # noqa: E402
@@ -67,8 +69,8 @@ def main(argv=None) -> int:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, **({"fused": True} if device.type == "cuda" else {}))
     methods = {"sum (one backward)": make_method("sum", params, telemetry=False),
-               "sum + telemetry": make_method("sum", params, telemetry=True),
-               "pcgrad": make_method("pcgrad", params, telemetry=True)}
+               "sum + telemetry": make_method("sum", params, telemetry=True)}
+    methods.update({name: make_method(name, params, telemetry=True) for name in METHODS if name != "sum"})
     cursor = {name: 0 for name in methods}
 
     def step_fn(name):
@@ -82,30 +84,46 @@ def main(argv=None) -> int:
             opt.zero_grad(set_to_none=True)
         return run
 
+    load_before = load_average()
     times = interleaved({n: step_fn(n) for n in methods}, args.reps, args.warmup, args.device)
+    load_after = load_average()
     examples = args.batch_size * 5  # sst: 1 sentence per example; para, sts: 2 each
     base = median(times["sum (one backward)"])
     per_step = args.batch_size * len(TASKS)  # training examples: a sentence or a pair each
+    grad_mb = sum(p.numel() * p.element_size() for p in params) / 1e6
+    fastest = min(times["sum (one backward)"])
     rows = [[n, f"{median(ts) * 1000:.0f}", f"{per_step / median(ts):.1f}", f"{examples / median(ts):.1f}",
-             f"{median(ts) / base:.2f}"] for n, ts in times.items()]
+             f"{median(ts) / base:.2f}", f"{min(ts) / fastest:.2f}",
+             f"{max(0.0, methods[n].nbytes / 1e6 - grad_mb):.0f}"] for n, ts in times.items()]
     table = markdown_table(["method", "step time (ms, median)", "examples/s", "sentences/s",
-                            "time vs one backward"], rows)
+                            "time vs one backward", "fastest vs fastest", "extra memory (MB)"], rows)
     print(table)
     n_params = sum(p.numel() for p in params) / 1e6
     weights = ("random weights" if args.model != "minilm" else "the packaged weights"
                if args.base_model == "minilm-l6" else f"the weights in `{Path(args.base_model).name}`")
+    spread = ", ".join(f"{n} {min(ts) * 1000:.0f}–{max(ts) * 1000:.0f}" for n, ts in times.items())
     body = (f"{table}\n\nModel: {args.model}, {weights} ({n_params:.1f} M trainable parameters), "
             f"batch {args.batch_size} per task (3 tasks, {examples} sentences per step), max length "
             f"{args.max_length}, real CS224N dev sentences, AdamW{', bf16 autocast' if amp else ''}, "
-            f"{args.reps} interleaved repetitions after {args.warmup} warm-up.\n\n"
-            f"Machine: {machine(args.device)}. Measured {today()}, commit {commit()}.\n\n"
+            f"{args.reps} interleaved repetitions after {args.warmup} warm-up (range in ms: {spread}; "
+            f"`fastest vs fastest`: the ratio of the fastest steps, less sensitive to other work on a busy "
+            f"machine than the medians).\n\n"
+            f"Machine: {machine(args.device)}. 1-minute load average before / after: {load_before} / "
+            f"{load_after} (above the number of cores, other work competed for them: noisy timings). "
+            f"Measured {today()}, commit {commit()}.\n\n"
             f"Command: `{command('benchmarks/train.py', argv if argv is not None else sys.argv[1:])}`")
     over = median(times["pcgrad"]) / median(times["sum + telemetry"])
-    body += ("\n\nWhere the time goes: `pcgrad` needs each task's gradient on the shared weights, so it runs "
-             "one backward per task (3) instead of one; the projection itself is cheap (the Gram form in "
-             "`mtbert/gradients.py`). `sum + telemetry` computes the same per-task gradients to report the "
-             "cosines and conflicts that the studio charts, so a PCGrad step takes "
-             f"{over:.2f}x the time of that one. The trainer uses `sum + telemetry` for `gradient_method: sum`.")
+    body += ("\n\nWhere the time goes: every method but the first needs each task's gradient on the "
+             "shared weights, so it runs one backward per task (3) instead of one; the tasks' batches are "
+             "separate, so that is the same arithmetic. Each task's backward accumulates straight into its "
+             "row of a (K, P) buffer kept from step to step (the parameters' `.grad` point into it), and the "
+             "combined update is written into a kept (P,) buffer that the optimizer's `.grad` are views of. "
+             "On top of one backward: zeroing the rows, the K x K Gram matrix (one pass over the rows) and "
+             "the combination (another pass); for the word embeddings, which the tasks reach by lookups "
+             "only, all three touch the looked-up rows alone. A PCGrad step takes "
+             f"{over:.2f}x the time of a `sum + telemetry` one. Extra memory: the buffers beyond the "
+             f"{grad_mb:.0f} MB of gradients one backward makes anyway, i.e. the K rows. The trainer uses "
+             "`sum + telemetry` for `gradient_method: sum`.")
     heading = f"Training step: sum vs PCGrad ({args.model}, {args.device})"
     write_section(args.out, heading, body)
     return 0

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mtbert import gradients
 from mtbert.gradients import METHODS, make_method, pcgrad_coefficients, pcgrad_project, sum_rows
 
 
@@ -410,3 +411,238 @@ def test_bad_losses_are_named():
         method.backward({"sst": torch.ones(2, requires_grad=True)})
     with pytest.raises(ValueError, match="'para'.*trainable"):
         method.backward({"para": torch.tensor(1.0)})
+
+
+# ---- per-task gradients written in place: one buffer, .grad views, the old results --------------
+
+class TiedTiny(nn.Module):
+    """Every kind of parameter: `emb` shared and tied (the input embedding and sst's output layer,
+    the same Parameter used twice in one graph), `trunk` shared by all, `pair` shared by para and
+    sts only, one head per task, `proj` used by sst alone, `unused` by nobody."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        d = torch.float64
+        self.emb = nn.Embedding(7, 4).to(d)
+        self.trunk, self.pair, self.proj = nn.Linear(4, 5).to(d), nn.Linear(5, 5).to(d), nn.Linear(5, 4).to(d)
+        self.unused = nn.Linear(2, 2).to(d)
+        self.para_head, self.sts_head = nn.Linear(5, 1).to(d), nn.Linear(5, 1).to(d)
+        with torch.no_grad():
+            self.sts_head.weight.copy_(self.para_head.weight)
+        self.ids = {t: torch.randint(0, 7, (6, 3)) for t in ("sst", "para", "sts")}
+        self.y = torch.randint(0, 7, (6,))
+
+    def losses(self, tasks=("sst", "para", "sts")):
+        out = {}
+        for t in tasks:  # one forward per task, as the trainer does
+            h = torch.tanh(self.trunk(self.emb(self.ids[t]).mean(1)))
+            if t == "sst":
+                out[t] = F.cross_entropy(self.proj(h) @ self.emb.weight.T, self.y)
+            else:
+                z = self.pair(h)
+                head = self.para_head if t == "para" else self.sts_head
+                out[t] = head(z).pow(2).mean() + (1.0 if t == "para" else -1.0) * head(z).mean()
+        return out
+
+
+def old_copying_method(method_name, model, tasks, generator):
+    """The previous implementation, in short: torch.autograd.grad per task, copied into a fresh
+    (K, P) buffer, shared columns first; returns {name: grad or None}."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses = model.losses(tasks)
+    per = [torch.autograd.grad(losses[t], params, retain_graph=True, allow_unused=True) for t in tasks]
+    users = [[k for k in range(len(tasks)) if per[k][i] is not None] for i in range(len(params))]
+    cols = [i for i, u in enumerate(users) if len(u) >= 2] + [i for i, u in enumerate(users) if len(u) == 1]
+    n_shared = sum(params[i].numel() for i, u in enumerate(users) if len(u) >= 2)
+    G = torch.cat([torch.stack([(per[k][i] if per[k][i] is not None else torch.zeros_like(params[i])).reshape(-1)
+                                for k in range(len(tasks))]) for i in cols], dim=1)
+    if method_name == "pcgrad":
+        shared, _ = pcgrad_project(G[:, :n_shared], generator)
+        update = torch.cat([shared, sum_rows(G[:, n_shared:])])
+    else:
+        update = sum_rows(G)
+    out, s = {n: None for n in names}, 0
+    for i in cols:
+        out[names[i]] = update[s:s + params[i].numel()].view(params[i].shape)
+        s += params[i].numel()
+    return out
+
+
+@pytest.mark.parametrize("name", ["sum", "pcgrad"])
+def test_in_place_gradients_equal_the_old_copying_implementation(name):
+    model = TiedTiny()
+    params = [model.emb.weight, *trainable(model), model.emb.weight]  # tied: listed twice, written once
+    method = make_method(name, params, seed=2)
+    ref_gen = torch.Generator().manual_seed(2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    projections = 0
+    for step in range(4):
+        tasks = ("sst", "para", "sts") if step != 2 else ("sst", "sts")  # a step where `pair` is one task's
+        expected = old_copying_method(name, model, tasks, ref_gen)
+        stats = method.backward(model.losses(tasks))
+        projections += stats["projections"]
+        for n, p in model.named_parameters():
+            if expected[n] is None:
+                assert p.grad is None, (step, n)
+            else:
+                assert torch.allclose(p.grad, expected[n], atol=1e-13, rtol=1e-12), (step, n)
+        opt.step()
+    assert model.unused.weight.grad is None
+    assert name == "sum" or projections > 0
+
+
+def test_buffer_is_allocated_once_and_grads_are_views_into_it():
+    model = TiedTiny()
+    method = make_method("pcgrad", trainable(model))
+    method.backward(model.losses())  # the first step finds the layout
+    rows, update = method._buf.rows, method._buf.update
+    ptrs = rows.data_ptr(), update.data_ptr()
+    for _ in range(3):
+        method.backward(model.losses())
+        assert (method._buf.rows.data_ptr(), method._buf.update.data_ptr()) == ptrs
+        for p in trainable(model):
+            if p.grad is not None:  # a view of the update: no copy, no allocation of its own
+                assert p.grad._base is update or p.grad._base is update._base
+                assert update.data_ptr() <= p.grad.data_ptr() < update.data_ptr() + update.nbytes
+    used = sum(p.numel() for p in trainable(model)) - sum(p.numel() for p in model.unused.parameters())
+    assert method.grads.shape == (3, used) and method.nbytes == rows.nbytes + update.nbytes
+    # the rows hold each task's own gradient, in `layout` order, zeros where a task does not reach
+    g = per_param_grads_of(model, ("sst", "para", "sts"))
+    for k, t in enumerate(("sst", "para", "sts")):
+        for p, s, n in method.layout:
+            ref = g[t][id(p)]
+            want = torch.zeros(n, dtype=p.dtype) if ref is None else ref.reshape(-1)
+            assert torch.allclose(method.grads[k, s:s + n], want, atol=1e-14)
+    # another set of tasks changes which parameters are shared: a new layout, once
+    method.backward(model.losses(("sst", "sts")))
+    moved = method._buf.rows.data_ptr()
+    method.backward(model.losses(("sst", "sts")))
+    assert method._buf.rows.data_ptr() == moved and method.grads.shape[0] == 2
+
+
+def per_param_grads_of(model, tasks):
+    params = trainable(model)
+    return {t: {id(p): g for p, g in zip(params, torch.autograd.grad(model.losses((t,))[t], params, allow_unused=True))}
+            for t in tasks}
+
+
+def test_no_per_step_allocation_of_the_gradient_size():
+    model = TiedTiny()
+    method = make_method("pcgrad", trainable(model))
+    method.backward(model.losses())
+    method.backward(model.losses())
+    P = sum(p.numel() for p in trainable(model))
+    losses = model.losses()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        method.backward(losses)
+    sizes = [e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0]
+    assert sizes, "the profiler saw no allocation at all: the check would be empty"
+    assert max(sizes) < P * 8, sorted(sizes)[-5:]  # every allocation smaller than one (P,) float64 vector
+
+
+class _Boom(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        raise RuntimeError("boom")
+
+
+def test_a_failing_backward_leaves_no_hooks_and_no_stale_grads():
+    model = TiedTiny()
+    method = make_method("sum", trainable(model))
+    losses = model.losses()
+    losses["sts"] = _Boom.apply(losses["sts"])
+    with pytest.raises(RuntimeError, match="boom"):
+        method.backward(losses)
+    assert all(p.grad is None for p in trainable(model)) and method.grads is None
+    assert all(not p._post_accumulate_grad_hooks for p in trainable(model))
+    g = per_param_grads_of(model, ("sst", "para", "sts"))
+    method.backward(model.losses())  # the next step is right again
+    for p in trainable(model):
+        parts = [g[t][id(p)] for t in g if g[t][id(p)] is not None]
+        if parts:
+            assert torch.allclose(p.grad, sum(parts), atol=1e-13)
+
+
+class LookedUp(TiedTiny):
+    """TiedTiny with a 40-row table that the tasks reach through lookups of a few rows only (a
+    word embedding), other rows each step, and `tied` set: sst also uses it as its output layer."""
+
+    def __init__(self, tied: bool):
+        super().__init__()
+        self.tied = tied
+        self.emb = nn.Embedding(40, 4).to(torch.float64)
+        self.new_ids(0)
+
+    def new_ids(self, step):
+        gen = torch.Generator().manual_seed(step)
+        self.ids = {t: torch.randint(8 * k, 8 * k + 6, (6, 3), generator=gen)  # 6 of 40 rows per task
+                    for k, t in enumerate(("sst", "para", "sts"))}
+        self.ids["sts"][0, 0] = self.ids["para"][0, 0]  # one row looked up by two tasks
+
+    def losses(self, tasks=("sst", "para", "sts")):
+        out = super().losses(tasks)
+        if "sst" in out and not self.tied:  # sst's output layer without the tied table
+            h = torch.tanh(self.trunk(self.emb(self.ids["sst"]).mean(1)))
+            out["sst"] = F.cross_entropy(self.proj(h) @ self.trunk.weight.T, self.y % 5)
+        return out
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("name", ["sum", "pcgrad"])
+def test_looked_up_table_rows_give_the_dense_results(name, tied, monkeypatch):
+    monkeypatch.setattr(gradients, "TABLE_MIN_SIZE", 40 * 4)  # the tiny table counts as a large one
+    model = LookedUp(tied)
+    method = make_method(name, trainable(model), seed=4)
+    ref_gen = torch.Generator().manual_seed(4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sparse_steps = 0
+    for step in range(5):
+        model.new_ids(step)  # other rows each step: last step's rows must be zeroed, not left behind
+        tasks = ("sst", "para", "sts") if step != 3 else ("para", "sts")
+        expected = old_copying_method(name, model, tasks, ref_gen)
+        stats = method.backward(model.losses(tasks))
+        sparse_steps += any(method.params[i] is model.emb.weight for i in method._sparse)
+        for n, p in model.named_parameters():
+            if expected[n] is None:
+                assert p.grad is None, (step, n)
+            else:
+                assert torch.allclose(p.grad, expected[n], atol=1e-13, rtol=1e-12), (step, n)
+        assert name == "sum" or stats["projections"] >= 0
+        if tied:  # sst's use as an output layer makes its gradient dense in that task's row
+            assert (method.grads[0, :method._buf.n_shared] != 0).sum() > 6 * 4
+        opt.step()
+    # the shortcut was taken where it applies: untied, or the step without sst
+    assert sparse_steps == (1 if tied else 5)
+
+
+def test_graphs_are_kept_only_while_a_later_backward_needs_them():
+    separate = TiedTiny()  # one forward per task: each graph is freed by its own backward
+    losses = separate.losses()
+    make_method("sum", trainable(separate)).backward(losses)
+    for t in ("sst", "para", "sts"):
+        with pytest.raises(RuntimeError, match="second time"):
+            torch.autograd.grad(losses[t], separate.trunk.weight)
+    shared = Tiny()  # one trunk forward for all tasks: kept until the last task's backward
+    losses = shared.losses()
+    g = per_param_grads(shared)
+    make_method("pcgrad", trainable(shared)).backward(losses)
+    assert torch.allclose(shared.sst_head.weight.grad, g["sst"]["sst_head.weight"], atol=1e-14)
+    with pytest.raises(RuntimeError, match="second time"):
+        torch.autograd.grad(losses["sts"], shared.trunk.weight)
+
+
+def test_small_tables_keep_the_plain_matrix_product():
+    # below TABLE_MIN_SIZE (a BERT's position embeddings) a table is zeroed and multiplied in full,
+    # so the Gram matrix is the one product over all shared columns, summed in the same order
+    model = LookedUp(tied=False)
+    method = make_method("pcgrad", trainable(model))
+    method.backward(model.losses())
+    assert method._sparse == {} and model.emb.weight.numel() < gradients.TABLE_MIN_SIZE
+    shared = method.grads[:, :method._buf.n_shared]
+    assert torch.equal(method._gram(method.grads, method._buf.n_shared), (shared @ shared.T).double())
