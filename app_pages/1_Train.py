@@ -456,6 +456,8 @@ def monitor(run_dir: Path) -> None:
         left, right = st.columns(2)
         left.plotly_chart(charts.pcgrad_figure(records), key="pcgrad_chart")
         right.plotly_chart(charts.cosine_figure(records), key="cosine_chart")
+    if any(r.get("type") == "step" and "task_weights" in r for r in records):
+        st.plotly_chart(charts.weights_figure(records), key="weights_chart")
 
 
 monitor(watch)

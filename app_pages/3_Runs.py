@@ -31,6 +31,8 @@ if chosen:
     left, right = st.columns(2)
     left.plotly_chart(charts.overlay_figure(records, "loss"), key="overlay_loss")
     right.plotly_chart(charts.overlay_figure(records, "dev"), key="overlay_dev")
+    if any(r.get("type") == "step" and "task_weights" in r for rs in records.values() for r in rs):
+        st.plotly_chart(charts.overlay_figure(records, "weights"), key="overlay_weights")
 
 st.subheader("Push a checkpoint to the Hugging Face Hub")
 pushable = [c for c in checkpoints.list_checkpoints() if c.kind in ("run", "shipped")]

@@ -61,7 +61,10 @@ looked up are not known here, so every table is zeroed and multiplied in full.
                shared parameters (a frozen encoder): a cosine over nothing is not 0.
   conflicts    number of pairs with cos < 0.
   projections  number of projections PCGrad applied (0 for sum).
-With telemetry=False only {"projections": n} is returned.
+  weights      {task: λ_k}: the update on the shared parameters is Σ_k λ_k g_k (1 for every task with
+               sum; PCGrad's are the column sums of its coefficient matrix: projecting g_i off a
+               conflicting g_j adds a positive multiple of g_j, so every λ_k >= 1).
+With telemetry=False only {"projections": n, "weights": ...} is returned.
 """
 from __future__ import annotations
 
@@ -341,6 +344,8 @@ class GradientMethod:
         c, n_proj = self.coefficients(gram)
         stats = gradient_stats(grads, gram, tasks, n_shared) if self.telemetry else {}
         stats["projections"] = n_proj
+        # the update on the shared parameters is sum_k weights[k] g_k: what the method made of each task
+        stats["weights"] = {t: 1.0 if c is None else float(c[k]) for k, t in enumerate(tasks)}
         self._combine(grads, n_shared, c, self._buf.update[:grads.size(1)])
         self._write(self._buf.update_views)
         return stats
@@ -520,12 +525,12 @@ class Sum(GradientMethod):
             for p in self.params:
                 p.grad = None
             torch.autograd.backward(total, inputs=self.params)
-            return {"projections": 0}
+            return {"projections": 0, "weights": dict.fromkeys(tasks, 1.0)}
         # all_reduce is linear, so reducing the summed gradient = summing the reduced ones
         grads, _ = self._task_gradients([total])
         self.all_reduce(grads[0])
         self._write(self._buf.row_views[0])
-        return {"projections": 0}
+        return {"projections": 0, "weights": dict.fromkeys(tasks, 1.0)}
 
 
 class PCGrad(GradientMethod):

@@ -554,6 +554,10 @@ class Trainer:
                 losses[t] = self.model.loss(t, batch).float()
         self._check_finite(losses)
         stats = self.method.backward({t: v * self.data.specs[t].weight for t, v in losses.items()})
+        # each task's effective weight λ_k on its own (unweighted) loss's gradient: its loss weight times
+        # what the gradient method made of it (update = Σ λ_k ∇L_k on the shared parameters)
+        method_weights = stats.pop("weights", {})
+        stats["task_weights"] = {t: self.data.specs[t].weight * method_weights.get(t, 1.0) for t in losses}
         if self.cfg.grad_clip:
             params = [p for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
             total = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)

@@ -47,7 +47,8 @@ def fake_run(runs_dir: Path, name: str, state: str = "finished", pid: int | None
 def records(n: int = 5) -> list[dict]:
     steps = [{"type": "step", "step": i, "epoch": 0, "loss": {"sst": 1.6, "para": 0.7, "sts": 2.0 - 0.1 * i},
               "loss_total": 4.3, "cos": {"sst/para": -0.1, "sst/sts": 0.2, "para/sts": 0.3},
-              "conflicts": 1, "projections": 2} for i in range(1, n + 1)]
+              "conflicts": 1, "projections": 2, "task_weights": {"sst": 1.0, "para": 1.2, "sts": 1.0}}
+             for i in range(1, n + 1)]
     return steps + [{"type": "eval", "split": "dev", "step": n, "sst_acc": 0.4, "para_acc": 0.7, "sts_corr": 0.8,
                      "average": 0.63}]
 
@@ -145,7 +146,7 @@ def test_train_page_attaches_to_the_active_run_and_refuses_a_second_start(runs_d
     assert any("20260101-000000-busy" in h.value for h in at.subheader)
     bar = at.get("progress")[0]
     assert "running · step 5/10 · epoch 1/1 · ETA 1:05 · 12.5 examples/s" in bar.proto.text
-    assert len(at.get("plotly_chart")) == 4  # loss, dev, PCGrad conflicts, gradient cosine
+    assert len(at.get("plotly_chart")) == 5  # loss, dev, PCGrad conflicts, gradient cosine, task weights
     assert any(b.label == "Stop" for b in at.button)
     button(at, "Start training").click().run()
     errors = messages(at, "error")
@@ -389,7 +390,7 @@ def test_runs_page_table_overlay_and_confirmed_delete(runs_dir):
     table = at.dataframe[0].value
     assert list(table["run"]) == ["20260103-000000-live", "20260102-000000-b", "20260101-000000-a"]
     assert list(table["gradient_method"]) == ["pcgrad"] * 3 and list(table["Average"]) == [0.63] * 3
-    assert len(at.get("plotly_chart")) == 2
+    assert len(at.get("plotly_chart")) == 3  # total loss, dev average, task weights
     at.selectbox(key="delete_choice").set_value("20260101-000000-a").run()
     at.button(key="delete_ask").click().run()
     assert any("Delete run **20260101-000000-a**" in w for w in messages(at, "warning"))

@@ -646,3 +646,25 @@ def test_small_tables_keep_the_plain_matrix_product():
     assert method._sparse == {} and model.emb.weight.numel() < gradients.TABLE_MIN_SIZE
     shared = method.grads[:, :method._buf.n_shared]
     assert torch.equal(method._gram(method.grads, method._buf.n_shared), (shared @ shared.T).double())
+
+
+@pytest.mark.parametrize("name", ["sum", "pcgrad"])
+def test_task_weights_reconstruct_the_update_on_the_shared_parameters(name):
+    """stats['weights'] are the λ_k of update = Σ λ_k g_k on the shared parameters: 1 each for sum;
+    for PCGrad, whose result is a combination of the original gradients, each projection of g_i off a
+    conflicting g_j adds a positive multiple of g_j: every λ_k >= 1, above 1 for a task others were
+    projected onto."""
+    model = three_way_conflict()
+    (w,) = model.parameters()
+    method = make_method(name, [w], seed=0)
+    stats = method.backward(model.losses())
+    grads = {t: -G3[k] for k, t in enumerate(("sst", "para", "sts"))}  # d/dw of -t.w
+    rebuilt = sum(stats["weights"][t] * g for t, g in grads.items())
+    assert torch.allclose(w.grad, rebuilt, atol=1e-12)
+    if name == "sum":
+        assert stats["weights"] == {"sst": 1.0, "para": 1.0, "sts": 1.0}
+    else:
+        assert stats["projections"] > 0 and min(stats["weights"].values()) >= 1.0
+        assert max(stats["weights"].values()) > 1.0
+    no_telemetry = make_method(name, [w], seed=0, telemetry=False).backward(model.losses())
+    assert no_telemetry["weights"].keys() == stats["weights"].keys()

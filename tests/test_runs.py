@@ -314,6 +314,18 @@ def test_describe_data_counts_rows_and_flags_missing_files(tmp_path):
                                                        "mtbert data fetch --dest DIR` fetches the official CS224N files")
 
 
+def test_task_weight_charts_carry_each_steps_weights():
+    recs = [{**step(i), "task_weights": {"sst": 1.0, "para": 1.0 + i / 10}} for i in range(1, 5)]
+    live = {t.name: list(t.y) for t in charts.weights_figure(recs).data}
+    assert live["para raw"] == pytest.approx([1.1, 1.2, 1.3, 1.4]) and live["sst raw"] == [1.0] * 4
+    assert live["para smoothed"][0] == pytest.approx(1.1)
+    over = {t.name: t for t in charts.overlay_figure({"a": recs, "b": recs[:2]}, "weights").data}
+    assert sorted(over) == ["a · para", "a · sst", "b · para", "b · sst"]
+    assert list(over["b · para"].x) == [1, 2] and over["a · sst"].line.color == over["a · para"].line.color
+    assert over["a · sst"].line.dash != over["a · para"].line.dash
+    assert charts.weights_figure([step(1)]).data == ()  # a run recorded before task weights: no lines
+
+
 def test_progress_line():
     frac, text = runs.progress({"state": "running", "step": 30, "total_steps": 120, "epoch": 0, "epochs": 2,
                                 "eta_s": 95.0, "examples_per_s": 41.27})

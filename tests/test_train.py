@@ -126,6 +126,9 @@ def test_run_writes_folder_telemetry_and_checkpoints(tiny_base, tmp_path):
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "finished" and status["error"] is None
     assert status["step"] == status["total_steps"] == 4  # 16 examples / batch 4, shortest loader
+    # PCGrad's task weights: one per task each step, >= 1 (a projection adds to the other task's weight)
+    assert all(set(r["task_weights"]) == {"sst", "para", "sts"} and min(r["task_weights"].values()) >= 1.0
+               for r in steps(run).values())
     recs = steps(run)
     r = recs[1]
     assert set(r["loss"]) == {"sst", "para", "sts"} and set(r["grad_norm"]) == {"sst", "para", "sts"}

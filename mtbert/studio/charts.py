@@ -115,15 +115,42 @@ def cosine_figure(records: list[dict]):
     return _layout(fig, "Task-gradient cosine (< 0: conflict)", "step", "cosine")
 
 
-def overlay_figure(runs: dict[str, list[dict]], kind: str = "loss", alpha: float = 0.9):
-    """Several runs on one chart: smoothed total loss (kind='loss') or dev average (kind='dev')."""
+def weights_figure(records: list[dict], alpha: float = 0.9):
+    """Each task's effective weight λ_k per step (update = Σ λ_k ∇L_k on the shared weights: its loss
+    weight times what the gradient method made of it), raw and smoothed."""
     import plotly.graph_objects as go
 
-    if kind not in ("loss", "dev"):
-        raise ValueError(f"kind={kind!r} is not allowed; choose one of loss, dev")
+    fig = go.Figure()
+    for i, (task, (xs, ys)) in enumerate(step_series(records, "task_weights").items()):
+        color = _COLORS[i % len(_COLORS)]
+        xs, ys, smooth = _thin(xs, ys, ema(ys, alpha))
+        fig.add_scatter(x=xs, y=ys, name=f"{task} raw", mode="lines", line=dict(color=color, width=1),
+                        opacity=0.35, legendgroup=task)
+        fig.add_scatter(x=xs, y=smooth, name=f"{task} smoothed", mode="lines", line=dict(color=color, width=2.5),
+                        legendgroup=task)
+    return _layout(fig, "Task weights λ per step (update = Σ λ·task gradient)", "step", "λ")
+
+
+OVERLAYS = ("loss", "dev", "weights")
+_DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
+
+
+def overlay_figure(runs: dict[str, list[dict]], kind: str = "loss", alpha: float = 0.9):
+    """Several runs on one chart: smoothed total loss (kind='loss'), dev average (kind='dev'), or
+    each task's smoothed weight λ (kind='weights': a colour per run, a dash per task)."""
+    import plotly.graph_objects as go
+
+    if kind not in OVERLAYS:
+        raise ValueError(f"kind={kind!r} is not allowed; choose one of {', '.join(OVERLAYS)}")
     fig = go.Figure()
     for i, (name, records) in enumerate(runs.items()):
         color = _COLORS[i % len(_COLORS)]
+        if kind == "weights":
+            for j, (task, (xs, ys)) in enumerate(step_series(records, "task_weights").items()):
+                xs, smooth = _thin(xs, ema(ys, alpha))
+                fig.add_scatter(x=xs, y=smooth, name=f"{name} · {task}", mode="lines", legendgroup=name,
+                                line=dict(color=color, dash=_DASHES[j % len(_DASHES)]))
+            continue
         if kind == "loss":
             pts = [(r.get("step"), _num(r.get("loss_total"))) for r in records if r.get("type") == "step"]
             pts = [p for p in pts if p[1] is not None]
@@ -132,8 +159,9 @@ def overlay_figure(runs: dict[str, list[dict]], kind: str = "loss", alpha: float
             fig.add_scatter(x=[p[0] for p in pts], y=ys, name=name, mode="lines", line=dict(color=color))
             continue
         _add_dev_traces(fig, records, "average", name, color)
-    title = "Total training loss (smoothed)" if kind == "loss" else "Dev average per evaluation"
-    return _layout(fig, title, "step", "loss" if kind == "loss" else "dev average")
+    title, y = {"loss": ("Total training loss (smoothed)", "loss"), "dev": ("Dev average per evaluation", "dev average"),
+                "weights": ("Task weights λ (smoothed)", "λ")}[kind]
+    return _layout(fig, title, "step", y)
 
 
 def _thin(*series: list, max_points: int = MAX_POINTS) -> tuple[list, ...]:
