@@ -4,6 +4,7 @@ inference stay close; the --precision flag of `mtbert evaluate` / `mtbert predic
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,30 @@ def test_cli_precision_flag(tiny_base, tmp_path):
     r = _cli("evaluate", "--checkpoint", str(ckpt), "--task", "sst", "--input", str(dev), "--precision", "fp16")
     assert r.returncode == 1
     assert "--precision='fp16' is not allowed; choose one of fp32, int8, bf16" in r.stderr
+
+
+def test_trainer_evaluates_in_its_eval_precision_and_trains_alike(tiny_base, tmp_path):
+    from mtbert.config import TrainConfig
+    from mtbert.train import Trainer
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        run = tmp_path / precision
+        cfg = TrainConfig(base_model=str(tiny_base), epochs=1, batch_size=4, lr=1e-3, train_subset=16,
+                          eval_subset=6, train_eval_subset=8, max_length=32, seed=3, calibrate_para=True,
+                          full_eval_at_s=[1e-6], eval_precision=precision)
+        assert Trainer(cfg, run, progress=False).run() == "finished"
+        recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        runs[precision] = recs
+        best = json.loads((run / "best" / "mtbert.json").read_text())
+        chosen = json.loads((run / "best" / "metrics.json").read_text())
+        # the threshold fitted through the converted copy is the trained model's own
+        assert best["model"]["logit_offsets"]["para"] == chosen["dev"]["para_logit_offset"]
+    losses = {p: [r["loss"] for r in recs if r["type"] == "step"] for p, recs in runs.items()}
+    assert losses["fp32"] == losses["bf16"] and losses["fp32"]  # evaluation never touches training
+    evals = {p: [r for r in recs if r["type"] == "eval"] for p, recs in runs.items()}
+    assert len(evals["fp32"]) == len(evals["bf16"]) > 0
+    for a, b in zip(evals["fp32"], evals["bf16"]):
+        assert a["split"] == b["split"] and abs(a["sts_corr"] - b["sts_corr"]) < 0.1
+    assert any(a["sts_corr"] != b["sts_corr"] for a, b in zip(evals["fp32"], evals["bf16"]))  # bf16 did run
+    with pytest.raises(ValueError, match="eval_precision='fp8' is not allowed"):
+        TrainConfig(eval_precision="fp8")
