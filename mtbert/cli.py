@@ -135,14 +135,14 @@ def _add_evaluate(sub) -> None:
 
 def _add_precision(p) -> None:
     p.add_argument("--precision", default="fp32", metavar="fp32|int8|bf16",
-                   help="the encoder's Linear layers: fp32 (default, exact), int8 (dynamic quantization) or "
-                        "bf16 (fast on CPUs with AMX or AVX-512 BF16); docs/benchmarks.md gives each one's speed "
-                        "and accuracy")
+                   help="the encoder's arithmetic: fp32 (default, exact), int8 (dynamic quantization of its "
+                        "Linear layers) or bf16 (fast on CPUs with AMX or AVX-512 BF16); docs/benchmarks.md gives "
+                        "each one's speed and accuracy")
 
 
-def check_precision(precision: str, setting: str) -> str:
+def _check_precision(precision: str) -> str:
     from .quantize import check_precision
-    return check_precision(precision, setting)
+    return check_precision(precision, "--precision")
 
 
 def _inference_model(model, precision: str):
@@ -184,7 +184,7 @@ def _cmd_evaluate(args) -> int:
     from .data import DataError
     from .evaluate import evaluate
     try:
-        check_precision(args.precision, "--precision")
+        _check_precision(args.precision)
         model, tok, _ = _load_any(args.checkpoint)
         model = _inference_model(model, args.precision)
         specs = _chosen_tasks(model, args)
@@ -274,7 +274,7 @@ def _cmd_predict(args) -> int:
     from .data import DataError, read_task_file
     from .evaluate import predict_examples, write_predictions
     try:
-        check_precision(args.precision, "--precision")
+        _check_precision(args.precision)
         model, tok, _ = _load_any(args.checkpoint)
         model = _inference_model(model, args.precision)
         if args.task not in model.cfg.names:

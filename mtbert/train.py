@@ -32,10 +32,10 @@ from .checkpoint import load_base, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import SAMPLE_DIR, Example, batch_order, load_split, make_batch
 from .evaluate import evaluate, seed_average, shift_para_probs
-from .quantize import for_inference
 from .gradients import make_method
 from .io import atomic_write_json
 from .model import ModelConfig, MultitaskBert
+from .quantize import for_inference
 from .runfolder import LAST, LAST_ASIDE, STATE_JSON, STATE_TENSORS, new_run_dir
 from .tasks import BUILTIN_NAMES, select
 
