@@ -49,6 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--latency-calls", type=int, default=40, help="Playground calls per task from one session")
     p.add_argument("--sessions", type=int, default=8, help="concurrent Playground sessions")
     p.add_argument("--session-calls", type=int, default=12, help="calls per concurrent session")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own, one per core). On a "
+                   "machine other work keeps busy, 1 thread is the steadier measure: with 2, every op waits for "
+                   "the second core to be free")
     p.add_argument("--quick", action="store_true", help="smoke run: --limit 300, reps 1, fewer latency calls")
     p.add_argument("--out", default=str(common.DOC), help="markdown file whose '## Evaluation' section is rewritten")
     a = p.parse_args(argv)
@@ -169,6 +172,8 @@ def main(argv=None):
 
     from mtbert.checkpoint import load_checkpoint, resolve_base
     torch.manual_seed(0)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     uptime_before = common.load_average()
     model, tok, meta = load_checkpoint(a.checkpoint)
     loaded = load_split(a.data_dir, "dev", model.cfg.tasks)
@@ -208,7 +213,7 @@ def main(argv=None):
         f"(probability or score) from fp32 `predict_raw`.\n\n"
         + common.markdown_table(["evaluation", "seconds", "speed-up vs before", "max |diff| vs fp32"], eval_rows)
         + "\n\nEach task's main metric (difference to fp32):\n\n"
-        + common.markdown_table(["precision", *(f"{t} {specs[t].main_key}" for t in data)], metric_rows)
+        + common.markdown_table(["precision", *(f"{t}: {specs[t].main_key}" for t in data)], metric_rows)
         + f"\n\nEncoder alone, {n_sent:,} distinct dev sentences ({n_tok:,} tokens) in length-sorted batches of "
         f"{a.batch_size} (the same batches for every row), under `torch.inference_mode`:\n\n"
         + common.markdown_table(["encoder", "sentences/s", "tokens/s", "speed vs ours fp32"], enc_rows)
