@@ -40,7 +40,8 @@ def predict_raw(model, tokenizer, task: str, examples: list[Example], batch_size
             if spec.is_pair and spec.pair_encoding == "separate":
                 distinct, (ia, ib) = _distinct([e.text_a for e in examples], [e.text_b for e in examples])
                 done = _progress_in(progress, len(examples), len(distinct))
-                emb = _encoded_batches(tokenizer, distinct, None, batch_size, device,
+                # a batch of pairs is 2 x batch_size sentences, as when each pair's two sides are encoded together
+                emb = _encoded_batches(tokenizer, distinct, None, 2 * batch_size, device,
                                        lambda enc: model.embed(enc), done)
                 out = model.finish(task, model.pair_output(task, emb[ia.to(device)], emb[ib.to(device)]))
             else:
