@@ -120,7 +120,8 @@ def _add_evaluate(sub) -> None:
                                    "definitions it stores say which files, in which format), or on one file.")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, Hub repo id, or minilm-l6 (untrained heads)")
     _add_labelled_data(p, "evaluate ", "the checkpoint's")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=256)
+    _add_precision(p)
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -135,6 +136,23 @@ def _add_labelled_data(p, verb: str, whose: str) -> None:
     p.add_argument("--tasks", help="comma-separated task names (the same as repeating --task)")
     p.add_argument("--input", help="with one --task: a labelled file in that task's format instead of its split file")
     p.add_argument("--limit", type=int, help=f"{verb}only the first N examples per task")
+
+
+def _add_precision(p) -> None:
+    p.add_argument("--precision", default="fp32", metavar="fp32|int8|bf16",
+                   help="the encoder's arithmetic: fp32 (default, exact), int8 (dynamic quantization of its "
+                        "Linear layers) or bf16 (fast on CPUs with AMX or AVX-512 BF16); docs/benchmarks.md gives "
+                        "each one's speed and accuracy")
+
+
+def _check_precision(precision: str) -> str:
+    from .quantize import check_precision
+    return check_precision(precision, "--precision")
+
+
+def _inference_model(model, precision: str):
+    from .quantize import for_inference
+    return for_inference(model, precision, copy_model=False)
 
 
 def _load_any(name: str):
@@ -171,7 +189,9 @@ def _cmd_evaluate(args) -> int:
     from .data import DataError
     from .evaluate import evaluate
     try:
+        _check_precision(args.precision)
         model, tok, _ = _load_any(args.checkpoint)
+        model = _inference_model(model, args.precision)
         specs = _chosen_tasks(model, args)
         data = _labelled_data(model, specs, args)
     except (CheckpointError, DataError, ValueError) as e:
@@ -249,7 +269,8 @@ def _add_predict(sub) -> None:
     p.add_argument("--task", required=True, help="one of the checkpoint's tasks (sst, para, sts, or its own)")
     p.add_argument("--input", required=True, help="a file in the task's format (a CS224N TSV for the built-in tasks)")
     p.add_argument("--output", required=True, help="CSV to write")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=256)
+    _add_precision(p)
     p.set_defaults(func=_cmd_predict)
 
 
@@ -258,7 +279,9 @@ def _cmd_predict(args) -> int:
     from .data import DataError, read_task_file
     from .evaluate import predict_examples, write_predictions
     try:
+        _check_precision(args.precision)
         model, tok, _ = _load_any(args.checkpoint)
+        model = _inference_model(model, args.precision)
         if args.task not in model.cfg.names:
             raise ValueError(f"--task {args.task} is not allowed; this checkpoint's tasks: {', '.join(model.cfg.names)}")
         spec = model.cfg.task(args.task)

@@ -39,6 +39,7 @@ class Range:
 
 AT_LEAST_1, AT_LEAST_0, ABOVE_0 = Range(1), Range(0), Range(0, low_open=True)
 PAIR_ENCODINGS = ("separate", "joint")
+PRECISIONS = ("fp32", "int8", "bf16")  # inference arithmetic of the encoder (mtbert/quantize.py)
 
 
 def setting(default, *, section: str, label: str, help: str, choices: tuple = (), range: Range | None = None,
@@ -184,6 +185,10 @@ class TrainConfig:
                                          "at the end")
     eval_batch_size: int = setting(64, section=EVAL, label="Evaluation batch size", range=AT_LEAST_1, card=False,
                                    help="examples per batch when evaluating")
+    eval_precision: str = setting("fp32", section=EVAL, label="Evaluation precision", choices=PRECISIONS, card=False,
+                                  help="the encoder's arithmetic when evaluating: fp32 (exact), bf16 (several times "
+                                       "faster on CPUs with AMX or AVX-512 BF16, metrics within about 0.001) or "
+                                       "int8 (dynamic quantization, CPU only); docs/benchmarks.md")
     calibrate_para: bool = setting(False, section=EVAL, label="Calibrate the Quora threshold", card=False,
                                    help="fit the Quora duplicate threshold on the dev eval subset at each "
                                         "evaluation (for train data whose duplicate rate differs from dev's, like "

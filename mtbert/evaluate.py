@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from scipy.stats import pearsonr, spearmanr
 
-from .data import Example, as_spec, example_length, make_batch
+from .data import Example, as_spec
 
 from .report import SEED_COLUMNS, seed_table  # noqa: F401  (re-exported)
 
@@ -23,30 +23,70 @@ def _to_device(batch: dict, device) -> dict:
 def predict_raw(model, tokenizer, task: str, examples: list[Example], batch_size: int = 64,
                 device: str | torch.device = "cpu", autocast_dtype=None, progress=None) -> np.ndarray:
     """Model outputs in input order: (N, K) class probabilities, (N,) probability of class 1 (binary),
-    or (N,) score in the task's range. progress(done, total), if given, is called after each batch."""
-    # sorting by length cuts padding to a minimum; the permutation is undone at the end
-    order = sorted(range(len(examples)), key=lambda i: example_length(examples[i]))
+    or (N,) score in the task's range. progress(done, total), if given, is called after each batch.
+
+    The same numbers as model.predict one example at a time, faster: everything is tokenised at
+    once, batches are sorted by token count (the least padding), and a separately encoded pair task
+    embeds each distinct sentence once (a dev set repeats its questions) and applies its head to the
+    gathered embeddings."""
+    spec = model.cfg.task(task)
+    if not examples:
+        return np.zeros((0, spec.num_outputs) if spec.num_outputs > 1 else (0,), dtype=np.float32)
+    device = torch.device(device)
     was_training = model.training
     model.eval()
-    outs = []
     try:
-        for s in range(0, len(order), batch_size):
-            chunk = [examples[i] for i in order[s:s + batch_size]]
-            batch = _to_device(make_batch(model.cfg.task(task), chunk, tokenizer), device)
-            with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
-                                enabled=autocast_dtype is not None):
-                outs.append(model.predict(task, batch).float().cpu())
-            if progress is not None:
-                progress(min(s + batch_size, len(order)), len(order))
+        with torch.autocast(device_type=device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            if spec.is_pair and spec.pair_encoding == "separate":
+                distinct, (ia, ib) = _distinct([e.text_a for e in examples], [e.text_b for e in examples])
+                done = _progress_in(progress, len(examples), len(distinct))
+                # a batch of pairs is 2 x batch_size sentences, as when each pair's two sides are encoded together
+                emb = _encoded_batches(tokenizer, distinct, None, 2 * batch_size, device,
+                                       lambda enc: model.embed(enc), done)
+                out = model.finish(task, model.pair_output(task, emb[ia.to(device)], emb[ib.to(device)]))
+            else:
+                done = _progress_in(progress, len(examples), len(examples))
+                out = _encoded_batches(tokenizer, [e.text_a for e in examples],
+                                       [e.text_b for e in examples] if spec.is_pair else None, batch_size, device,
+                                       lambda enc: model.predict(task, {"enc": enc}), done)
     finally:
         model.train(was_training)
-    if not outs:
-        k = model.cfg.task(task).num_outputs
-        return np.zeros((0, k) if k > 1 else (0,), dtype=np.float32)
-    flat = torch.cat(outs).numpy()
-    result = np.empty_like(flat)
-    result[np.array(order)] = flat
-    return result
+    return out.float().cpu().numpy()
+
+
+def _distinct(*columns: list[str]) -> tuple[list[str], list[torch.Tensor]]:
+    """The distinct strings of the columns, and each column as indices into them."""
+    index: dict[str, int] = {}
+    cols = [torch.tensor([index.setdefault(t, len(index)) for t in col], dtype=torch.long) for col in columns]
+    return list(index), cols
+
+
+def _progress_in(progress, total: int, units: int):
+    """A callback counting `units` of work done, reported to progress as examples out of `total`."""
+    if progress is None:
+        return None
+    return lambda done: progress(total if done >= units else done * total // units, total)
+
+
+def _encoded_batches(tokenizer, texts: list[str], pairs: list[str] | None, batch_size: int, device,
+                     fn, done=None) -> torch.Tensor:
+    """fn over the texts (or text pairs) in batches of similar token counts; its rows in input order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} is not allowed; choose a positive integer")
+    enc = tokenizer.encode(texts, pairs)  # padded to the longest of all; each batch is cut to its own longest
+    lengths = enc["attention_mask"].sum(1)
+    order = torch.sort(lengths, stable=True).indices
+    out = None
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        T = int(lengths[idx[-1]])
+        rows = fn({k: v[idx, :T].to(device) for k, v in enc.items()})
+        if out is None:
+            out = rows.new_empty((len(order), *rows.shape[1:]))
+        out[idx.to(out.device)] = rows
+        if done is not None:
+            done(s + len(idx))
+    return out
 
 
 def to_predictions(spec, raw: np.ndarray) -> list:

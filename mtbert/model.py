@@ -138,17 +138,23 @@ class MultitaskBert(nn.Module):
     def output(self, task: str, batch: dict) -> torch.Tensor:
         """ce: (B, K) logits; bce: (B,) logit; regression: (B,) score (unclipped)."""
         spec, head = self.cfg.task(task), self.task_heads[task]
+        if spec.head in ("linear", "cross"):
+            return self._logits_out(spec, head(self.dropout(self.embed(batch["enc"]))))
+        return self.pair_output(task, *self.embed_pair(batch))
+
+    def pair_output(self, task: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """output() of a separately encoded pair task from its sentence embeddings u, v (B, H): inference
+        embeds each distinct sentence once and gathers them here."""
+        spec, head = self.cfg.task(task), self.task_heads[task]
         if spec.head == "cosine":
-            u, v = self.embed_pair(batch)
             lo, hi = spec.range
             return lo + (hi - lo) * F.cosine_similarity(head(u), head(v), dim=-1)
-        if spec.head in ("linear", "cross"):
-            z = head(self.dropout(self.embed(batch["enc"])))
-        else:
-            u, v = self.embed_pair(batch)
-            u, v = self.dropout(u), self.dropout(v)
-            feats = [u, v] if spec.head == "concat" else [u, v, (u - v).abs(), u * v]
-            z = head(torch.cat(feats, dim=-1))
+        u, v = self.dropout(u), self.dropout(v)
+        feats = [u, v] if spec.head == "concat" else [u, v, (u - v).abs(), u * v]
+        return self._logits_out(spec, head(torch.cat(feats, dim=-1)))
+
+    @staticmethod
+    def _logits_out(spec: TaskSpec, z: torch.Tensor) -> torch.Tensor:
         if spec.num_outputs > 1:
             return z
         z = z.squeeze(-1)
@@ -179,8 +185,11 @@ class MultitaskBert(nn.Module):
     def predict(self, task: str, batch: dict) -> torch.Tensor:
         """ce: class probabilities (B, K); bce: probability of class 1 (offset applied); regression: the
         score clipped to the task's range."""
+        return self.finish(task, self.output(task, batch))
+
+    def finish(self, task: str, out: torch.Tensor) -> torch.Tensor:
+        """predict() from output()."""
         spec = self.cfg.task(task)
-        out = self.output(task, batch)
         if spec.loss == "ce":
             return out.softmax(-1)
         if spec.binary:

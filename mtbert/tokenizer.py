@@ -1,6 +1,7 @@
 """WordPiece tokenisation through the `tokenizers` library, with dynamic padding."""
 from __future__ import annotations
 
+from itertools import chain
 from pathlib import Path
 
 import torch
@@ -64,15 +65,16 @@ class Tokenizer:
             if len(pairs) != len(texts):
                 raise ValueError(f"{len(texts)} first sentences but {len(pairs)} second sentences")
             encs = self._tk.encode_batch(list(zip(texts, pairs)))
-        T = max((len(e.ids) for e in encs), default=0)
+        # one flat copy of all ids scattered under the mask: no tensor per sentence (evaluation
+        # encodes tens of thousands at once)
+        lengths = torch.tensor([len(e.ids) for e in encs], dtype=torch.long)
+        T = int(lengths.max()) if len(encs) else 0
+        mask = (torch.arange(T) < lengths[:, None]).long()  # (B, T), right padding
         ids = torch.full((len(encs), T), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(encs), T), dtype=torch.long)
         types = torch.zeros((len(encs), T), dtype=torch.long)
-        for i, e in enumerate(encs):
-            n = len(e.ids)
-            ids[i, :n] = torch.tensor(e.ids)
-            mask[i, :n] = 1
-            types[i, :n] = torch.tensor(e.type_ids)
+        real = mask.bool()
+        ids[real] = torch.tensor(list(chain.from_iterable(e.ids for e in encs)), dtype=torch.long)
+        types[real] = torch.tensor(list(chain.from_iterable(e.type_ids for e in encs)), dtype=torch.long)
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
     def save(self, folder: str | Path) -> None:

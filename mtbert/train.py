@@ -35,6 +35,7 @@ from .evaluate import evaluate, seed_average, shift_para_probs
 from .gradients import make_method
 from .io import atomic_write_json
 from .model import ModelConfig, MultitaskBert
+from .quantize import for_inference
 from .runfolder import LAST, LAST_ASIDE, STATE_JSON, STATE_TENSORS, new_run_dir
 from .tasks import BUILTIN_NAMES, select
 
@@ -389,6 +390,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # before the model: its new heads draw from it
         self.device = dist.local_device(pick_device(cfg.device).type)
         self.amp = torch.bfloat16 if (cfg.bf16 and self.device.type == "cuda") else None
+        if cfg.eval_precision == "int8" and self.device.type != "cpu":
+            raise ValueError(f"eval_precision='int8' is not allowed on {self.device.type}: int8 inference runs "
+                             "on the CPU only; choose fp32 or bf16")
         self.data = build_data(cfg, self.log)
         self.model, self.tok = build_model(cfg, list(self.data.specs.values()), self.device,
                                            checkpoint=self._last_dir() if self.resume else None)
@@ -491,10 +495,11 @@ class Trainer:
         s = self.state
         raw, extra = {}, {}
         sizes = {t: len(v) for t, v in data.items()}
+        model = for_inference(self.eval_model, self.cfg.eval_precision)  # shares eval_model's cfg (thresholds)
         if full and self.cfg.calibrate_para and "para" in data and split == "dev":
-            extra = self._calibrated_full_para(data["para"], raw, refit=calibrate)
+            extra = self._calibrated_full_para(model, data["para"], raw, refit=calibrate)
             data = {t: v for t, v in data.items() if t != "para"}
-        m = evaluate(self.eval_model, self.tok, data, self.cfg.eval_batch_size, self.device, self.amp,
+        m = evaluate(model, self.tok, data, self.cfg.eval_batch_size, self.device, self.amp,
                      calibrate_para=calibrate and self.cfg.calibrate_para, raw_out=raw)
         if extra:
             m.update(extra)
@@ -507,14 +512,14 @@ class Trainer:
                  f"({s.train_time / 60:.1f} min of training, eval took {time.time() - t0:.0f} s): {shown}")
         return m
 
-    def _calibrated_full_para(self, examples: list, raw: dict, refit: bool) -> dict:
+    def _calibrated_full_para(self, model, examples: list, raw: dict, refit: bool) -> dict:
         """Quora on the whole dev set with the threshold fitted on the eval subset only; also the
         accuracy on the pairs the fit never saw and at the plain 0.5 threshold, so the gain is visible."""
         fit_on = self.data.dev.get("para", [])
         if refit and fit_on:  # mid-run: the weights moved since the last fit
-            evaluate(self.eval_model, self.tok, {"para": fit_on}, self.cfg.eval_batch_size, self.device, self.amp,
+            evaluate(model, self.tok, {"para": fit_on}, self.cfg.eval_batch_size, self.device, self.amp,
                      calibrate_para=True)
-        m = evaluate(self.eval_model, self.tok, {"para": examples}, self.cfg.eval_batch_size, self.device, self.amp,
+        m = evaluate(model, self.tok, {"para": examples}, self.cfg.eval_batch_size, self.device, self.amp,
                      raw_out=raw)
         seen = {e.id for e in fit_on}
         held = np.array([e.id not in seen for e in examples])

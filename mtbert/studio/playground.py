@@ -23,6 +23,7 @@ from ..checkpoint import download_from_hub, load_base, load_checkpoint
 from ..explain import DEFAULT_STEPS as DEFAULT_IG_STEPS
 from ..explain import attention_rollout
 from ..model import ModelConfig, MultitaskBert
+from ..quantize import check_precision, for_inference
 from ..tasks import specs_of_model_config
 from .checkpoints import CheckpointRef, list_checkpoints, safe_checkpoint_path
 from .environment import BASE_MODELS
@@ -67,7 +68,8 @@ def checkpoint_choices() -> tuple[list[CheckpointRef], str | None]:
     return hub + list_checkpoints() + [TYPED_PATH], problem
 
 
-def load_model(ref: str, device: str = "cpu", token: str | None = None) -> tuple[MultitaskBert, object, dict]:
+def load_model(ref: str, device: str = "cpu", token: str | None = None,
+               precision: str = "fp32") -> tuple[MultitaskBert, object, dict]:
     """(model, tokenizer, meta) for a checkpoint name/path, one of the offered Hub checkpoints,
     or a plain base model name.
 
@@ -75,7 +77,16 @@ def load_model(ref: str, device: str = "cpu", token: str | None = None) -> tuple
     repo id only when MTBERT_HUB_CHECKPOINT names it (fetched from the Hub even if a local folder
     happens to carry the same name; `token` for a private one, else HF_TOKEN). A plain base
     model gets freshly initialised heads: meta['untrained_heads'] is True and its task outputs
-    mean nothing (attention and embeddings are the pretrained ones)."""
+    mean nothing (attention and embeddings are the pretrained ones).
+    precision: the encoder's arithmetic (mtbert.quantize): fp32, or int8 / bf16 for faster answers
+    that differ slightly; meta['precision'] says which."""
+    check_precision(precision)
+    model, tok, meta = _load_fp32(ref, device, token)
+    meta["precision"] = precision
+    return for_inference(model, precision, copy_model=False), tok, meta
+
+
+def _load_fp32(ref: str, device: str, token: str | None) -> tuple[MultitaskBert, object, dict]:
     if ref in BASE_MODELS:
         encoder, tok = load_base(ref)
         with torch.random.fork_rng():  # the same untrained heads every time, global RNG untouched
