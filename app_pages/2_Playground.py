@@ -4,7 +4,7 @@ attention, and predictions for a whole file in a task's own format."""
 import streamlit as st
 
 from mtbert.studio import playground as pg
-from mtbert.studio.widgets import pick_checkpoint
+from mtbert.studio.widgets import pick_checkpoint, pick_precision
 
 st.set_page_config(page_title="Playground · mtbert", layout="wide")
 
@@ -19,14 +19,17 @@ if problem:
     st.error(problem)
 # an example opened from the Evaluate page's error browser: its checkpoint, task and text, answered at once
 pg.apply_prefill(st.session_state, st.session_state.pop(pg.PREFILL_KEY, None), refs)
-compare = st.toggle("Compare two checkpoints side by side", key="compare")
+top_left, top_right = st.columns([3, 1], vertical_alignment="bottom")
+compare = top_left.toggle("Compare two checkpoints side by side", key="compare")
+with top_right:
+    precision = pick_precision()
 cols = st.columns(2 if compare else 1)
 models = []
 with cols[0]:
-    models.append(pick_checkpoint("Checkpoint", refs, "ckpt_a"))
+    models.append(pick_checkpoint("Checkpoint", refs, "ckpt_a", precision))
 if compare:
     with cols[1]:
-        models.append(pick_checkpoint("Second checkpoint", refs, "ckpt_b"))
+        models.append(pick_checkpoint("Second checkpoint", refs, "ckpt_b", precision))
 models = [(m.name, m.model, m.tokenizer, m.meta) for m in models if m is not None]
 if not models:
     st.stop()

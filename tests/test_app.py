@@ -370,6 +370,22 @@ def test_playground_opens_an_example_sent_from_another_page_and_answers_it(runs_
     assert len(at.metric) == 1 and pg.PREFILL_KEY not in at.session_state
 
 
+def test_playground_answers_in_the_chosen_arithmetic(runs_dir, checkpoint):
+    from mtbert.studio import playground as pg
+
+    at = page("app_pages/2_Playground.py").run()
+    select(at, "ckpt_a", checkpoint)
+    at.selectbox(key="precision").set_value("int8").run()
+    at.text_area(key="sst_text").set_value("A gorgeous, witty, seductive movie.")
+    at.button(key="sst_go").click().run()
+    no_exception(at)
+    model, tok, meta = pg.load_model(str(runs_dir / checkpoint), precision="int8")
+    assert meta["precision"] == "int8" and getattr(model, "precision", None) == "int8"
+    expected = pg.task_answer(model, tok, "sst", "A gorgeous, witty, seductive movie.")
+    assert [m.value for m in at.metric] == [expected["top"]]
+    assert f"probability {expected['value'][expected['top']]:.2f}" in [c.value for c in at.caption]
+
+
 def test_playground_reports_a_checkpoint_that_cannot_load(runs_dir):
     broken = fake_run(runs_dir, "20260101-000000-broken")
     (broken / "best").mkdir()
