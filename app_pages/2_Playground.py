@@ -96,10 +96,11 @@ with why_tab:
                                        format_func=lambda t: f"{model.cfg.task(t).title} ({t})"))
     st.caption(pg.describe_task(spec))
     if spec.is_pair:
-        a = st.text_input("First sentence", key="why_a", placeholder="How do I learn to cook?")
-        b = st.text_input("Second sentence", key="why_b", placeholder="What is the best way to learn cooking?")
+        a = st.text_input("First sentence to explain", key="why_a", placeholder="How do I learn to cook?")
+        b = st.text_input("Second sentence to explain", key="why_b",
+                          placeholder="What is the best way to learn cooking?")
     else:
-        a, b = st.text_area("Sentence", key="why_text", placeholder="The movie was not bad at all."), None
+        a, b = st.text_area("Sentence to explain", key="why_text", placeholder="The movie was not bad at all."), None
     c1, c2 = st.columns(2)
     target = None
     if spec.kind == "classification" and not spec.binary:

@@ -98,8 +98,8 @@ def test_evaluate_draws_every_figure_and_opens_a_mistake_in_the_playground(studi
     page.get_by_role("heading", name="Playground", exact=True).wait_for(timeout=60_000)
     wait_idle(page)
     assert page.url.endswith("/Playground")
-    # the Tasks tab's sentence (the Why tab's, filled too, comes after it)
-    expect(page.get_by_label("Sentence", exact=True).first).to_have_value(first["text_a"], timeout=30_000)
+    expect(page.get_by_label("Sentence", exact=True)).to_have_value(first["text_a"], timeout=30_000)
+    expect(page.get_by_label("Sentence to explain", exact=True)).to_have_value(first["text_a"])  # the Why tab's
     expect(page.locator("[data-testid='stMetricValue']").first).to_have_text(first["predicted"], timeout=30_000)
     shot(page, "evaluate-opened-in-playground")
 
