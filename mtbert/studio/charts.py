@@ -34,17 +34,22 @@ def step_series(records: list[dict], key: str) -> dict[str, tuple[list, list]]:
 
 
 def loss_figure(records: list[dict], alpha: float = 0.9):
+    return _layout(_raw_and_smoothed(step_series(records, "loss"), alpha), "Training loss per task", "step", "loss")
+
+
+def _raw_and_smoothed(series: dict[str, tuple[list, list]], alpha: float):
+    """A thin raw line and a thick smoothed one per task, in the task's colour."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for i, (task, (xs, ys)) in enumerate(step_series(records, "loss").items()):
+    for i, (task, (xs, ys)) in enumerate(series.items()):
         color = _COLORS[i % len(_COLORS)]
         xs, ys, smooth = _thin(xs, ys, ema(ys, alpha))
         fig.add_scatter(x=xs, y=ys, name=f"{task} raw", mode="lines", line=dict(color=color, width=1),
                         opacity=0.35, legendgroup=task)
         fig.add_scatter(x=xs, y=smooth, name=f"{task} smoothed", mode="lines",
                         line=dict(color=color, width=2.5), legendgroup=task)
-    return _layout(fig, "Training loss per task", "step", "loss")
+    return fig
 
 
 def dev_evaluations(records: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -118,17 +123,8 @@ def cosine_figure(records: list[dict]):
 def weights_figure(records: list[dict], alpha: float = 0.9):
     """Each task's effective weight λ_k per step (update = Σ λ_k ∇L_k on the shared weights: its loss
     weight times what the gradient method made of it), raw and smoothed."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for i, (task, (xs, ys)) in enumerate(step_series(records, "task_weights").items()):
-        color = _COLORS[i % len(_COLORS)]
-        xs, ys, smooth = _thin(xs, ys, ema(ys, alpha))
-        fig.add_scatter(x=xs, y=ys, name=f"{task} raw", mode="lines", line=dict(color=color, width=1),
-                        opacity=0.35, legendgroup=task)
-        fig.add_scatter(x=xs, y=smooth, name=f"{task} smoothed", mode="lines", line=dict(color=color, width=2.5),
-                        legendgroup=task)
-    return _layout(fig, "Task weights λ per step (update = Σ λ·task gradient)", "step", "λ")
+    return _layout(_raw_and_smoothed(step_series(records, "task_weights"), alpha),
+                   "Task weights λ per step (update = Σ λ·task gradient)", "step", "λ")
 
 
 OVERLAYS = ("loss", "dev", "weights")
