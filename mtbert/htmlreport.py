@@ -209,6 +209,12 @@ th { background: #f4f4f4; } table.examples td:nth-child(2) { max-width: 44em; wh
 """
 
 
+def _trained(meta: dict) -> str:
+    """Which run and step a checkpoint comes from, as its mtbert.json says (empty for a plain base model)."""
+    run, step = meta.get("run_id"), meta.get("step")
+    return ", ".join(x for x in (f"run {run}" if run else "", f"step {step}" if step is not None else "") if x)
+
+
 def build_report(checkpoints: list[Checkpoint], data: str, mistakes: int = MISTAKES, seed: int = 0,
                  created: dt.datetime | None = None) -> str:
     """The whole HTML page: a header of what was evaluated, a section per checkpoint and task, and,
@@ -219,8 +225,9 @@ def build_report(checkpoints: list[Checkpoint], data: str, mistakes: int = MISTA
     tasks = list(checkpoints[0].results)
     figures = _Figures()
     keys = ["A", "B"][:len(checkpoints)] if len(checkpoints) == 2 else [""]
-    header = table(["", "checkpoint", "path"],
-                   [[k or "checkpoint", ck.name, ck.meta.get("path", "")] for k, ck in zip(keys, checkpoints)])
+    header = table(["", "checkpoint", "base model", "trained"],
+                   [[k or "checkpoint", ck.name, ck.meta.get("base_model", ""), _trained(ck.meta)]
+                    for k, ck in zip(keys, checkpoints)])
     header += table(["task", "kind", "examples"],
                     [[checkpoints[0].results[t].spec.title + f" ({t})", checkpoints[0].results[t].spec.kind,
                       checkpoints[0].results[t].n] for t in tasks])

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import html
+import json
 import os
 import re
 import subprocess
@@ -86,6 +88,8 @@ def test_report_holds_every_tasks_section_figures_and_a_header(single, tiny):
     assert text.count('class="plotly-graph-div"') == sum(FIGURES.values())
     assert str(tiny["a"]) in text and f"dev split of {tiny['data']}" in text
     assert text.count(f"<td>{ROWS}</td>") >= 3  # examples per task in the header
+    meta = json.loads((tiny["a"] / "mtbert.json").read_text())
+    assert f"<td>{html.escape(meta['base_model'])}</td>" in text  # what the checkpoint was trained from
     assert dt.date.today().strftime("%Y-%m-%d") in text and "mtbert 0.1.0" in text
     assert "stored in the checkpoint: <b>0.438</b>" in text  # sigmoid(-0.25)
     assert "The 30 largest errors" in text and "most confident mistakes" in text
