@@ -48,20 +48,18 @@ with right:
                  hide_index=True, width="stretch")
 
 st.subheader("Where next")
-c1, c2, c3, c4, c5 = st.columns(5)
 # each link is titled as its page is in the navigation (app.py)
-with c1:
-    st.page_link("app_pages/1_Train.py")
-    st.caption("Pick settings or the quick CPU demo preset, start a run, watch the live charts.")
-with c2:
-    st.page_link("app_pages/2_Playground.py")
-    st.caption("Sentiment, paraphrase and similarity for your own sentences; attention views; batch files.")
-with c3:
-    st.page_link("app_pages/4_Evaluate.py")
-    st.caption("Where a checkpoint fails: confusion matrices, curves, its most confident mistakes; two checkpoints compared.")
-with c4:
-    st.page_link("app_pages/5_Probe.py")
-    st.caption("Swap gendered words and names in template sentences and see how every task's answer moves.")
-with c5:
-    st.page_link("app_pages/3_Runs.py")
-    st.caption("Every run with its settings and scores; overlay curves; delete old runs.")
+WHERE_NEXT = [
+    ("app_pages/1_Train.py", "Pick settings or the quick CPU demo preset, start a run, watch the live charts."),
+    ("app_pages/2_Playground.py", "Sentiment, paraphrase and similarity for your own sentences; attention views; "
+                                  "batch files."),
+    ("app_pages/4_Evaluate.py", "Where a checkpoint fails: confusion matrices, curves, its most confident mistakes; "
+                                "two checkpoints compared."),
+    ("app_pages/5_Probe.py", "Swap gendered words and names in template sentences and see how every task's answer "
+                             "moves."),
+    ("app_pages/3_Runs.py", "Every run with its settings and scores; overlay curves; delete old runs."),
+]
+for column, (page, caption) in zip(st.columns(len(WHERE_NEXT)), WHERE_NEXT):
+    with column:
+        st.page_link(page)
+        st.caption(caption)

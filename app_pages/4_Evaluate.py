@@ -142,7 +142,7 @@ def error_browser(name: str, path: str, r) -> None:
         bins = analysis.regression_report(r)["bins"]
         pick = c1.selectbox("Gold score", ["any", *bins], key=f"ev_err_bin_{spec.name}_{path}")
         gold_bin = None if pick == "any" else bins.index(pick)
-    longest = max((row_words(e) for e in r.examples), default=1)
+    longest = int(r.words().max(initial=1))
     lo, hi = c2.slider("Length in words", 1, max(2, longest), (1, max(2, longest)), key=f"ev_err_len_{spec.name}_{path}")
     rows = analysis.mistakes(r, label=label, gold_bin=gold_bin, min_words=lo, max_words=hi, limit=100)
     if not rows:
@@ -157,10 +157,6 @@ def error_browser(name: str, path: str, r) -> None:
         row = rows[chosen[0]]
         st.session_state[pg.PREFILL_KEY] = pg.prefill(path, spec.name, row["text_a"], row.get("text_b"))
         st.switch_page("app_pages/2_Playground.py")
-
-
-def row_words(e) -> int:
-    return len(e.text_a.split()) + (len(e.text_b.split()) if e.text_b else 0)
 
 
 def show_comparison(task: str) -> None:

@@ -125,15 +125,20 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=_cmd_evaluate)
 
 
+def _add_task_choice(p, verb: str, whose: str) -> None:
+    """--task (repeatable) and --tasks, read by _chosen_tasks."""
+    p.add_argument("--task", action="append", metavar="NAME",
+                   help=f"{verb}this task only (repeat for several; default: all of {whose} tasks)")
+    p.add_argument("--tasks", help="comma-separated task names (the same as repeating --task)")
+
+
 def _add_labelled_data(p, verb: str, whose: str) -> None:
     """The flags that pick a labelled set (read by _labelled_data)."""
     p.add_argument("--split", default="dev", choices=("train", "dev"), help="default: dev")
     p.add_argument("--data-dir", help="folder of the tasks' files (default: the shipped sample); a task whose "
                                       "definition names its own data_dir reads from there")
     p.add_argument("--quora-train", help="Quora train file to use when --split train")
-    p.add_argument("--task", action="append", metavar="NAME",
-                   help=f"{verb}this task only (repeat for several; default: all of {whose} tasks)")
-    p.add_argument("--tasks", help="comma-separated task names (the same as repeating --task)")
+    _add_task_choice(p, verb, whose)
     p.add_argument("--input", help="with one --task: a labelled file in that task's format instead of its split file")
     p.add_argument("--limit", type=int, help=f"{verb}only the first N examples per task")
 
@@ -343,9 +348,7 @@ def _add_probe(sub) -> None:
                                    "task the distribution of the shifts and the largest ones. With --text, "
                                    "probes that sentence (or pair, with --text-b) instead. See docs/probe.md.")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, Hub repo id, or minilm-l6 (untrained heads)")
-    p.add_argument("--task", action="append", metavar="NAME",
-                   help="probe this task only (repeat for several; default: all of the checkpoint's tasks)")
-    p.add_argument("--tasks", help="comma-separated task names (the same as repeating --task)")
+    _add_task_choice(p, "probe ", "the checkpoint's")
     p.add_argument("--text", help="probe this sentence (the first of a pair) instead of the templates")
     p.add_argument("--text-b", help="with --text: the second sentence of a pair")
     p.add_argument("--templates", help="a JSONL templates file (default: the shipped set)")
