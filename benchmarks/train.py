@@ -8,7 +8,7 @@ One step = one batch of each task (SST, Quora, STS; the parallel schedule), forw
 method's backward, AdamW step — exactly what `mtbert.train.Trainer` does per step. The rows:
 `sum` without telemetry (one backward of the summed loss: the baseline), `sum` with telemetry
 (per-task gradients for the conflict charts, what the trainer runs), and every other method in
-`mtbert.gradients.METHODS`. They are timed alternately in the same run; the ratios are medians.
+`mtbert.methods.METHODS`. They are timed alternately in the same run; the ratios are medians.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from benchmarks.common import (DOC, command, commit, interleaved, load_average, 
 from mtbert.bert import BertConfig, BertModel  # noqa: E402
 from mtbert.checkpoint import load_base, resolve_base  # noqa: E402
 from mtbert.data import FULL_DATA_DIR, load_split, make_batch  # noqa: E402
-from mtbert.gradients import METHODS, make_method  # noqa: E402
+from mtbert.methods import METHODS, make_method  # noqa: E402
 from mtbert.model import ModelConfig, MultitaskBert  # noqa: E402
 from mtbert.tasks import BUILTIN_NAMES as TASKS  # noqa: E402
 from mtbert.tokenizer import Tokenizer  # noqa: E402

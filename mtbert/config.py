@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .io import read_document
+from .methods import METHODS, method_settings
 from .tasks import BUILTIN_NAMES, TaskSpec, available_tasks, select, specs_from_dicts, with_weight
 
 TASKS = BUILTIN_NAMES  # the built-in tasks; a task file adds others (mtbert/tasks.py)
@@ -54,7 +55,8 @@ def setting(default, *, section: str, label: str, help: str, choices: tuple = ()
     return field(default=default, metadata=meta)
 
 
-MODEL, OPTIM, BUDGET, EVAL, DATA, MACHINE = "Model and tasks", "Optimisation", "Budget", "Evaluation", "Data", "Machine"
+MODEL, METHOD, OPTIM, BUDGET, EVAL, DATA, MACHINE = ("Model and tasks", "Multitask method", "Optimisation", "Budget",
+                                                     "Evaluation", "Data", "Machine")
 
 
 @dataclass
@@ -91,8 +93,18 @@ class TrainConfig:
                                           help="the temperature schedule's τ: a task is drawn with probability "
                                                "proportional to N^(1/τ); 1 is proportional, larger is closer to "
                                                "uniform")
-    gradient_method: str = setting("sum", section=MODEL, label="Gradient method", choices=("sum", "pcgrad"),
-                                   help="sum: add the task losses; pcgrad: project away conflicting task gradients")
+    gradient_method: str = setting("sum", section=MODEL, label="Gradient method", choices=tuple(METHODS),
+                                   help="; ".join(f"{n}: {cls.summary}" for n, cls in METHODS.items())
+                                   + " (docs/methods.md)")
+    # each method's hyperparameters (<method>_<key>), declared on the method's class
+    for _name, (_method, _key, _h) in method_settings().items():  # noqa: B007 (class namespace)
+        __annotations__[_name] = "int" if _h.integer else "float"
+        locals()[_name] = setting(_h.default, section=METHOD, label=f"{_method}: {_h.label}", help=_h.help,
+                                  range=Range(_h.low, _h.high, _h.low_open, _h.high_open))
+        del _name, _method, _key, _h
+    method_lr: float = setting(0.025, section=METHOD, label="Learning rate of learned task weights", range=ABOVE_0,
+                               help="the optimizer's rate for the task weights a method learns (uw's "
+                                    "log-variances, gradnorm's weights), on the same warm-up and decay")
     # model
     pooling: str = setting("cls", section=MODEL, label="Sentence pooling", choices=("cls", "mean"),
                            help="cls: the [CLS] token's vector; mean: the mean of the token vectors")

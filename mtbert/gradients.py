@@ -69,6 +69,7 @@ With telemetry=False only {"projections": n, "weights": ...} is returned.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -77,6 +78,33 @@ import torch.nn as nn
 from .tasks import BUILTIN_NAMES as TASKS
 
 AllReduce = Callable[[torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """A method's hyperparameter, declared once: TrainConfig's setting <method>_<key>, its `--help`
+    and its check are made from this."""
+    default: float
+    label: str
+    help: str
+    low: float | None = None  # bounds (None: none); *_open: the bound itself is refused
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+
+    def allows(self, v) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        if self.integer and v != int(v):
+            return False
+        return ((self.low is None or v > self.low or (v == self.low and not self.low_open))
+                and (self.high is None or v < self.high or (v == self.high and not self.high_open)))
+
+    def describe(self, name: str) -> str:
+        lo = "" if self.low is None else f"{self.low:g} {'<' if self.low_open else '<='} "
+        hi = "" if self.high is None else f" {'<' if self.high_open else '<='} {self.high:g}"
+        return ("an integer, " if self.integer else "a number, ") + f"{lo}{name}{hi}"
 
 # a table (2-D parameter) smaller than this is zeroed and multiplied in full even when only a few of
 # its rows are looked up: a full pass over 4 MB takes well under a millisecond, and the Gram matrix
@@ -298,8 +326,24 @@ class GradientMethod:
     """Per-task gradients -> one gradient in p.grad. Subclasses implement `coefficients`."""
 
     name = "?"
+    summary = ""  # one line for --help and the Train form: what the method does
+    hyper: dict[str, Hyper] = {}  # its hyperparameters: settings <name>_<key> of TrainConfig
+    uses_losses = False  # coefficients() reads the (global) loss values
+    needs_gram = True  # coefficients() reads the Gram matrix: per-task gradients even without telemetry
+    weights_heads = False  # the task-only parameters (heads) get λ_k g_k too, not their plain g_k
 
-    def __init__(self, params, seed: int = 0, telemetry: bool = True, all_reduce: AllReduce | None = None):
+    def __init__(self, params, seed: int = 0, telemetry: bool = True, all_reduce: AllReduce | None = None,
+                 **hyper):
+        unknown = sorted(set(hyper) - set(self.hyper))
+        if unknown:
+            raise ValueError(f"{self.name} has no hyperparameter {', '.join(unknown)}; "
+                             f"its hyperparameters: {', '.join(self.hyper) or 'none'}")
+        for key, h in self.hyper.items():
+            value = hyper.get(key, h.default)
+            if not h.allows(value):
+                raise ValueError(f"setting {self.name}_{key}={value!r} is not allowed; allowed values: "
+                                 f"{h.describe(f'{self.name}_{key}')}")
+            setattr(self, key, value)
         seen: set[int] = set()
         self.params: list[nn.Parameter] = []
         for p in params:  # frozen params cannot be differentiated; tied ones must be written once
@@ -329,19 +373,31 @@ class GradientMethod:
         self._sparse: dict[int, torch.Tensor] = {}  # this step's row-sparse shared tables: index -> rows
 
     # subclasses: the (K, K) Gram matrix of the task gradients over the shared parameters (float64,
-    # CPU) -> (c, n): the update on the shared parameters is sum_k c[k] g_k (c = None: the plain sum,
-    # added in task order), n the number of projections. Task-only parameters always get their sum.
-    def coefficients(self, gram: torch.Tensor) -> tuple[torch.Tensor | None, int]:
+    # CPU; None when needs_gram is False and no telemetry is asked for) and, when uses_losses, the
+    # (K,) task losses (float64, CPU, averaged over the ranks under DDP) -> (c, n): the update on the
+    # shared parameters is sum_k c[k] g_k (c = None: the plain sum, added in task order), n the number
+    # of projections. Task-only parameters get their plain gradient, or c[k] g_k with weights_heads.
+    # Tasks come in order_tasks() order; a stateful method keys its state by position.
+    def coefficients(self, gram: torch.Tensor | None, losses: torch.Tensor | None
+                     ) -> tuple[torch.Tensor | None, int]:
         raise NotImplementedError
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Learned weighting parameters (uncertainty weighting's log-variances, ...): the trainer puts
+        them in an optimizer group of their own; backward() sets their .grad."""
+        return []
 
     def backward(self, losses: dict[str, torch.Tensor]) -> dict:
         tasks = self._check(losses)
+        values = self._global_losses(losses, tasks) if self.uses_losses else None
+        if not self.needs_gram and not self.telemetry:
+            return self._weighted_backward(losses, tasks, values)
         grads, n_shared = self._task_gradients([losses[t] for t in tasks])
         if self.all_reduce is not None:
             for k in range(len(tasks)):
                 self.all_reduce(grads[k])  # row k is contiguous: reduced in place
-        gram = self._gram(grads, n_shared)  # every dot product PCGrad and the telemetry need
-        c, n_proj = self.coefficients(gram)
+        gram = self._gram(grads, n_shared)  # every dot product the methods and the telemetry need
+        c, n_proj = self.coefficients(gram, values)
         stats = gradient_stats(grads, gram, tasks, n_shared) if self.telemetry else {}
         stats["projections"] = n_proj
         # the update on the shared parameters is sum_k weights[k] g_k: what the method made of each task
@@ -349,6 +405,30 @@ class GradientMethod:
         self._combine(grads, n_shared, c, self._buf.update[:grads.size(1)])
         self._write(self._buf.update_views)
         return stats
+
+    def _global_losses(self, losses: dict, tasks: list[str]) -> torch.Tensor:
+        """(K,) float64 on the CPU: the task losses, averaged over the ranks under DDP (so that every
+        rank's loss-based state follows the global batch)."""
+        values = torch.stack([losses[t].detach().float() for t in tasks])
+        if self.all_reduce is not None:
+            self.all_reduce(values)
+        return values.double().cpu()
+
+    def _weighted_backward(self, losses: dict, tasks: list[str], values: torch.Tensor | None) -> dict:
+        """One backward of sum_k c_k L_k (a loss-weighting method without telemetry: no per-task
+        gradients at all)."""
+        c, n = self.coefficients(None, values)
+        weights = [1.0] * len(tasks) if c is None else [float(x) for x in c]
+        total = sum(w * losses[t] for w, t in zip(weights, tasks))
+        if self.all_reduce is None:  # one plain backward: autograd's own gradient tensors
+            for p in self.params:
+                p.grad = None
+            torch.autograd.backward(total, inputs=self.params)
+        else:  # all_reduce is linear, so reducing the weighted sum = weighting the reduced gradients
+            grads, _ = self._task_gradients([total])
+            self.all_reduce(grads[0])
+            self._write(self._buf.row_views[0])
+        return {"projections": n, "weights": dict(zip(tasks, weights))}
 
     @property
     def grads(self) -> torch.Tensor | None:
@@ -498,7 +578,10 @@ class GradientMethod:
             view.zero_()
             part = self._table_rows(grads, i, rows)
             view.index_copy_(0, rows, (sum_rows(part) if c is None else (c @ part).squeeze(0)).view(len(rows), -1))
-        sum_rows(grads[:, n_shared:], out[n_shared:])
+        if c is not None and self.weights_heads:  # each task-only column has one non-zero row
+            torch.matmul(c, grads[:, n_shared:], out=out[n_shared:].unsqueeze(0))
+        else:
+            sum_rows(grads[:, n_shared:], out[n_shared:])
 
     def _write(self, views: list[torch.Tensor]) -> None:
         """p.grad = the parameter's view of `views` (a copy for a bf16 parameter); None if unused."""
@@ -512,25 +595,11 @@ class Sum(GradientMethod):
     """The seed: minimise L = sum of task losses; the gradient is g_sst + g_para + g_sts."""
 
     name = "sum"
+    summary = "add the task losses (equal weights)"
+    needs_gram = False
 
-    def coefficients(self, gram):
+    def coefficients(self, gram, losses):
         return None, 0
-
-    def backward(self, losses):
-        if self.telemetry:  # per-task gradients, so that cosines and norms can be reported
-            return super().backward(losses)
-        tasks = self._check(losses)
-        total = sum(losses[t] for t in tasks)
-        if self.all_reduce is None:  # one plain backward: autograd's own gradient tensors
-            for p in self.params:
-                p.grad = None
-            torch.autograd.backward(total, inputs=self.params)
-            return {"projections": 0, "weights": dict.fromkeys(tasks, 1.0)}
-        # all_reduce is linear, so reducing the summed gradient = summing the reduced ones
-        grads, _ = self._task_gradients([total])
-        self.all_reduce(grads[0])
-        self._write(self._buf.row_views[0])
-        return {"projections": 0, "weights": dict.fromkeys(tasks, 1.0)}
 
 
 class PCGrad(GradientMethod):
@@ -542,12 +611,14 @@ class PCGrad(GradientMethod):
     """
 
     name = "pcgrad"
+    summary = "project away the conflicting parts of the task gradients (Yu et al. 2020)"
 
-    def __init__(self, params, seed: int = 0, telemetry: bool = True, all_reduce: AllReduce | None = None):
-        super().__init__(params, seed, telemetry, all_reduce)
+    def __init__(self, params, seed: int = 0, telemetry: bool = True, all_reduce: AllReduce | None = None,
+                 **hyper):
+        super().__init__(params, seed, telemetry, all_reduce, **hyper)
         self.generator = torch.Generator().manual_seed(seed)  # CPU: the orders are tiny
 
-    def coefficients(self, gram):
+    def coefficients(self, gram, losses):
         K = gram.size(0)
         orders = [torch.randperm(K, generator=self.generator).tolist() for _ in range(K)]
         C, n = pcgrad_coefficients(gram, orders)
@@ -562,13 +633,3 @@ class PCGrad(GradientMethod):
         if not isinstance(gen, torch.Tensor):
             gen = torch.tensor(gen, dtype=torch.uint8)
         self.generator.set_state(gen.to(device="cpu", dtype=torch.uint8))
-
-
-METHODS: dict[str, type[GradientMethod]] = {"sum": Sum, "pcgrad": PCGrad}
-
-
-def make_method(name: str, params, seed: int = 0, telemetry: bool = True,
-                all_reduce: AllReduce | None = None) -> GradientMethod:
-    if name not in METHODS:
-        raise ValueError(f"setting gradient_method={name!r} is not allowed; allowed values: {', '.join(METHODS)}")
-    return METHODS[name](params, seed=seed, telemetry=telemetry, all_reduce=all_reduce)

@@ -32,7 +32,7 @@ from .checkpoint import load_base, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import SAMPLE_DIR, Example, batch_order, load_split, make_batch
 from .evaluate import evaluate, seed_average, shift_para_probs
-from .gradients import make_method
+from .methods import METHODS, make_method
 from .io import atomic_write_json
 from .model import ModelConfig, MultitaskBert
 from .quantize import for_inference
@@ -291,12 +291,16 @@ def head_params(model: MultitaskBert) -> list:
     return [p for h in model.heads().values() for p in h.parameters()]
 
 
-def build_optimizer(cfg: TrainConfig, model: MultitaskBert, device: torch.device, total_steps: int, clock):
+def build_optimizer(cfg: TrainConfig, model: MultitaskBert, device: torch.device, total_steps: int, clock,
+                    method_params: list | None = None):
     """(optimizer, lr scheduler). The groups: the encoder's (one per layer with layer_lr_decay < 1,
-    top first), then the heads' at head_lr. Their order is the order of the saved optimizer state.
+    top first), the heads' at head_lr, then the gradient method's learned task weights (if any) at
+    method_lr without weight decay. Their order is the order of the saved optimizer state.
     `clock()`: training seconds so far, for a schedule that follows the time budget."""
     groups = encoder_groups(model.encoder, cfg.lr, cfg.layer_lr_decay)
     groups.append({"params": head_params(model), "lr": cfg.head_lr or cfg.lr})
+    if method_params:
+        groups.append({"params": list(method_params), "lr": cfg.method_lr, "weight_decay": 0.0})
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[cfg.optimizer]
     extra = {"fused": True} if device.type == "cuda" else {}
     opt = opt_cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
@@ -307,8 +311,12 @@ def build_method(cfg: TrainConfig, model: MultitaskBert):
     """The gradient method over the trainable encoder weights, then the heads' (its flat layout).
     Under torchrun it averages each task's gradient over the ranks before combining them."""
     enc = [p for p in model.encoder.parameters() if p.requires_grad]
-    return make_method(cfg.gradient_method, enc + head_params(model), seed=cfg.seed, telemetry=True,
-                       all_reduce=dist.average_ if dist.active() else None)
+    hyper = {key: getattr(cfg, f"{cfg.gradient_method}_{key}") for key in METHODS[cfg.gradient_method].hyper}
+    method = make_method(cfg.gradient_method, enc + head_params(model), seed=cfg.seed, telemetry=True,
+                         all_reduce=dist.average_ if dist.active() else None, **hyper)
+    for p in method.parameters():  # learned task weights live beside the model
+        p.data = p.data.to(next(model.parameters()).device)
+    return method
 
 
 # ---- the run's state ------------------------------------------------------------------------------
@@ -400,11 +408,12 @@ class Trainer:
                          seed=cfg.seed, temperature=cfg.sampling_temperature, epochs=cfg.epochs)
         self.total_steps = min(cfg.epochs * self.plan.steps_per_epoch, cfg.max_steps or math.inf)
         self.state = TrainState()
+        self.method = build_method(cfg, self.model)
         self.opt, self.sched = build_optimizer(cfg, self.model, self.device, self.total_steps,
-                                               clock=lambda: self.state.train_time)
+                                               clock=lambda: self.state.train_time,
+                                               method_params=self.method.parameters())
         self.ema = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay else None
         self.eval_model = self.ema.model if self.ema else self.model
-        self.method = build_method(cfg, self.model)
         if self.resume:
             self._load_state()
 
@@ -564,7 +573,9 @@ class Trainer:
         method_weights = stats.pop("weights", {})
         stats["task_weights"] = {t: self.data.specs[t].weight * method_weights.get(t, 1.0) for t in losses}
         if self.cfg.grad_clip:
-            params = [p for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
+            weighting = {id(p) for p in self.method.parameters()}  # the model's gradient only
+            params = [p for g in self.opt.param_groups for p in g["params"]
+                      if p.grad is not None and id(p) not in weighting]
             total = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
             stats["grad_norm_total"] = float(total)
         lr = self.sched.get_last_lr()[0]  # the rate this update uses (the top layer's)

@@ -7,7 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mtbert import gradients
-from mtbert.gradients import METHODS, make_method, pcgrad_coefficients, pcgrad_project, sum_rows
+from mtbert.gradients import pcgrad_coefficients, pcgrad_project, sum_rows
+from mtbert.methods import METHODS, make_method
 
 
 def T(*rows):

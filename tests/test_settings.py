@@ -145,7 +145,7 @@ def test_settings_form_reads_the_declarations():
                 assert s.help.endswith(f" · Allowed: {allowed_values(f)}")
     order = [s.section for s in settings.settings_spec()]
     assert order[0] == "Model and tasks" and sorted(set(order), key=order.index) == \
-        ["Model and tasks", "Optimisation", "Budget", "Evaluation", "Machine"]  # each section in one piece
+        ["Model and tasks", "Multitask method", "Optimisation", "Budget", "Evaluation", "Machine"]  # each in one piece
 
 
 def test_the_model_card_lists_the_settings_declared_for_it_and_no_paths():
