@@ -12,9 +12,17 @@ from ..gradients import AllReduce, GradientMethod, Hyper, PCGrad, Sum
 
 __all__ = ["METHODS", "GradientMethod", "Hyper", "make_method", "method_settings"]
 
-# in the order --help and the Train form list them: the seed's two, the gradient methods, the
-# loss-weighting methods
-METHODS: dict[str, type[GradientMethod]] = {cls.name: cls for cls in (Sum, PCGrad)}
+# gradient methods: task weights from the Gram matrix of the per-task gradients
+GRADIENT_METHODS: tuple[type[GradientMethod], ...] = ()
+
+
+# loss-weighting methods: task weights from the losses (one backward on the weighted sum)
+LOSS_WEIGHTINGS: tuple[type[GradientMethod], ...] = ()
+
+
+# in the order --help and the Train form list them
+METHODS: dict[str, type[GradientMethod]] = {cls.name: cls for cls in (Sum, PCGrad, *GRADIENT_METHODS,
+                                                                       *LOSS_WEIGHTINGS)}
 
 
 def method_settings() -> dict[str, tuple[str, str, Hyper]]:
