@@ -52,3 +52,29 @@ def test_two_process_run_equals_single_process(tiny_base, tmp_path, method):
     # one run folder, written once: rank 0 only
     recs = [json.loads(x) for x in (tmp_path / "b" / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs if r["type"] == "step"] == [1, 2, 3]
+
+
+def test_every_method_on_two_processes_equals_one_process_on_the_global_batch(tmp_path):
+    """Each method of METHODS, a few SGD steps on a small three-task model: 2 gloo ranks, each on half
+    of every task's batch, end with the parameters (and learned task weights) of one process on the
+    whole batch. The per-task gradients are averaged before the method runs, and a method that reads
+    the losses (uw, dwa, gradnorm, famo) reads the global ones."""
+    from ddp_methods import train
+
+    from mtbert.methods import METHODS
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--nnodes", "1",
+                "--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
+    two = subprocess.run([*torchrun, str(REPO / "tests" / "ddp_methods.py"), str(tmp_path)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    from ddp_methods import Net
+    start = Net().state_dict()
+    for name in METHODS:
+        one = train(name)
+        assert max((one[k] - start[k]).abs().max() for k in start) > 1e-3, name  # the steps moved the weights
+        got = load_file(str(tmp_path / f"{name}.safetensors"))
+        assert set(got) == set(one), name
+        for k in one:
+            assert torch.allclose(got[k], one[k], atol=1e-10, rtol=1e-9), (name, k, (got[k] - one[k]).abs().max())
