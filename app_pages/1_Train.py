@@ -392,7 +392,7 @@ st.selectbox("Preset", [*PRESETS, DEFAULTS], key="preset", on_change=apply_prese
                   "takes); the quick CPU demo trains for about 2.5 minutes on 2 CPU cores.")
 with st.form("settings"):
     for section in dict.fromkeys(s.section for s in SPEC):
-        with st.expander(section, expanded=section in ("Model and tasks", "Budget")):
+        with st.expander(section, expanded=section in ("Model and tasks", "Multitask method", "Budget")):
             cols = st.columns(4)
             for i, s in enumerate(x for x in SPEC if x.section == section):
                 with cols[i % 4]:

@@ -83,17 +83,17 @@ class TrainConfig:
                                                  "trainer writes them into config.json, so a run resumes and its "
                                                  "checkpoints load without the task file); none: from the "
                                                  "built-in tasks and the task file")
-    schedule: str = setting("parallel", section=MODEL, label="Task schedule",
+    schedule: str = setting("parallel", section=METHOD, label="Task schedule",
                             choices=("parallel", "round-robin", "proportional", "temperature", "annealed"),
                             help="parallel: one batch of every task per step; round-robin: a pass of one task, "
                                  "then the next; proportional, temperature, annealed: one task per step, drawn "
                                  "with probability proportional to its number of batches N, to N^(1/τ), or to "
                                  "N^α with α annealed from 1 to 0.2 over the epochs (Stickland and Murray 2019)")
-    sampling_temperature: float = setting(2.0, section=MODEL, label="Sampling temperature τ", range=AT_LEAST_1,
+    sampling_temperature: float = setting(2.0, section=METHOD, label="Sampling temperature τ", range=AT_LEAST_1,
                                           help="the temperature schedule's τ: a task is drawn with probability "
                                                "proportional to N^(1/τ); 1 is proportional, larger is closer to "
                                                "uniform")
-    gradient_method: str = setting("sum", section=MODEL, label="Gradient method", choices=tuple(METHODS),
+    gradient_method: str = setting("sum", section=METHOD, label="Gradient method", choices=tuple(METHODS),
                                    help="; ".join(f"{n}: {cls.summary}" for n, cls in METHODS.items())
                                    + " (docs/methods.md)")
     # each method's hyperparameters (<method>_<key>), declared on the method's class
