@@ -319,3 +319,27 @@ def test_lora_mode_trains_adapters_and_heads_saves_adapter_checkpoints_and_resum
     assert sorted(a) == sorted(b) and max(a) > 5
     for s in a:
         assert b[s]["loss"] == a[s]["loss"], f"step {s} differs after resume"
+
+
+def test_playground_lists_loads_and_explains_an_adapter_checkpoint(adapter_checkpoint, tmp_path, monkeypatch):
+    from mtbert.studio import checkpoints
+    from mtbert.studio import playground as pg
+    monkeypatch.setenv("MTBERT_RUNS_DIR", str(tmp_path / "runs"))
+    from mtbert import runfolder
+    run = tmp_path / "runs" / "20260101-000000-lora"
+    best = shutil.copytree(adapter_checkpoint, run / "best")
+    runfolder.write_config(run, TrainConfig(mode="lora").to_dict())
+    assert str(best) in [r.path for r in checkpoints.list_checkpoints()]
+    local, ltok, _ = load_checkpoint(adapter_checkpoint)
+    text = "A gorgeous, witty, seductive movie."
+    for precision, atol in (("fp32", 1e-6), ("int8", 0.1)):
+        model, tok, meta = pg.load_model(str(best), precision=precision)
+        assert lora_of(model) is not None and meta["precision"] == precision
+        got, want = pg.sentiment(model, tok, text), pg.sentiment(local, ltok, text)
+        assert got.keys() == want.keys()
+        torch.testing.assert_close(torch.tensor(got["probs"]), torch.tensor(want["probs"]), atol=atol, rtol=0)
+    view = pg.attention(local, ltok, text)  # the padded path with attention probabilities, through the hooks
+    assert len(view.attentions) == len(local.encoder.layers)
+    attr = pg.attribution(local, ltok, "sst", text)  # gradients through the adapters
+    total = sum(float(a.sum()) for a in attr.attributions)  # Integrated Gradients' completeness
+    assert abs(total - (attr.f_x - attr.f_baseline)) < 0.05 * abs(attr.f_x - attr.f_baseline) + 1e-4
