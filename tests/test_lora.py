@@ -343,3 +343,14 @@ def test_playground_lists_loads_and_explains_an_adapter_checkpoint(adapter_check
     attr = pg.attribution(local, ltok, "sst", text)  # gradients through the adapters
     total = sum(float(a.sum()) for a in attr.attributions)  # Integrated Gradients' completeness
     assert abs(total - (attr.f_x - attr.f_baseline)) < 0.05 * abs(attr.f_x - attr.f_baseline) + 1e-4
+
+
+def test_export_merge_of_a_heads_only_checkpoint_writes_the_base_in(tiny_base, tmp_path):
+    encoder, tok = load_encoder(tiny_base)
+    torch.manual_seed(2)
+    model = MultitaskBert(encoder, ModelConfig()).eval()
+    ck = save_checkpoint(model, tok, tmp_path / "heads", base=str(tiny_base), include_encoder=False)
+    assert main(["export", "--checkpoint", str(ck), "--out", str(tmp_path / "merged"), "--merge"]) == 0
+    merged, mtok, _ = load_checkpoint(tmp_path / "merged")
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+    assert_close(predictions(merged, mtok), predictions(model, tok), atol=1e-6)
