@@ -10,7 +10,11 @@ Hub read its encoder), plus `heads.safetensors`, `mtbert.json` (the model config
 `metrics.json`. mtbert.json holds the task definitions, so a checkpoint loads and predicts without
 the task file it was trained from; one saved before tasks were data (no `tasks` in its model
 config) is read as the built-in trio. A heads-only checkpoint (frozen encoder) names its base model and that model's
-sha256 in `mtbert.json` instead of copying the encoder.
+sha256 in `mtbert.json` instead of copying the encoder. An adapter checkpoint (mode lora) is a
+heads-only checkpoint plus `adapters.safetensors` (the LoRA A and B matrices, mtbert/lora.py) and the
+LoRA settings in `mtbert.json` (`lora`); loading it rebuilds the verified base and attaches them.
+`export_checkpoint(..., merge=True)` writes any checkpoint as a self-contained Hugging Face BERT folder,
+the adapters folded into the encoder's weights.
 """
 from __future__ import annotations
 
@@ -27,12 +31,15 @@ from safetensors.torch import load_file, save_file
 
 from .bert import BertConfig, BertModel
 from .io import atomic_write_bytes, finite, fsync_path
+from .lora import ADAPTERS_FILE, LoraConfig, LoraError, add_lora, lora_of, merge_lora
 from .model import ModelConfig, MultitaskBert
 from .tokenizer import DEFAULT_MAX_LENGTH, Tokenizer
 
 MINILM = "minilm-l6"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 HUB_FILES = ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json")
+# what a tokenizer folder may hold besides tokenizer.json; a merged export copies them from the base
+TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -89,10 +96,10 @@ def download_from_hub(repo_id: str, revision: str | None = None, token: str | No
     try:
         files = set(HfApi(token=token).list_repo_files(repo_id, revision=revision))
         weights = next((w for w in WEIGHT_FILES if w in files), None)
-        if weights is None:
+        if weights is None and "mtbert.json" not in files:  # a heads-only or adapter checkpoint names its base
             raise CheckpointError(f"Hub repo {repo_id}: no {' or '.join(WEIGHT_FILES)} in it")
-        wanted = [f for f in (*HUB_FILES, weights, "heads.safetensors", "mtbert.json", "metrics.json")
-                  if f in files]
+        wanted = [f for f in (*HUB_FILES, weights, "heads.safetensors", ADAPTERS_FILE, "mtbert.json",
+                              "metrics.json") if f in files]
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=wanted, token=token))
     except RepositoryNotFoundError as e:
         raise CheckpointError(f"Hub repo {repo_id}: not found (or private and no HF_TOKEN given)") from e
@@ -182,6 +189,11 @@ def save_checkpoint(model: MultitaskBert, tokenizer: Tokenizer, folder: str | Pa
     try:
         meta = {"format": "mtbert-checkpoint", "version": 2, "model": model.cfg.to_dict(),
                 "max_length": tokenizer.max_length, "base_model": base, **(extra or {})}
+        lora = lora_of(model)
+        if lora is not None:  # the adapters alone; the base encoder is named below (or written, include_encoder)
+            meta["lora"] = lora.cfg.to_dict()
+            save_file({k: v.detach().cpu().contiguous() for k, v in lora.state_dict().items()},
+                      str(tmp / ADAPTERS_FILE))
         if include_encoder:
             _write_json(tmp / "config.json", model.encoder.config.to_hf_dict())
             save_file(model.encoder.hf_state_dict(), str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -224,13 +236,15 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[MultitaskBer
             raise CheckpointError(f"{folder}: no encoder weights and no base_model named in mtbert.json")
         base_folder = resolve_base(base)
         want = meta.get("base_model_sha256")
-        if want and sha256_file(base_folder / "model.safetensors") != want:
-            raise CheckpointError(f"{folder}: base model {base} does not have the sha256 {want} "
-                                  "this checkpoint was trained on")
+        if want and (got := sha256_file(base_folder / "model.safetensors")) != want:
+            raise CheckpointError(f"{folder}: base model {base} has the sha256 {got}, not the sha256 {want} "
+                                  "this checkpoint was trained on; give it that base model")
         encoder, tok = load_encoder(base_folder, max_length)
         if (folder / "tokenizer.json").is_file():
             tok = Tokenizer.from_folder(folder, max_length)
     model = MultitaskBert(encoder, cfg)
+    if meta.get("lora") is not None:
+        _load_adapters(model, folder, meta["lora"], meta_path)
     heads_path = folder / "heads.safetensors"
     try:
         sd = load_file(str(heads_path))
@@ -247,6 +261,70 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[MultitaskBer
     meta["metrics"] = _read_json(folder / "metrics.json", {})
     meta["path"] = str(folder)
     return model.to(device).eval(), tok, meta
+
+
+def _load_adapters(model: MultitaskBert, folder: Path, settings, meta_path: Path) -> None:
+    try:
+        lora = add_lora(model, LoraConfig.from_dict(settings))
+    except (LoraError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{meta_path}: unusable lora settings ({e})") from e
+    path = folder / ADAPTERS_FILE
+    try:
+        lora.load_state_dict(load_file(str(path)), strict=True)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: missing (mtbert.json names LoRA adapters)") from e
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path}: adapters do not fit the base model and lora settings ({e})") from e
+
+
+def export_checkpoint(src: str | Path, out: str | Path, merge: bool = False) -> Path:
+    """Copy a checkpoint folder to `out` without the trainer's resume state; with merge, write it as a
+    self-contained Hugging Face BERT folder instead: LoRA adapters folded into the encoder's weights
+    (W + (alpha/r) B A), the base's weights for a heads-only checkpoint, plus the heads, the task
+    definitions and the base's tokenizer files. `out` must not exist yet."""
+    from .runfolder import STATE_JSON, STATE_TENSORS
+    src, out = Path(src), Path(out)
+    if out.exists():
+        raise CheckpointError(f"--out {out}: already exists; give a new folder")
+    model, tok, meta = load_checkpoint(src)  # checks the checkpoint whole, either way
+    if not merge:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_made(out.parent)))
+        try:
+            for f in sorted(Path(meta["path"]).iterdir()):
+                if f.is_file() and not f.is_symlink() and f.name not in (STATE_JSON, STATE_TENSORS):
+                    shutil.copy2(f, tmp / f.name)
+            _replace_dir(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+    lora = lora_of(model)
+    merge_lora(model)
+    keep = {k: meta[k] for k in ("run_id", "step", "train_config") if k in meta}
+    if lora is not None:
+        keep["merged_lora"] = lora.cfg.to_dict()
+    base = meta.get("base_model")
+
+    def tokenizer_files(tmp: Path) -> None:
+        # transformers' AutoTokenizer reads these beside tokenizer.json; from the checkpoint, else a base
+        # that is here already (never downloaded for this)
+        sources = [Path(meta["path"])]
+        if base and (base == MINILM or Path(base).expanduser().is_dir()):
+            sources.append(resolve_base(base))
+        for name in TOKENIZER_FILES:
+            found = next((s / name for s in sources if (s / name).is_file()), None)
+            if found is not None:
+                shutil.copy2(found, tmp / name)
+
+    return save_checkpoint(model, tok, out, base=base, metrics=meta.get("metrics"), include_encoder=True,
+                           extra=keep, write_extra=tokenizer_files)
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def set_logit_offset(folder: str | Path, task: str, offset: float) -> None:

@@ -444,6 +444,31 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="copy a checkpoint, or with --merge write it as a plain Hugging Face BERT folder",
+                       description="Without --merge: copy the checkpoint folder to --out, leaving out the trainer's "
+                                   "resume state. With --merge: fold LoRA adapters into the encoder's weights "
+                                   "(W + alpha/r B A) and write a self-contained Hugging Face BERT folder "
+                                   "(config.json, model.safetensors, tokenizer files) with the task heads and "
+                                   "definitions; transformers' BertModel.from_pretrained and load_checkpoint "
+                                   "both read it. A heads-only checkpoint gets its base's weights written in.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder or Hub repo id")
+    p.add_argument("--out", required=True, help="the folder to write (must not exist yet)")
+    p.add_argument("--merge", action="store_true", help="merge the adapters and write the encoder's weights")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    from .checkpoint import CheckpointError, export_checkpoint
+    try:
+        out = export_checkpoint(args.checkpoint, args.out, merge=args.merge)
+    except (CheckpointError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}" + (" (merged: a plain Hugging Face BERT folder plus the heads)" if args.merge else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mtbert", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -454,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_submit(sub)
     _add_probe(sub)
     _add_report(sub)
+    _add_export(sub)
     data = sub.add_parser("data", help="data commands (fetch, check)", description="Data commands.")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     from . import fetch, hub

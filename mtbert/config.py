@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .io import read_document
+from .lora import TARGETS as LORA_TARGETS, parse_targets
 from .methods import METHODS, method_settings
 from .tasks import BUILTIN_NAMES, TaskSpec, available_tasks, select, specs_from_dicts, with_weight
 
@@ -66,8 +67,19 @@ class TrainConfig:
     base_model: str = setting("minilm-l6", section=MODEL, label="Base model", card=False,  # the card has its own line
                               help="minilm-l6 (the packaged all-MiniLM-L6-v2), a local BERT folder, or a Hub id "
                                    "(e.g. bert-base-uncased)")
-    mode: str = setting("finetune", section=MODEL, label="Training mode", choices=("finetune", "frozen"),
-                        help="finetune: train the encoder too; frozen: train the heads only (the seed's first mode)")
+    mode: str = setting("finetune", section=MODEL, label="Training mode", choices=("finetune", "frozen", "lora"),
+                        help="finetune: train the encoder too; frozen: train the heads only (the seed's first mode); "
+                             "lora: train low-rank adapters of the frozen encoder and the heads (docs/lora.md)")
+    # LoRA (mode: lora): h = W x + (alpha/r) B A x on the chosen Linear layers of every encoder layer
+    lora_rank: int = setting(8, section=MODEL, label="LoRA rank r", range=AT_LEAST_1,
+                             help="mode lora: the rank r of each adapter (A is r x in, B is out x r)")
+    lora_alpha: float = setting(16.0, section=MODEL, label="LoRA alpha", range=ABOVE_0,
+                                help="mode lora: the adapters' update is scaled by alpha / r")
+    lora_targets: list = setting(list(LORA_TARGETS), section=MODEL, label="LoRA target layers",
+                                 help="mode lora: the Linear layers of each encoder layer that get adapters, "
+                                      f"comma-separated; allowed: {', '.join(LORA_TARGETS)}")
+    lora_dropout: float = setting(0.1, section=MODEL, label="LoRA dropout", range=Range(0, 1, high_open=True),
+                                  help="mode lora: dropout on the adapters' input")
     freeze_word_embeddings: bool = setting(False, section=MODEL, label="Freeze word embeddings",
                                            help="keep the word-embedding table as it is (12 M of MiniLM's 22.7 M "
                                                 "weights): cheaper steps and smaller PCGrad buffers")
@@ -232,6 +244,7 @@ class TrainConfig:
             if allowed_values(f) and not allows(f, value):
                 raise ValueError(f"setting {f.name}={value!r} is not allowed; allowed values: {allowed_values(f)}")
         self.full_eval_at_s = sorted(float(x) for x in self.full_eval_at_s)
+        self.lora_targets = parse_targets(self.lora_targets)  # a list of names, checked against the allowed ones
         self.tasks = [s.name for s in self.task_specs()]  # checked, in the order of definition
 
     def defined_tasks(self) -> list[TaskSpec]:

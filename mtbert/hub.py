@@ -145,6 +145,8 @@ def model_card(folder: str | Path, repo_id: str, license: str = DEFAULT_LICENSE)
              f"- **Base model:** {base_text}",
              f"- **Tasks trained:** {', '.join(f'{s.title} ({s.name})' for s in specs)}",
              "- **Encoder:** " + ("fine-tuned weights included" if has_encoder
+                                  else "LoRA adapters of the frozen base (`adapters.safetensors`)"
+                                  if (folder / "adapters.safetensors").is_file()
                                   else "not included (frozen base; heads only)"),
              f"- **Pooling:** {model_cfg.get('pooling', '?')}",
              f"- **Licence:** {license}", ""]

@@ -34,6 +34,7 @@ from .data import SAMPLE_DIR, Example, batch_order, load_split, make_batch
 from .evaluate import evaluate, seed_average, shift_para_probs
 from .methods import METHODS, make_method
 from .io import atomic_write_json
+from .lora import LoraConfig, add_lora, lora_parameters
 from .model import ModelConfig, MultitaskBert
 from .quantize import for_inference
 from .runfolder import LAST, LAST_ASIDE, STATE_JSON, STATE_TENSORS, new_run_dir
@@ -277,11 +278,13 @@ def build_model(cfg: TrainConfig, tasks: list, device: torch.device, checkpoint:
     else:
         encoder, tok = load_base(cfg.base_model, cfg.max_length, dropout=cfg.dropout)
         model = MultitaskBert(encoder, ModelConfig(pooling=cfg.pooling, dropout=cfg.dropout, tasks=tasks))
+        if cfg.mode == "lora":  # after the heads: A's initialisation draws from the global generator too
+            add_lora(model, LoraConfig(cfg.lora_rank, cfg.lora_alpha, tuple(cfg.lora_targets), cfg.lora_dropout))
     model.to(device).train()
     if dist.active():  # every rank starts from rank 0's heads
         dist.broadcast_model(model)
-    if cfg.mode == "frozen":  # the seed's "pre-trained embeddings" mode: heads only
-        model.encoder.requires_grad_(False)
+    if cfg.mode in ("frozen", "lora"):  # frozen: the seed's "pre-trained embeddings" mode, heads only;
+        model.encoder.requires_grad_(False)  # lora: the heads and the adapters (model.lora, not in the encoder)
     if cfg.freeze_word_embeddings:
         model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
     return model, tok
@@ -298,6 +301,8 @@ def build_optimizer(cfg: TrainConfig, model: MultitaskBert, device: torch.device
     method_lr without weight decay. Their order is the order of the saved optimizer state.
     `clock()`: training seconds so far, for a schedule that follows the time budget."""
     groups = encoder_groups(model.encoder, cfg.lr, cfg.layer_lr_decay)
+    if lora_parameters(model):  # the adapters stand in for the encoder: its learning rate
+        groups.insert(0, {"params": lora_parameters(model), "lr": cfg.lr})
     groups.append({"params": head_params(model), "lr": cfg.head_lr or cfg.lr})
     if method_params:
         groups.append({"params": list(method_params), "lr": cfg.method_lr, "weight_decay": 0.0})
@@ -310,7 +315,7 @@ def build_optimizer(cfg: TrainConfig, model: MultitaskBert, device: torch.device
 def build_method(cfg: TrainConfig, model: MultitaskBert):
     """The gradient method over the trainable encoder weights, then the heads' (its flat layout).
     Under torchrun it averages each task's gradient over the ranks before combining them."""
-    enc = [p for p in model.encoder.parameters() if p.requires_grad]
+    enc = [p for p in model.encoder.parameters() if p.requires_grad] + lora_parameters(model)
     hyper = {key: getattr(cfg, f"{cfg.gradient_method}_{key}") for key in METHODS[cfg.gradient_method].hyper}
     method = make_method(cfg.gradient_method, enc + head_params(model), seed=cfg.seed, telemetry=True,
                          all_reduce=dist.average_ if dist.active() else None, **hyper)
