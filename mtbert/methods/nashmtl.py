@@ -34,7 +34,7 @@ class NashMTL(GradientMethod):
         a = nash_weights(gram / scale)
         if a is None:
             a = nash_weights(gram / scale + RIDGE * torch.eye(K, dtype=torch.float64))
-        norm = float(a @ gram @ a) ** 0.5
+        norm = max(float(a @ gram @ a), 0.0) ** 0.5
         if self.max_norm > 0 and norm > self.max_norm:
             a = a * (self.max_norm / norm)
         return a, 0
