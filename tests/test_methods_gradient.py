@@ -343,6 +343,13 @@ def test_zero_gradients_give_finite_weights(name):
         assert w.shape == (K,) and torch.isfinite(w).all()
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_non_finite_gradients_stop_with_a_clear_message(name):
+    gram = T([1, float("nan")], [float("nan"), 1])
+    with pytest.raises(FloatingPointError, match=f"gradient_method={name}: the task gradients are not finite"):
+        method(name).coefficients(gram, None)
+
+
 # ---- through backward on a small model ----------------------------------------------------------
 
 class Small(nn.Module):

@@ -11,6 +11,14 @@ import torch
 from scipy.optimize import brentq, nnls
 
 
+def check_finite(gram: torch.Tensor, method: str) -> None:
+    """A clear stop instead of a solver's own error when a task gradient overflowed (the losses
+    themselves are checked by the trainer)."""
+    if not torch.isfinite(gram).all():
+        raise FloatingPointError(f"gradient_method={method}: the task gradients are not finite (an "
+                                 "overflow in the backward pass); lower the learning rate or keep grad_clip on")
+
+
 def gram_factor(gram: torch.Tensor) -> np.ndarray:
     """R (K, K) with R^T R = gram: the task gradients written in a K-dimensional basis of their
     span, so that any problem on the vectors becomes one on K numbers each. Tiny negative

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..gradients import GradientMethod
+from ._solvers import check_finite
 
 
 class AlignedMTL(GradientMethod):
@@ -18,6 +19,7 @@ class AlignedMTL(GradientMethod):
     summary = "align the task gradients to equal, orthogonal components (Aligned-MTL, Senushkin et al. 2023)"
 
     def coefficients(self, gram, losses):
+        check_finite(gram, self.name)
         K = gram.size(0)
         mean = torch.full((K,), 1.0 / K, dtype=torch.float64)
         lam, V = torch.linalg.eigh(gram, UPLO="U")

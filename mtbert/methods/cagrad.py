@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..gradients import GradientMethod, Hyper
-from ._solvers import cagrad_weights, trace_normalise
+from ._solvers import cagrad_weights, check_finite, trace_normalise
 
 # ||g_w|| below this, in units of the gradients' total norm: a Pareto-stationary point, no update
 # (torchjd's norm_eps)
@@ -25,4 +25,5 @@ class CAGrad(GradientMethod):
                         "worst task's (the paper's 0.5)", low=0.0)}
 
     def coefficients(self, gram, losses):
+        check_finite(gram, self.name)
         return cagrad_weights(trace_normalise(gram, 0.0), self.c, STATIONARY), 0

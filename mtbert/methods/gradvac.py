@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..gradients import AllReduce, GradientMethod, Hyper
+from ._solvers import check_finite
 
 EPS = 1e-8  # added to the denominators (torchjd's default)
 
@@ -37,6 +38,7 @@ class GradVac(GradientMethod):
         self.phi_hat = torch.zeros(0, 0, dtype=torch.float64)
 
     def coefficients(self, gram, losses):
+        check_finite(gram, self.name)
         K = gram.size(0)
         if self.phi_hat.shape != (K, K):
             self.phi_hat = torch.zeros(K, K, dtype=torch.float64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..gradients import GradientMethod
+from ._solvers import check_finite
 
 
 class IMTLG(GradientMethod):
@@ -18,6 +19,7 @@ class IMTLG(GradientMethod):
     summary = "equal projections of the update on every task's unit gradient (IMTL-G, Liu et al. 2021)"
 
     def coefficients(self, gram, losses):
+        check_finite(gram, self.name)
         v = torch.linalg.pinv(gram) @ gram.diagonal().clamp(min=0).sqrt()
         total = v.sum()
         return (torch.zeros_like(v) if total.abs() < 1e-12 else v / total), 0

@@ -3,7 +3,7 @@ Sener and Koltun, NeurIPS 2018)."""
 from __future__ import annotations
 
 from ..gradients import GradientMethod
-from ._solvers import min_norm_weights
+from ._solvers import check_finite, min_norm_weights
 
 
 class MGDA(GradientMethod):
@@ -18,4 +18,5 @@ class MGDA(GradientMethod):
     summary = "the min-norm point of the convex hull of the task gradients (MGDA, Sener and Koltun 2018)"
 
     def coefficients(self, gram, losses):
+        check_finite(gram, self.name)
         return min_norm_weights(gram), 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..gradients import GradientMethod, Hyper
-from ._solvers import nash_weights
+from ._solvers import check_finite, nash_weights
 
 RIDGE = 1e-8  # added to the normalised Gram's diagonal when G a = 1/a has no solution
 
@@ -27,6 +27,7 @@ class NashMTL(GradientMethod):
                                "longer (the paper's 1); 0 turns the scaling off", low=0.0)}
 
     def coefficients(self, gram, losses):
+        check_finite(gram, self.name)
         K = gram.size(0)
         scale = torch.linalg.matrix_norm(gram)
         if scale == 0:

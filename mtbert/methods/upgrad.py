@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ..gradients import GradientMethod, Hyper
-from ._solvers import lower_bound_projection, trace_normalise
+from ._solvers import check_finite, lower_bound_projection, trace_normalise
 
 
 class UPGrad(GradientMethod):
@@ -32,6 +32,7 @@ class UPGrad(GradientMethod):
     }
 
     def coefficients(self, gram, losses):
+        check_finite(gram, self.name)
         K = gram.size(0)
         G = (trace_normalise(gram, self.norm_eps) + self.reg_eps * torch.eye(K, dtype=torch.float64)).numpy()
         G = (G + G.T) / 2
