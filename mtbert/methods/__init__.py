@@ -13,7 +13,15 @@ from ..gradients import AllReduce, GradientMethod, Hyper, PCGrad, Sum
 __all__ = ["METHODS", "GradientMethod", "Hyper", "make_method", "method_settings"]
 
 # gradient methods: task weights from the Gram matrix of the per-task gradients
-GRADIENT_METHODS: tuple[type[GradientMethod], ...] = ()
+from .alignedmtl import AlignedMTL  # noqa: E402 (each family's imports beside its line)
+from .cagrad import CAGrad  # noqa: E402
+from .gradvac import GradVac  # noqa: E402
+from .imtlg import IMTLG  # noqa: E402
+from .mgda import MGDA  # noqa: E402
+from .nashmtl import NashMTL  # noqa: E402
+from .upgrad import UPGrad  # noqa: E402
+
+GRADIENT_METHODS: tuple[type[GradientMethod], ...] = (GradVac, CAGrad, IMTLG, MGDA, NashMTL, AlignedMTL, UPGrad)
 
 
 # loss-weighting methods: task weights from the losses (one backward on the weighted sum)
