@@ -70,4 +70,5 @@ if __name__ == "__main__":
         state = train(name, rank, world, all_reduce=average_)
         if rank == 0:
             save_file({k: v.contiguous() for k, v in state.items()}, str(out / f"{name}.safetensors"))
+    dist.barrier()  # both ranks done with their collectives before the group goes away
     dist.destroy_process_group()
