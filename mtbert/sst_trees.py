@@ -20,7 +20,6 @@ from .data import DataError, Example
 # "(", ")", or a run of anything else with backslash escapes kept inside (so `\(` is part of a word).
 # Only ASCII blanks separate tokens: the treebank's `8\xa01\\/2` is one word with a no-break space.
 TOKEN = re.compile(r"[()]|(?:\\.|[^ \t\r\n\f\v()\\])+")
-BRACKET_ESCAPES = {"\\(": "(", "\\)": ")"}
 PHRASE_ID = "{sentence_id}#phrase{node}"  # a phrase example's id: where it came from, and not a sentence's
 
 
@@ -80,7 +79,7 @@ def parse_tree(text: str, classes: int = 5, where: str = "") -> tuple[list[str],
             if node[3] and node[4]:
                 fail(i, "a node with both words and sub-trees")
         else:
-            words.append(BRACKET_ESCAPES.get(tok, tok))
+            words.append(tok.replace("\\(", "(").replace("\\)", ")"))
             node[3] = True
         i += 1
     if stack:
@@ -141,6 +140,30 @@ def phrase_examples(path, sentences: list[Example], min_words: int = 2, classes:
                f"trees in {Path(path).name} (those whose sentence is among the {len(sentences):,} training "
                "sentences)")
     return out, summary
+
+
+class PhraseDraw:
+    """k phrases per batch, through one seeded permutation of all phrases after another: batch n takes
+    places n*k .. n*k+k-1 of that endless sequence, so every phrase comes once before any comes twice,
+    and what batch n gets depends on (seed, n) alone (a resumed run draws the same phrases)."""
+
+    def __init__(self, phrases: list[Example], k: int, seed: int):
+        self.phrases, self.k, self.seed = phrases, k, seed
+        self._cycle: tuple[int, list[int]] | None = None
+
+    def order(self, cycle: int) -> list[int]:
+        if self._cycle is None or self._cycle[0] != cycle:
+            import torch  # here: reading trees (the CLI, the studio) should not load torch
+            g = torch.Generator().manual_seed(self.seed + 7_919 * (cycle + 1))
+            self._cycle = (cycle, torch.randperm(len(self.phrases), generator=g).tolist())
+        return self._cycle[1]
+
+    def __call__(self, batch_number: int) -> list[Example]:
+        out = []
+        for place in range(batch_number * self.k, (batch_number + 1) * self.k):
+            cycle, at = divmod(place, len(self.phrases))
+            out.append(self.phrases[self.order(cycle)[at]])
+        return out
 
 
 def root_agreement(trees: list[Tree], sentences: list[Example]) -> float:
