@@ -126,6 +126,16 @@ class TrainConfig:
     cosent_scale: float = setting(20.0, section=MODEL, label="CoSENT scale λ", range=ABOVE_0,
                                   help="CoSENT's λ: log(1 + Σ exp(λ (cos_j - cos_i))) over the pairs with "
                                        "y_i > y_j (Su 2022 uses 20)")
+    sst_phrases_file: str | None = setting(None, section=MODEL, label="SST trees file (phrase training)", card=False,
+                                           help="none: SST trains on whole sentences; else the treebank's PTB trees "
+                                                "of the training sentences (sst-trees/train.txt), whose labelled "
+                                                "phrases fill part of each SST batch (docs/quality.md)")
+    sst_phrase_ratio: float = setting(0.0, section=MODEL, label="SST phrase share of a batch",
+                                      range=Range(0, 1, high_open=True),
+                                      help="the fraction of each SST batch given to treebank phrases "
+                                           "(round(ratio x batch size), at least 1); used with an SST trees file")
+    sst_phrase_min_words: int = setting(2, section=MODEL, label="SST phrase minimum words", range=AT_LEAST_1,
+                                        help="phrases shorter than this many words (tokens) are left out")
     dropout: float = setting(0.1, section=MODEL, label="Dropout", range=Range(0, 1, high_open=True),
                              help="the encoder's (hidden and attention) and the task heads'")
     rdrop_alpha: float = setting(0.0, section=MODEL, label="R-Drop α", range=AT_LEAST_0,
@@ -223,16 +233,6 @@ class TrainConfig:
                                         "data/cs224n: where `python -m mtbert data fetch` puts the CS224N files")
     quora_train: str | None = setting(None, section=DATA, label="Quora train file", card=False,
                                       help="another Quora train file instead of the data folder's quora-train.csv")
-    sst_phrases_file: str | None = setting(None, section=DATA, label="SST trees file (phrase training)", card=False,
-                                           help="none: SST trains on whole sentences; else the treebank's PTB trees "
-                                                "of the training sentences (sst-trees/train.txt), whose labelled "
-                                                "phrases fill part of each SST batch (docs/quality.md)")
-    sst_phrase_ratio: float = setting(0.0, section=DATA, label="SST phrase share of a batch",
-                                      range=Range(0, 1, high_open=True),
-                                      help="the fraction of each SST batch given to treebank phrases "
-                                           "(round(ratio x batch size), at least 1); 0: none; needs SST trees file")
-    sst_phrase_min_words: int = setting(2, section=DATA, label="SST phrase minimum words", range=AT_LEAST_1,
-                                        help="phrases shorter than this many words (tokens) are left out")
     # machine: a resumed run may move to another device
     device: str = setting("auto", section=MACHINE, label="Device", choices=("auto", "cpu", "cuda"), card=False,
                           resume=True, help="auto: CUDA when there is a GPU, else the CPU")
@@ -259,10 +259,11 @@ class TrainConfig:
 
     def _check_quality_options(self) -> None:
         """The settings of docs/quality.md that only make sense together."""
-        if bool(self.sst_phrases_file) != (self.sst_phrase_ratio > 0):
-            raise ValueError(f"settings sst_phrases_file={self.sst_phrases_file!r} and sst_phrase_ratio="
-                             f"{self.sst_phrase_ratio!r} are not allowed together; phrase training needs both "
-                             "(a trees file and a ratio 0 < ratio < 1), or neither")
+        # a ratio without the file is unused (as a temperature is without its schedule); the reverse is a slip
+        if self.sst_phrases_file and not self.sst_phrase_ratio:
+            raise ValueError(f"setting sst_phrases_file={self.sst_phrases_file!r} is not allowed with "
+                             "sst_phrase_ratio=0; allowed values: none, or set sst_phrase_ratio (0 < ratio < 1, "
+                             "e.g. 0.25: the share of each SST batch given to phrases)")
         if self.sst_phrases_file and "sst" not in self.tasks:
             raise ValueError(f"setting sst_phrases_file={self.sst_phrases_file!r} is not allowed without the sst "
                              f"task; allowed values: none, or add sst to tasks (tasks={self.tasks})")

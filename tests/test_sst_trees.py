@@ -207,8 +207,7 @@ def test_the_mixed_stream_state_is_its_position():
 
 
 @pytest.mark.parametrize("bad, needle", [
-    ({"sst_phrase_ratio": 0.25}, "phrase training needs both"),
-    ({"sst_phrases_file": "t.txt"}, "phrase training needs both"),
+    ({"sst_phrases_file": "t.txt"}, "sst_phrases_file='t.txt' is not allowed with sst_phrase_ratio=0"),
     ({"sst_phrases_file": "t.txt", "sst_phrase_ratio": 1.0}, "sst_phrase_ratio=1.0 is not allowed"),
     ({"sst_phrases_file": "t.txt", "sst_phrase_ratio": 0.5, "batch_size": 1}, "batch_size=1"),
     ({"sst_phrases_file": "t.txt", "sst_phrase_ratio": 0.5, "tasks": ["sts"]}, "without the sst task"),
