@@ -91,7 +91,8 @@ def by_hand(task: str, out1: torch.Tensor, out2: torch.Tensor, y: torch.Tensor, 
         nll = ((out1 - y) ** 2).mean() + ((out2 - y) ** 2).mean()
         return nll / 2 + alpha * ((out1 - out2) ** 2).mean()
     if task == "sst":
-        p1, p2 = torch.exp(out1) / torch.exp(out1).sum(1, keepdim=True), torch.exp(out2) / torch.exp(out2).sum(1, keepdim=True)
+        p1 = torch.exp(out1) / torch.exp(out1).sum(1, keepdim=True)
+        p2 = torch.exp(out2) / torch.exp(out2).sum(1, keepdim=True)
         rows = torch.arange(len(y))
         nll = -torch.log(p1[rows, y]).mean() - torch.log(p2[rows, y]).mean()
     else:

@@ -1,7 +1,6 @@
 """The SST tree reader, phrase extraction and phrase-level SST training (mtbert/sst_trees.py)."""
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from mtbert.sst_trees import (PHRASE_ID, PhraseDraw, TreeError, parse_tree, phra
                               root_agreement)
 from mtbert.train import MixedStream, Trainer
 from shared_data import CS224N, DATA
+from test_train import StopAt, steps
 
 TREES = DATA / "sst-trees" / "train.txt"
 
@@ -166,21 +166,11 @@ def test_phrases_reach_the_sst_batches_of_a_real_run(tiny_base, tmp_path):
     train_ids = {i for b in batches for i in b if "#phrase" not in i}
     assert len(train_ids) == 12  # two sentences a batch, six batches an epoch: every training sentence
     assert {i.split("#")[0] for i in phrase_ids} <= train_ids  # phrases of the run's sentences only
-    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert max(r["step"] for r in steps if r["type"] == "step") == 2 * 12 // 2  # an epoch is a pass of sentences
+    assert max(steps(run)) == 2 * 12 // 2  # an epoch is a pass of the sentences, two at a time
 
 
-class StopAt(Trainer):
-    def _train_step(self, tasks):
-        rec = super()._train_step(tasks)
-        if self.step == 5:
-            self.stop_requested = True
-        return rec
-
-
-def step_losses(run: Path) -> dict:
-    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return {r["step"]: r["loss"] for r in recs if r["type"] == "step"}
+class StopAt5(StopAt):
+    stop_at = 5
 
 
 def test_a_run_with_phrases_resumes_exactly(tiny_base, tmp_path):
@@ -189,11 +179,11 @@ def test_a_run_with_phrases_resumes_exactly(tiny_base, tmp_path):
     full = tmp_path / "full"
     Trainer(cfg, full, progress=False, log=lambda m: None).run()
     part = tmp_path / "part"
-    assert StopAt(cfg, part, progress=False, log=lambda m: None).run() == "stopped"
+    assert StopAt5(cfg, part, progress=False, log=lambda m: None).run() == "stopped"
     assert Trainer(cfg, part, resume=True, progress=False, log=lambda m: None).run() == "finished"
-    a, b = step_losses(full), step_losses(part)
+    a, b = steps(full), steps(part)
     assert sorted(a) == sorted(b) and max(a) > 5
-    assert all(a[s] == b[s] for s in a), "a resumed run with phrases trains on other batches"
+    assert all(a[s]["loss"] == b[s]["loss"] for s in a), "a resumed run with phrases trains on other batches"
 
 
 def test_the_mixed_stream_state_is_its_position():
