@@ -131,7 +131,7 @@ def test_r_drop_gradient_matches_a_hand_written_reference(tiny_base, task):
 
 def tiny_cfg(base, **kw) -> TrainConfig:
     d = dict(base_model=str(base), epochs=1, max_steps=2, batch_size=4, lr=1e-3, train_subset=8, eval_subset=4,
-             train_eval_subset=4, max_length=32, seed=3)
+             train_eval_subset=4, max_length=32, seed=3, final_full_eval=False)
     return TrainConfig(**{**d, **kw})
 
 

@@ -10,7 +10,7 @@ from mtbert.config import TrainConfig
 from mtbert.data import SAMPLE_DIR, Example, read_task_file
 from mtbert.sst_trees import (PHRASE_ID, PhraseDraw, TreeError, parse_tree, phrase_examples, read_trees,
                               root_agreement)
-from mtbert.train import MixedStream, Trainer
+from mtbert.train import MixedStream, Trainer, TrainingError
 from shared_data import CS224N, DATA
 from test_train import StopAt, steps
 
@@ -211,6 +211,6 @@ def test_bad_phrase_settings_name_the_setting(bad, needle):
 
 def test_a_trees_file_of_other_sentences_is_refused_by_name(tiny_base, tmp_path):
     trees = write(tmp_path, "(2 (2 (2 nothing) (2 here)) (2 matches))")
-    with pytest.raises(Exception) as e:
+    with pytest.raises(TrainingError) as e:
         Trainer(tiny_cfg(tiny_base, trees, max_steps=1), tmp_path / "r", progress=False, log=lambda m: None).run()
     assert "gave no phrases" in str(e.value) and "sst_phrases_file" in str(e.value)
