@@ -129,11 +129,33 @@ class TrainConfig:
     para_features: str = setting("concat", section=MODEL, label="Paraphrase head features",
                                  choices=("concat", "concat_diff_prod"),
                                  help="concat: [u; v] (the seed); concat_diff_prod: [u; v; |u-v|; u*v]")
-    sts_loss: str = setting("cosine_mse", section=MODEL, label="STS loss", choices=("cosine_mse", "cosine_embedding"),
+    sts_loss: str = setting("cosine_mse", section=MODEL, label="STS loss",
+                            choices=("cosine_mse", "cosine_embedding", "cosent"),
                             help="cosine_mse: squared error of the predicted 0-5 score; cosine_embedding: the seed's "
-                                 "cosine embedding loss on +-1 targets (separate pair encoding only)")
+                                 "cosine embedding loss on +-1 targets; cosent: CoSENT (Su 2022), a ranking loss on "
+                                 "the cosines of the batch's pairs (the last two: separate pair encoding only; "
+                                 "docs/quality.md)")
+    cosent_scale: float = setting(20.0, section=MODEL, label="CoSENT scale λ", range=ABOVE_0,
+                                  help="CoSENT's λ: log(1 + Σ exp(λ (cos_j - cos_i))) over the pairs with "
+                                       "y_i > y_j (Su 2022 uses 20)")
+    sst_phrases_file: str | None = setting(None, section=MODEL, label="SST trees file (phrase training)", card=False,
+                                           help="none: SST trains on whole sentences; else the treebank's PTB trees "
+                                                "of the training sentences (sst-trees/train.txt), whose labelled "
+                                                "phrases fill part of each SST batch (docs/quality.md)")
+    sst_phrase_ratio: float = setting(0.0, section=MODEL, label="SST phrase share of a batch",
+                                      range=Range(0, 1, high_open=True),
+                                      help="the fraction of each SST batch given to treebank phrases "
+                                           "(round(ratio x batch size), at least 1); used with an SST trees file")
+    sst_phrase_min_words: int = setting(2, section=MODEL, label="SST phrase minimum words", range=AT_LEAST_1,
+                                        help="phrases shorter than this many words (tokens) are left out")
     dropout: float = setting(0.1, section=MODEL, label="Dropout", range=Range(0, 1, high_open=True),
                              help="the encoder's (hidden and attention) and the task heads'")
+    rdrop_alpha: float = setting(0.0, section=MODEL, label="R-Drop α", range=AT_LEAST_0,
+                                 help="0: off; else R-Drop (Liang et al. 2021): each batch goes through the model "
+                                      "twice with dropout, and the loss is the mean of the two task losses plus α "
+                                      "times the symmetric KL of the two predicted distributions (the squared "
+                                      "difference of the two scores for a regression task); twice the compute "
+                                      "per step (docs/quality.md)")
     # each task's loss is scaled by its weight before the gradients are formed (sum and PCGrad alike)
     sst_weight: float = setting(1.0, section=OPTIM, label="SST loss weight", range=ABOVE_0,
                                 help="the SST loss's weight in the sum (the logged loss is unweighted; leave sst "
@@ -246,6 +268,30 @@ class TrainConfig:
         self.full_eval_at_s = sorted(float(x) for x in self.full_eval_at_s)
         self.lora_targets = parse_targets(self.lora_targets)  # a list of names, checked against the allowed ones
         self.tasks = [s.name for s in self.task_specs()]  # checked, in the order of definition
+        self._check_quality_options()
+
+    def _check_quality_options(self) -> None:
+        """The settings of docs/quality.md that only make sense together."""
+        # a ratio without the file is unused (as a temperature is without its schedule); the reverse is a slip
+        if self.sst_phrases_file and not self.sst_phrase_ratio:
+            raise ValueError(f"setting sst_phrases_file={self.sst_phrases_file!r} is not allowed with "
+                             "sst_phrase_ratio=0; allowed values: none, or set sst_phrase_ratio (0 < ratio < 1, "
+                             "e.g. 0.25: the share of each SST batch given to phrases)")
+        if self.sst_phrases_file and "sst" not in self.tasks:
+            raise ValueError(f"setting sst_phrases_file={self.sst_phrases_file!r} is not allowed without the sst "
+                             f"task; allowed values: none, or add sst to tasks (tasks={self.tasks})")
+        if self.sst_phrases_file and sst_phrase_count(self.batch_size, self.sst_phrase_ratio) >= self.batch_size:
+            raise ValueError(f"setting sst_phrase_ratio={self.sst_phrase_ratio} is not allowed with batch_size="
+                             f"{self.batch_size}: it leaves no place for a sentence; allowed values: a ratio with "
+                             f"round(ratio x batch_size) < batch_size, and a batch_size >= 2")
+        if self.rdrop_alpha and self.dropout == 0:
+            raise ValueError(f"setting rdrop_alpha={self.rdrop_alpha} is not allowed with dropout=0: the two passes "
+                             "would be the same; allowed values: rdrop_alpha=0, or a dropout > 0")
+        embedding = [s.name for s in self.task_specs() if s.loss == "cosine_embedding"]
+        if self.rdrop_alpha and embedding:  # that loss works on the embeddings, not on a prediction
+            raise ValueError(f"setting rdrop_alpha={self.rdrop_alpha} is not allowed with the cosine_embedding loss "
+                             f"(task {embedding[0]}); allowed values: rdrop_alpha=0, or another loss (sts_loss "
+                             "cosine_mse or cosent)")
 
     def defined_tasks(self) -> list[TaskSpec]:
         """Every task this config can train: its saved definitions, else the built-in tasks (their heads
@@ -313,6 +359,11 @@ def allows(f, value) -> bool:
     number = int if k == "int" else (int, float)
     return all(isinstance(v, number) and not isinstance(v, bool) and math.isfinite(v) and v in m["range"]
                for v in items)
+
+
+def sst_phrase_count(batch_size: int, ratio: float) -> int:
+    """The places of an SST batch given to treebank phrases (the rest hold sentences)."""
+    return max(1, round(batch_size * ratio)) if ratio > 0 else 0
 
 
 def number_or_text(text: str):

@@ -5,6 +5,7 @@ What a head computes, by the task's `head`:
   concat            z = W dropout([u; v])            u, v: a and b encoded separately
   concat_diff_prod  z = W dropout([u; v; |u-v|; u*v])
   cosine            score = low + (high-low) cos(P u, P v), P hidden->hidden   pair regression
+                    (with the cosent loss: low + (high-low) (cos+1)/2, all of [-1, 1] on the range)
   cross             z = W dropout(pool([CLS] a [SEP] b [SEP]))             jointly cross-encoded pair
 z is K logits (ce), one logit (bce) or, for regression, a score low + (high-low) sigmoid(z).
 The CS224N trio are the built-in definitions: sst linear/ce, para concat/bce, sts cosine/mse
@@ -23,6 +24,7 @@ from .bert import BertModel
 from .tasks import TaskError, TaskSpec, builtin_tasks, check_unique, specs_of_model_config
 
 POOLING = ("cls", "mean")
+COSENT_SCALE = 20.0  # Su (2022)'s λ
 FEATURE_WIDTH = {"linear": 1, "cross": 1, "concat": 2, "concat_diff_prod": 4}
 
 
@@ -100,6 +102,7 @@ class MultitaskBert(nn.Module):
         self.cfg = cfg
         H = encoder.config.hidden_size
         self.dropout = nn.Dropout(cfg.dropout)
+        self.cosent_scale = COSENT_SCALE  # a training setting (cosent_scale), not part of the saved model
         self.task_heads = nn.ModuleDict({s.name: nn.Linear(*head_shape(s, H)) for s in cfg.tasks})
         for head in self.task_heads.values():
             nn.init.normal_(head.weight, std=0.02)
@@ -148,7 +151,9 @@ class MultitaskBert(nn.Module):
         spec, head = self.cfg.task(task), self.task_heads[task]
         if spec.head == "cosine":
             lo, hi = spec.range
-            return lo + (hi - lo) * F.cosine_similarity(head(u), head(v), dim=-1)
+            cos = F.cosine_similarity(head(u), head(v), dim=-1)
+            # CoSENT only orders the cosines, which then spread over [-1, 1]: clipping at 0 would merge the low ones
+            return lo + (hi - lo) * ((cos + 1) / 2 if spec.loss == "cosent" else cos)
         u, v = self.dropout(u), self.dropout(v)
         feats = [u, v] if spec.head == "concat" else [u, v, (u - v).abs(), u * v]
         return self._logits_out(spec, head(torch.cat(feats, dim=-1)))
@@ -172,12 +177,33 @@ class MultitaskBert(nn.Module):
             head = self.task_heads[task]
             target = torch.where(y.float() >= sum(spec.range) / 2, 1.0, -1.0)
             return F.cosine_embedding_loss(head(u), head(v), target)
-        out = self.output(task, batch)
+        return self.loss_of(task, self.output(task, batch), y)
+
+    def loss_of(self, task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The task's loss of an output() (every loss but cosine_embedding, which works on the embeddings)."""
+        spec = self.cfg.task(task)
         if spec.loss == "ce":
             return F.cross_entropy(out, y)
         if spec.loss == "bce":
             return F.binary_cross_entropy_with_logits(out, y.float())
+        if spec.loss == "cosent":
+            lo, hi = spec.range
+            return cosent_loss(2 * (out.float() - lo) / (hi - lo) - 1, y, self.cosent_scale)
+        if spec.loss == "cosine_embedding":
+            raise ValueError(f"task {task}: the cosine_embedding loss is not computed from a prediction "
+                             "(it is not allowed with rdrop_alpha > 0)")
         return F.mse_loss(out.float(), y.float())
+
+    def rdrop_loss(self, task: str, batch: dict, alpha: float) -> torch.Tensor:
+        """R-Drop (Liang et al. 2021): two passes with independent dropout, the mean of their task losses
+        plus alpha x the divergence of the two predictions: ½(KL(p1‖p2) + KL(p2‖p1)) of the class
+        distributions (softmax for ce, Bernoulli for bce), (s1 - s2)² of a regression score; each a mean
+        over the batch. This is half the paper's objective (it sums the two task losses), so the paper's
+        α = 4 is alpha = 2 here."""
+        spec, y = self.cfg.task(task), batch["labels"]
+        out1, out2 = self.output(task, batch).float(), self.output(task, batch).float()
+        task_loss = (self.loss_of(task, out1, y) + self.loss_of(task, out2, y)) / 2
+        return task_loss + alpha * prediction_divergence(spec, out1, out2)
 
     # ---- predictions -----------------------------------------------------------------------
 
@@ -195,6 +221,30 @@ class MultitaskBert(nn.Module):
         if spec.binary:
             return torch.sigmoid(out + self.cfg.logit_offset(task))
         return out.clamp(*spec.range)
+
+
+def cosent_loss(cos: torch.Tensor, y: torch.Tensor, scale: float = COSENT_SCALE) -> torch.Tensor:
+    """CoSENT (Su 2022): log(1 + Σ_{y_i > y_j} exp(λ (cos_j − cos_i))) over the batch's pairs of pairs: a
+    pair rated more similar should have the larger cosine. Only the labels' order matters."""
+    diff = scale * (cos[None, :] - cos[:, None])  # (i, j): λ (cos_j - cos_i)
+    y = y.float()
+    terms = diff[y[:, None] > y[None, :]]
+    return torch.logsumexp(torch.cat([terms.new_zeros(1), terms]), dim=0)  # the 0 is log(1)
+
+
+def prediction_divergence(spec: TaskSpec, out1: torch.Tensor, out2: torch.Tensor) -> torch.Tensor:
+    """R-Drop's term between two output()s of one batch: the symmetric KL of the predicted distributions
+    (classification), the squared difference of the scores (regression); a mean over the batch."""
+    if spec.kind == "regression":
+        return F.mse_loss(out1, out2)
+    if spec.num_outputs > 1:
+        lp, lq = out1.log_softmax(-1), out2.log_softmax(-1)
+    else:  # one logit z: the distribution (1 - σ(z), σ(z)) = softmax([0, z])
+        lp = torch.stack([F.logsigmoid(-out1), F.logsigmoid(out1)], dim=-1)
+        lq = torch.stack([F.logsigmoid(-out2), F.logsigmoid(out2)], dim=-1)
+    kl_pq = (lp.exp() * (lp - lq)).sum(-1)
+    kl_qp = (lq.exp() * (lq - lp)).sum(-1)
+    return 0.5 * (kl_pq + kl_qp).mean()
 
 
 ENCODING_KEYS = ("input_ids", "attention_mask", "token_type_ids", "inputs_embeds")

@@ -12,7 +12,9 @@ Heads (the model's output for one task):
   cosine            pair regression: a hidden->hidden projection on u and v, cosine x range
   cross             pair, cross-encoded jointly ([CLS] a [SEP] b [SEP]) -> dropout -> linear
 Losses: ce (K logits), bce (two classes, one logit), mse (a score in the range),
-cosine_embedding (the cosine head, labels above the range's middle are +1, the rest -1).
+cosine_embedding (the cosine head, labels above the range's middle are +1, the rest -1),
+cosent (the cosine head: CoSENT's ranking loss on the batch's cosines, Su 2022; the score is then the
+cosine mapped from [-1, 1] onto the range).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ QUOTING = ("minimal", "none")
 ENCODINGS = ("utf-8-sig", "utf-8", "latin-1")
 SPLITS = ("train", "dev", "test")
 HEADS = {"sentence": ("linear",), "pair": ("concat", "concat_diff_prod", "cosine", "cross")}
-LOSSES = {"classification": ("ce", "bce"), "regression": ("mse", "cosine_embedding")}
+LOSSES = {"classification": ("ce", "bce"), "regression": ("mse", "cosine_embedding", "cosent")}
 METRICS = {"classification": ("accuracy", "f1", "macro_f1"), "regression": ("pearson", "spearman")}
 # the key of a metric in results (sst_acc, sts_corr, ...): the names the CS224N tables always used
 METRIC_KEYS = {"accuracy": "acc", "f1": "f1", "macro_f1": "macro_f1", "pearson": "corr", "spearman": "spearman"}
@@ -211,8 +213,8 @@ def _validate(s: TaskSpec) -> None:
     if s.head == "cosine" and s.kind != "regression":
         _fail(s, "head", f"allowed values: {', '.join(h for h in HEADS['pair'] if h != 'cosine')} for "
                          "classification (cosine predicts a score)")
-    if s.loss == "cosine_embedding" and s.head != "cosine":
-        _fail(s, "loss", "allowed values: mse unless head is cosine (cosine_embedding trains the cosine head)")
+    if s.loss in ("cosine_embedding", "cosent") and s.head != "cosine":
+        _fail(s, "loss", f"allowed values: mse unless head is cosine ({s.loss} trains the cosine head)")
     if not (isinstance(s.weight, (int, float)) and not isinstance(s.weight, bool)
             and math.isfinite(s.weight) and s.weight > 0):
         _fail(s, "weight", "allowed values: a number > 0")
@@ -240,7 +242,8 @@ def builtin_tasks(pair_encoding: str = "separate", para_encoding: str | None = N
 
     The arguments are the training settings of the same names (and the model config of checkpoints
     saved before tasks were data): pair_encoding joint cross-encodes a pair, para_features picks
-    the separately encoded paraphrase features, sts_loss cosine_embedding is the seed's STS variant.
+    the separately encoded paraphrase features, sts_loss cosine_embedding is the seed's STS variant
+    and cosent the CoSENT ranking loss (both for the separately encoded cosine head).
     """
     files = {t: {s: pattern.format(split=_TEST_FILE_SPLIT if s == "test" else s) for s in SPLITS}
              for t, pattern in CS224N_FILES.items()}
@@ -258,7 +261,7 @@ def builtin_tasks(pair_encoding: str = "separate", para_encoding: str | None = N
         TaskSpec("sts", "STS", "pair", "regression", range=(0.0, 5.0), files=files["sts"],
                  text_columns=("sentence1", "sentence2"), label_column="similarity", id_column="id",
                  head="cross" if sts_joint else "cosine",
-                 loss="cosine_embedding" if sts_loss == "cosine_embedding" and not sts_joint else "mse",
+                 loss=sts_loss if sts_loss in ("cosine_embedding", "cosent") and not sts_joint else "mse",
                  metrics=("pearson", "spearman"), main_metric="pearson"),
     ]
 

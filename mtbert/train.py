@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from . import distributed as dist
 from . import runfolder
 from .checkpoint import load_base, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, sst_phrase_count
 from .data import SAMPLE_DIR, Example, batch_order, load_split, make_batch
 from .evaluate import evaluate, seed_average, shift_para_probs
 from .methods import METHODS, make_method
@@ -38,6 +38,7 @@ from .lora import LoraConfig, add_lora, lora_parameters
 from .model import ModelConfig, MultitaskBert
 from .quantize import for_inference
 from .runfolder import LAST, LAST_ASIDE, STATE_JSON, STATE_TENSORS, new_run_dir
+from .sst_trees import PhraseDraw, phrase_examples
 from .tasks import BUILTIN_NAMES, select
 
 
@@ -79,6 +80,19 @@ class TaskStream:
 
     def load_state(self, s: dict) -> None:
         self.pass_idx, self.position, self._order = s["pass"], s["position"], None
+
+
+class MixedStream(TaskStream):
+    """A TaskStream whose every batch also holds `draw.k` extra examples (SST's treebank phrases). The
+    draw is a function of the batch's number, so (pass, position) still is the stream's whole state."""
+
+    def __init__(self, *args, draw: PhraseDraw, **kw):
+        super().__init__(*args, **kw)
+        self.draw = draw
+
+    def next(self) -> list[Example]:
+        sentences = super().next()
+        return sentences + self.draw(self.pass_idx * self.n_batches + self.position - 1)
 
 
 def subset(examples: list[Example], n: int | None, seed: int) -> list[Example]:
@@ -260,13 +274,31 @@ def build_data(cfg: TrainConfig, log) -> RunData:
                 raise TrainingError(f"no usable {task} {split} examples in {report.path}")
     train_data = {t: subset(train[t][0], cfg.train_subset, cfg.seed) for t in cfg.tasks}
     index = {s.name: i for i, s in enumerate(cfg.defined_tasks())}  # a stream's seed: its task's place
+    streams = {t: TaskStream(t, train_data[t], cfg.batch_size, cfg.seed, cfg.bucket, index[t]) for t in cfg.tasks}
+    if cfg.sst_phrases_file:
+        streams["sst"] = sst_phrase_stream(cfg, specs["sst"], train_data["sst"], index["sst"], log)
     return RunData(
         specs=specs, train=train_data,
         dev={t: subset(dev[t][0], cfg.eval_subset, cfg.seed + 1) for t in cfg.tasks},
         dev_full={t: dev[t][0] for t in cfg.tasks},
         train_eval={t: subset(train[t][0], cfg.train_eval_subset, cfg.seed + 2) for t in cfg.tasks},
-        streams={t: TaskStream(t, train_data[t], cfg.batch_size, cfg.seed, cfg.bucket, index[t])
-                 for t in cfg.tasks})
+        streams=streams)
+
+
+def sst_phrase_stream(cfg: TrainConfig, spec, sentences: list[Example], index: int, log) -> MixedStream:
+    """SST's stream with round(ratio x batch_size) places of each batch given to treebank phrases of the
+    run's training sentences (docs/quality.md)."""
+    if spec.kind != "classification":
+        raise TrainingError(f"setting sst_phrases_file needs sst to be a classification task (it is {spec.kind})")
+    phrases, summary = phrase_examples(cfg.sst_phrases_file, sentences, cfg.sst_phrase_min_words, spec.classes)
+    log(f"[data] train sst phrases: {summary}")
+    if not phrases:
+        raise TrainingError(f"sst_phrases_file={cfg.sst_phrases_file!r} gave no phrases: none of its trees is a "
+                            "training sentence with a phrase of at least sst_phrase_min_words="
+                            f"{cfg.sst_phrase_min_words} words (is it the trees file of this SST train split?)")
+    k = sst_phrase_count(cfg.batch_size, cfg.sst_phrase_ratio)
+    draw = PhraseDraw(phrases, k, seed=cfg.seed * 1000 + index * 100003)
+    return MixedStream("sst", sentences, cfg.batch_size - k, cfg.seed, cfg.bucket, index, draw=draw)
 
 
 def build_model(cfg: TrainConfig, tasks: list, device: torch.device, checkpoint: Path | None = None):
@@ -281,6 +313,7 @@ def build_model(cfg: TrainConfig, tasks: list, device: torch.device, checkpoint:
         if cfg.mode == "lora":  # after the heads: A's initialisation draws from the global generator too
             add_lora(model, LoraConfig(cfg.lora_rank, cfg.lora_alpha, tuple(cfg.lora_targets), cfg.lora_dropout))
     model.to(device).train()
+    model.cosent_scale = cfg.cosent_scale
     if dist.active():  # every rank starts from rank 0's heads
         dist.broadcast_model(model)
     if cfg.mode in ("frozen", "lora"):  # frozen: the seed's "pre-trained embeddings" mode, heads only;
@@ -570,7 +603,8 @@ class Trainer:
             n_examples += len(examples) * (2 if self.data.specs[t].is_pair else 1) * self.world
             batch = to_device(make_batch(self.model.cfg.task(t), examples, self.tok), self.device)
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                losses[t] = self.model.loss(t, batch).float()
+                losses[t] = (self.model.rdrop_loss(t, batch, self.cfg.rdrop_alpha) if self.cfg.rdrop_alpha
+                             else self.model.loss(t, batch)).float()
         self._check_finite(losses)
         stats = self.method.backward({t: v * self.data.specs[t].weight for t, v in losses.items()})
         # each task's effective weight λ_k on its own (unweighted) loss's gradient: its loss weight times

@@ -312,7 +312,7 @@ def head_choices(input: str, kind: str) -> list[str]:
 
 def loss_choices(kind: str, classes: int | None, head: str) -> list[str]:
     return [x for x in LOSSES.get(kind, ()) if (x != "bce" or classes == 2)
-            and (x != "cosine_embedding" or head == "cosine")]
+            and (x not in ("cosine_embedding", "cosent") or head == "cosine")]
 
 
 def metric_choices(kind: str, classes: int | None) -> list[str]:
