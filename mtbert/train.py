@@ -33,6 +33,7 @@ from .config import TrainConfig, sst_phrase_count
 from .data import SAMPLE_DIR, Example, batch_order, load_split, make_batch
 from .evaluate import evaluate, seed_average, shift_para_probs
 from .methods import METHODS, make_method
+from .methods.lossweighting import LossWeighting
 from .io import atomic_write_json
 from .lora import LoraConfig, add_lora, lora_parameters
 from .model import ModelConfig, MultitaskBert
@@ -350,6 +351,11 @@ def build_method(cfg: TrainConfig, model: MultitaskBert):
     Under torchrun it averages each task's gradient over the ranks before combining them."""
     enc = [p for p in model.encoder.parameters() if p.requires_grad] + lora_parameters(model)
     hyper = {key: getattr(cfg, f"{cfg.gradient_method}_{key}") for key in METHODS[cfg.gradient_method].hyper}
+    if issubclass(METHODS[cfg.gradient_method], LossWeighting):  # one weight per task, learned ones in the optimizer
+        if cfg.schedule != "parallel":
+            raise ValueError(f"gradient_method={cfg.gradient_method!r} weights every task's loss at each step: it "
+                             f"needs schedule='parallel', not schedule={cfg.schedule!r}")
+        hyper["tasks"] = cfg.tasks
     method = make_method(cfg.gradient_method, enc + head_params(model), seed=cfg.seed, telemetry=True,
                          all_reduce=dist.average_ if dist.active() else None, **hyper)
     for p in method.parameters():  # learned task weights live beside the model

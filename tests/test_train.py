@@ -163,8 +163,16 @@ def test_calibrated_quora_threshold_is_fitted_on_the_subset_and_reported_on_the_
     assert best["model"]["logit_offsets"]["para"] == chosen["dev"]["para_logit_offset"] == full[-1]["para_logit_offset"]
 
 
-def test_stop_then_resume_gives_the_same_losses_as_an_uninterrupted_run(tiny_base, tmp_path):
-    cfg = tiny_cfg(tiny_base, epochs=2, lr_decay="linear", warmup_steps=2, bucket=True, layer_lr_decay=0.8)
+# every method with state: pcgrad's generator; uw's and gradnorm's learned weights (values, Adam moments and
+# gradnorm's first losses); famo's logits, own Adam and last losses; dwa's windows (2 steps: they matter
+# by step 7); rlw's generator
+@pytest.mark.parametrize("method", [{"gradient_method": "pcgrad"}, {"gradient_method": "uw"},
+                                    {"gradient_method": "gradnorm"}, {"gradient_method": "famo"},
+                                    {"gradient_method": "dwa", "dwa_window": 2}, {"gradient_method": "rlw"}],
+                         ids=lambda m: m["gradient_method"])
+def test_stop_then_resume_gives_the_same_losses_as_an_uninterrupted_run(tiny_base, tmp_path, method):
+    cfg = tiny_cfg(tiny_base, epochs=2, lr_decay="linear", warmup_steps=2, bucket=True, layer_lr_decay=0.8,
+                   **method)
     full = tmp_path / "runs" / "full"
     Trainer(cfg, full, progress=False).run()
     part = tmp_path / "runs" / "part"
@@ -178,6 +186,9 @@ def test_stop_then_resume_gives_the_same_losses_as_an_uninterrupted_run(tiny_bas
     for s in range(7, 9):
         assert b[s]["loss"] == a[s]["loss"], f"step {s} differs after resume"
         assert b[s]["lr"] == a[s]["lr"]
+        assert b[s]["task_weights"] == a[s]["task_weights"]
+    if method["gradient_method"] != "pcgrad":  # the weights really moved, so their state was needed
+        assert a[8]["task_weights"] != a[1]["task_weights"]
 
 
 def test_sigterm_stops_gracefully_and_cli_resume_matches(tiny_base, tmp_path):

@@ -25,7 +25,7 @@ GRADIENT_METHODS: tuple[type[GradientMethod], ...] = (GradVac, CAGrad, IMTLG, MG
 
 
 # loss-weighting methods: task weights from the losses (one backward on the weighted sum)
-LOSS_WEIGHTINGS: tuple[type[GradientMethod], ...] = ()
+from .lossweighting import LOSS_WEIGHTINGS  # noqa: E402  (uw, dwa, rlw, gradnorm, famo)
 
 
 # in the order --help and the Train form list them
