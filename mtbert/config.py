@@ -266,6 +266,9 @@ class TrainConfig:
             if allowed_values(f) and not allows(f, value):
                 raise ValueError(f"setting {f.name}={value!r} is not allowed; allowed values: {allowed_values(f)}")
         self.full_eval_at_s = sorted(float(x) for x in self.full_eval_at_s)
+        if METHODS[self.gradient_method].uses_losses and self.schedule != "parallel":
+            raise ValueError(f"gradient_method={self.gradient_method!r} weights every task's loss at each step: it "
+                             f"needs schedule='parallel', not schedule={self.schedule!r}")
         self.lora_targets = parse_targets(self.lora_targets)  # a list of names, checked against the allowed ones
         self.tasks = [s.name for s in self.task_specs()]  # checked, in the order of definition
         self._check_quality_options()

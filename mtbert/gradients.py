@@ -409,7 +409,8 @@ class GradientMethod:
     def _global_losses(self, losses: dict, tasks: list[str]) -> torch.Tensor:
         """(K,) float64 on the CPU: the task losses, averaged over the ranks under DDP (so that every
         rank's loss-based state follows the global batch)."""
-        values = torch.stack([losses[t].detach().float() for t in tasks])
+        values = torch.stack([losses[t].detach() for t in tasks])
+        values = values.to(torch.promote_types(values.dtype, torch.float32))  # never reduced in bf16
         if self.all_reduce is not None:
             self.all_reduce(values)
         return values.double().cpu()

@@ -352,9 +352,6 @@ def build_method(cfg: TrainConfig, model: MultitaskBert):
     enc = [p for p in model.encoder.parameters() if p.requires_grad] + lora_parameters(model)
     hyper = {key: getattr(cfg, f"{cfg.gradient_method}_{key}") for key in METHODS[cfg.gradient_method].hyper}
     if issubclass(METHODS[cfg.gradient_method], LossWeighting):  # one weight per task, learned ones in the optimizer
-        if cfg.schedule != "parallel":
-            raise ValueError(f"gradient_method={cfg.gradient_method!r} weights every task's loss at each step: it "
-                             f"needs schedule='parallel', not schedule={cfg.schedule!r}")
         hyper["tasks"] = cfg.tasks
     method = make_method(cfg.gradient_method, enc + head_params(model), seed=cfg.seed, telemetry=True,
                          all_reduce=dist.average_ if dist.active() else None, **hyper)

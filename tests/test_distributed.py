@@ -21,7 +21,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("method", ["pcgrad", "sum", "uw", "gradnorm", "famo"])
+@pytest.mark.parametrize("method", ["pcgrad", "sum", "uw"])  # every method: the test below
 def test_two_process_run_equals_single_process(tiny_base, tmp_path, method):
     cfg = dict(base_model=str(tiny_base), epochs=1, max_steps=3, batch_size=4, lr=0.2, dropout=0.0,
                train_subset=24, eval_subset=8, train_eval_subset=8, max_length=32, gradient_method=method,
