@@ -271,7 +271,11 @@ class Runner:
         rd = run_path(self.dir, run)
         self._machine_lock(rd)
         owner = lock.read_lock(rd.parent / runfolder.LOCK)
-        if owner is not None:  # a trainer a killed runner left behind: wait for it
+        if owner is None and (runfolder.read_status(rd) or {}).get("state") == "finished":
+            # a trainer a killed runner left behind finished meanwhile: nothing to run again
+            proc, how = _Adopted(-1), "already finished"
+            proc.returncode = 0
+        elif owner is not None:  # a trainer a killed runner left behind: wait for it
             proc, how = _Adopted(owner["pid"]), f"waiting for its trainer (pid {owner['pid']}), left running"
         else:
             if (rd / runfolder.LAST / runfolder.STATE_JSON).is_file():
