@@ -28,8 +28,8 @@ def dirs(tmp_path, monkeypatch) -> Path:
 
 
 def base_file(tmp_path: Path, base: Path, **kw) -> Path:
-    settings = dict(base_model=str(base), epochs=1, batch_size=4, lr=1e-3, train_subset=16, max_steps=2,
-                    eval_subset=8, train_eval_subset=8, max_length=24, final_full_eval=False, seed=5, **kw)
+    settings = {**dict(base_model=str(base), epochs=1, batch_size=4, lr=1e-3, train_subset=16, max_steps=2,
+                       eval_subset=8, train_eval_subset=8, max_length=24, final_full_eval=False, seed=5), **kw}
     path = tmp_path / "base.json"
     path.write_text(json.dumps(settings))
     return path
