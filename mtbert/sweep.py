@@ -495,7 +495,7 @@ def results(sweep_dir) -> dict:
             "reference": ref["label"] if ref else None, "rows": rows}
 
 
-def _mean_sd(s: dict) -> str:
+def mean_sd(s: dict) -> str:
     if s["mean"] is None:
         return "–"
     return f"{s['mean']:.3f} ± {s['sd']:.3f}" if s["sd"] is not None else f"{s['mean']:.3f}"
@@ -507,7 +507,7 @@ def results_markdown(res: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for row in res["rows"]:
         t, x = row["step_time_s"], row["step_time_ratio"]
-        cells = [row["label"], f"{row['seeds']}/{row['runs']}", *(_mean_sd(row["metrics"][c["key"]]) for c in cols),
+        cells = [row["label"], f"{row['seeds']}/{row['runs']}", *(mean_sd(row["metrics"][c["key"]]) for c in cols),
                  f"{t * 1000:.1f}" if t else "–", f"{x:.2f}" if x else "–"]
         lines.append("| " + " | ".join(cells) + " |")
     return (f"Sweep {res['sweep']}: dev scores of each run's best checkpoint, mean ± sd over seeds; step time: "
