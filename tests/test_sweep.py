@@ -9,13 +9,13 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from mtbert import cli, lock, runfolder, sweep
 from mtbert.config import TrainConfig
+from test_runs import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,16 +44,6 @@ def env() -> dict:
 def mtbert(*args, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mtbert", *args], capture_output=True, text=True, env=env(),
                           timeout=300, **kw)
-
-
-def wait_for(pred, timeout: float = 120, what: str = "condition"):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def steps_of(run_dir: Path) -> list[int]:
@@ -146,7 +136,7 @@ def test_a_real_2x2_sweep_runs_every_run_once_and_tabulates_their_own_metrics(di
     assert pc_row["step_time_ratio"] == pytest.approx(pc_row["step_time_s"] / sum_row["step_time_s"])
     table = (d / sweep.RESULTS_MD).read_text()
     avg = sum_row["metrics"]["average"]
-    assert f"| gradient_method=sum | 2/2 |" in table and f"{avg['mean']:.3f} ± {avg['sd']:.3f}" in table
+    assert "| gradient_method=sum | 2/2 |" in table and f"{avg['mean']:.3f} ± {avg['sd']:.3f}" in table
     html = (d / sweep.RESULTS_HTML).read_text()
     assert "<script src=" not in html and len(html) > 1_000_000  # plotly.js inlined: no CDN
     again = mtbert("sweep", "--table", str(d))
