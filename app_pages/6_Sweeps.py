@@ -84,7 +84,8 @@ def monitor(folder: Path) -> None:
 monitor(folder)
 
 status = sw.status(folder)
-if status["state"] in ("stopped", "interrupted") or (status["state"] == "failed" and status["counts"]["queued"]):
+resumable = status["state"] in ("stopped", "interrupted") or (status["state"] == "failed" and status["counts"]["queued"])
+if resumable:
     unfinished = status["counts"]["queued"] + status["counts"]["running"]
     st.warning(f"The sweep is {status['state']}: {unfinished} of {len(status['runs'])} runs unfinished. Resume continues them (a run with a saved last/ state resumes from it).",
                icon=":material/pause_circle:")

@@ -302,7 +302,7 @@ class Runner:
         state = st.get("state")
         if state == "finished" and rc == 0:
             run.update(state="done", error=None)
-            avg = st.get("best_dev_average")
+            avg = (run_dev_metrics(run_path(self.dir, run)) or {}).get("average")
             tail = f"dev average {avg:.4f}" if isinstance(avg, (int, float)) else "finished"
         elif state == "stopped" or (self.stopping and state != "failed"):
             run.update(state="queued")  # interrupted on purpose: --resume continues it from last/

@@ -185,6 +185,29 @@ def test_a_killed_sweep_resumes_without_running_a_run_twice(dirs, tiny_base):
     assert (d / sweep.RESULTS_MD).is_file()
 
 
+def test_a_stopped_sweep_resumes_its_run_from_last(dirs, tiny_base):
+    """SIGTERM: the trainer saves last/ and stops, the sweep is stopped; --resume continues the run
+    from last/ with `train --resume`, no step lost or repeated."""
+    cfg = base_file(dirs, tiny_base, epochs=2, max_steps=None)  # 4 steps an epoch; last/ at its end
+    d = sweep.create(json.loads(cfg.read_text()), {"gradient_method": ["sum"]}, 1, dirs / "sweep-stop")
+    run_dir = d / sweep.load(d)["runs"][0]["run_dir"]
+    runner = subprocess.Popen([sys.executable, "-m", "mtbert", "sweep", "--resume", str(d)], env=env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: (run_dir / "last" / "trainer_state.json").is_file(), what="the first epoch's last/")
+    runner.terminate()
+    out = runner.communicate(timeout=120)[0]
+    assert runner.returncode == 130, out
+    doc = sweep.load(d)
+    assert doc["state"] == "stopped" and doc["runs"][0]["state"] == "queued", out
+    stopped_at = runfolder.read_status(run_dir)["step"]
+    assert runfolder.read_status(run_dir)["state"] == "stopped" and 4 <= stopped_at < 8
+    p = mtbert("sweep", "--resume", str(d))
+    assert p.returncode == 0 and "[1/1] resuming from last/" in p.stdout, p.stdout + p.stderr
+    assert steps_of(run_dir) == list(range(1, 9))
+    assert f"[resume] from {run_dir / 'last'} at step {stopped_at}" in (run_dir / "train.log").read_text()
+    assert sweep.load(d)["state"] == "done" and (d / sweep.RESULTS_MD).is_file()
+
+
 def test_emit_slurm_writes_one_command_per_array_index_and_collect_gathers_them(dirs, tiny_base, capsys):
     cfg = base_file(dirs, tiny_base)
     out = dirs / "slurm"
