@@ -41,7 +41,10 @@ SLURM_SCRIPT = "sweep.sbatch"
 LOG = "sweep.log"  # the runner's output when the studio started it
 LOCK = ".lock"  # in the sweep folder: one runner per sweep
 STATES = ("queued", "running", "done", "failed")
-NOT_VARIED = ("seed", "name", "task_definitions")  # --seeds sets the seed; the sweep names its runs
+NOT_VARIED = ("seed", "name", "task_definitions")
+# settings that may name a file or folder: made absolute when planned, since a run may start elsewhere
+# (a Slurm array task starts in the sweep folder)
+PATH_SETTINGS = ("base_model", "data_dir", "quora_train", "tasks_file")  # --seeds sets the seed; the sweep names its runs
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # so that a child runs this very mtbert
 
 
@@ -121,6 +124,13 @@ def _folder_label(variant: dict, seed: int) -> str:
     return "".join(c if c.isalnum() or c in "-_.+" else "-" for c in text).strip("-")[:80]
 
 
+def _absolute(value):
+    """A relative path that exists here, made absolute; anything else (minilm-l6, a Hub id) as it is."""
+    if isinstance(value, str) and value and not Path(value).is_absolute() and Path(value).exists():
+        return str(Path(value).absolute())
+    return value
+
+
 def plan(base: dict, vary: dict[str, list], seeds: int = 1) -> list[dict]:
     """Every run of the grid (the product of the varied values, in the order given) times the seeds
     (base seed + i), each with its full config, validated: a bad value raises before anything runs."""
@@ -131,6 +141,8 @@ def plan(base: dict, vary: dict[str, list], seeds: int = 1) -> list[dict]:
         _field(name, f"--vary {name}")
         if not vary[name]:
             raise SweepError(f"--vary {name}: no values given")
+    base = {k: _absolute(v) if k in PATH_SETTINGS else v for k, v in base.items()}
+    vary = {k: [_absolute(v) for v in vs] if k in PATH_SETTINGS else vs for k, vs in vary.items()}
     try:
         base_cfg = TrainConfig.from_dict(base)
     except (ValueError, TypeError) as e:

@@ -82,6 +82,12 @@ def test_the_plan_is_the_product_of_the_lists_times_the_seeds():
     assert len({r["label"] for r in runs}) == len(runs)  # one folder each
 
 
+def test_relative_paths_are_made_absolute_for_runs_that_start_elsewhere(dirs, monkeypatch, tiny_base):
+    monkeypatch.chdir(tiny_base.parent)
+    [run] = sweep.plan({"base_model": tiny_base.name, "data_dir": "no-such-folder"}, {}, 1)
+    assert run["config"]["base_model"] == str(tiny_base) and run["config"]["data_dir"] == "no-such-folder"
+
+
 @pytest.mark.parametrize("vary, said", [
     ("gradient_methd=sum", "unknown setting 'gradient_methd' (did you mean gradient_method?)"),
     ("gradient_method=sum,nope", "setting gradient_method='nope' is not allowed; allowed values: sum, pcgrad"),
@@ -114,15 +120,19 @@ def test_a_sweep_refuses_to_start_beside_another_training(dirs, capsys):
 # ---- real sweeps -----------------------------------------------------------------------------------
 
 def test_a_real_2x2_sweep_runs_every_run_once_and_tabulates_their_own_metrics(dirs, tiny_base):
+    """Two at a time (--parallel 2): the runs do not refuse each other; one at a time is the other tests'."""
     cfg = base_file(dirs, tiny_base)
     d = dirs / "sweep-2x2"
     p = mtbert("sweep", "--config", str(cfg), "--vary", "gradient_method=sum,pcgrad", "--seeds", "2",
-               "--sweep-dir", str(d))
+               "--sweep-dir", str(d), "--parallel", "2")
     assert p.returncode == 0, p.stdout + p.stderr
     for i in range(1, 5):
         assert f"[{i}/4] starting" in p.stdout and f"[{i}/4] done" in p.stdout
     doc = sweep.load(d)
     assert doc["state"] == "done" and [r["state"] for r in doc["runs"]] == ["done"] * 4
+    first, second = doc["runs"][:2]
+    assert second["started_at"] < first["ended_at"]  # side by side
+    assert [r["attempts"] for r in doc["runs"]] == [1] * 4
     assert [(r["variant"]["gradient_method"], r["seed"]) for r in doc["runs"]] == \
         [("sum", 5), ("sum", 6), ("pcgrad", 5), ("pcgrad", 6)]
     for r in doc["runs"]:
