@@ -477,6 +477,7 @@ def _cmd_sweep(args) -> int:
     from . import sweep
     from .config import read_config_file
     try:
+        sweep.check_parallel(args.parallel)  # before a sweep folder is written
         if args.config:
             base = read_config_file(args.config)
             out_dir = args.emit_slurm or args.sweep_dir

@@ -232,6 +232,11 @@ def _child_env(parallel: int) -> dict:
     return env
 
 
+def check_parallel(parallel) -> None:
+    if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
+        raise SweepError(f"--parallel {parallel!r} is not allowed; allowed values: an integer >= 1")
+
+
 class _Adopted:
     """A trainer a killed runner left behind (its own session survives the runner): waited for, not
     started twice."""
@@ -249,8 +254,7 @@ class Runner:
     """Runs a sweep folder's unfinished runs, `parallel` at once, updating sweep.json as they go."""
 
     def __init__(self, sweep_dir, parallel: int = 1, wait: bool = False, retry_failed: bool = False, out=print):
-        if not isinstance(parallel, int) or parallel < 1:
-            raise SweepError(f"--parallel {parallel!r} is not allowed; allowed values: an integer >= 1")
+        check_parallel(parallel)
         self.dir, self.parallel, self.wait, self.out = Path(sweep_dir).absolute(), parallel, wait, out
         self.doc = load(self.dir)
         self.retry_failed = retry_failed
@@ -320,7 +324,8 @@ class Runner:
             run.update(state="queued")  # interrupted on purpose: --resume continues it from last/
             tail = "stopped; --resume continues it"
         else:
-            err = st.get("error") or f"the trainer exited with code {rc} ({runfolder.LOG} has its output)"
+            why = f"the trainer exited with code {rc}" if rc else "the trainer ended without reporting why"
+            err = st.get("error") or f"{why} ({runfolder.LOG} has its output)"
             run.update(state="failed", error=err)
             tail = f"failed: {err.splitlines()[0]}"
         run.update(pid=None, ended_at=time.time())
@@ -335,8 +340,11 @@ class Runner:
             self.stopping = True
             self.out(f"[stop] signal {signum}: asking the running trainers to save and stop")
             for proc in self.active.values():
-                if isinstance(proc, subprocess.Popen) and proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)  # once: a second signal would make a trainer skip its save
+                if proc.poll() is None and proc.pid > 0:
+                    try:  # once: a second signal would make a trainer skip its save
+                        os.kill(proc.pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
 
     def run(self) -> int:
         """Run the unfinished runs; 0 when all are done, 1 when some failed, 130 when stopped."""

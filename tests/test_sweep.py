@@ -103,6 +103,15 @@ def test_a_bad_vary_names_the_setting_and_its_allowed_values_and_creates_nothing
     assert not (dirs / "sweeps").exists()
 
 
+def test_bad_seeds_or_parallel_are_refused_before_a_folder_is_written(dirs, capsys):
+    cfg = str(base_file(dirs, dirs / "m"))
+    assert cli.main(["sweep", "--config", cfg, "--vary", "lr=1e-3", "--seeds", "0"]) == 1
+    assert "--seeds 0 is not allowed; allowed values: an integer >= 1" in capsys.readouterr().err
+    assert cli.main(["sweep", "--config", cfg, "--vary", "lr=1e-3", "--parallel", "0"]) == 1
+    assert "--parallel 0 is not allowed; allowed values: an integer >= 1" in capsys.readouterr().err
+    assert not (dirs / "sweeps").exists()
+
+
 def test_a_sweep_refuses_to_start_beside_another_training(dirs, capsys):
     d = sweep.create(json.loads(base_file(dirs, dirs / "m").read_text()), {"lr": [1e-3]}, 1, dirs / "s")
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
