@@ -100,7 +100,8 @@ if not started_live and status["counts"]["done"]:
     res = sweep.results(folder)
     st.markdown(f"**Results**: each run's best checkpoint's dev scores, mean ± sd over seeds; the step time "
                 f"relative to {res['reference']}.")
-    st.dataframe(sw.results_rows(res), hide_index=True, width="stretch")
+    st.dataframe(sw.results_rows(res), hide_index=True, width="stretch",
+                 column_config={f"× {res['reference']}": st.column_config.NumberColumn(format="%.2f")})
     st.plotly_chart(sweep.bar_figure(res), key="sweep_bars")
 
 records = sw.overlay_records(folder, status)
