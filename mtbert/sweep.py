@@ -465,18 +465,25 @@ def median_step_time(run_dir) -> float | None:
 
 
 def _columns(sweep_dir, doc) -> list[tuple[str, str]]:
-    """(metric key, title) of the table: the runs' tasks' main scores, then the average."""
+    """(metric key, title) of the table: the main score of every task some run trains (a sweep may
+    vary `tasks`), then the average."""
     from .config import TrainConfig
     from .report import result_columns
+    specs, seen = {}, set()
     for r in doc["runs"]:
         for path in (run_path(sweep_dir, r) / runfolder.CONFIG, Path(sweep_dir) / r["config"]):
             cfg = runfolder.read_json(path)
-            if isinstance(cfg, dict):
+            if not isinstance(cfg, dict):
+                continue
+            which = json.dumps([cfg.get(k) for k in ("tasks", "tasks_file", "task_definitions")], default=str)
+            if which not in seen:  # read each task set once, not once per run
+                seen.add(which)
                 try:
-                    return result_columns(TrainConfig.from_dict(cfg).task_specs())
+                    specs.update({s.name: s for s in TrainConfig.from_dict(cfg).task_specs() if s.name not in specs})
                 except (ValueError, TypeError):
                     continue
-    return result_columns()
+            break
+    return result_columns(list(specs.values()) or None)
 
 
 def _stat(values: list[float]) -> dict:

@@ -126,6 +126,32 @@ def test_a_sweep_refuses_to_start_beside_another_training(dirs, capsys):
         other.wait()
 
 
+def test_results_of_a_sweep_over_task_sets_have_a_column_for_every_task(dirs):
+    """Written run folders, in the trainer's layout: a variant without a task leaves its cells empty."""
+    d = sweep.create({"seed": 1}, sweep.parse_vary(["tasks=sst,para+sts"]), 1, dirs / "tasks-sweep")
+    doc = sweep.load(d)
+    scores = [{"sst_acc": 0.4, "average": 0.4}, {"para_acc": 0.7, "sts_corr": 0.5, "average": 0.6}]
+    for r, dev, step_times in zip(doc["runs"], scores, ([0.1, 0.3, 0.2], [0.5, 0.4, 0.9, 0.6])):
+        run_dir = d / r["run_dir"]
+        (run_dir / "best").mkdir(parents=True)
+        runfolder.write_config(run_dir, json.loads((d / r["config"]).read_text()))
+        runfolder.write_status(run_dir, {"state": "finished", "results": {"dev": dev}})
+        (run_dir / "best" / "metrics.json").write_text(json.dumps({"dev": dev, "train": {}, "step": 3}))
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"type": "step", "step": i + 1, "step_time": t})
+                                                       + "\n" for i, t in enumerate(step_times)))
+        r["state"] = "done"
+    sweep.save(d, doc)
+    res = sweep.results(d)
+    assert [c["key"] for c in res["columns"]] == ["para_acc", "sst_acc", "sts_corr", "average"]
+    sst, pair = res["rows"]
+    assert sst["metrics"]["sst_acc"] == {"mean": 0.4, "sd": None, "values": [0.4]}
+    assert sst["metrics"]["para_acc"]["mean"] is None and pair["metrics"]["sts_corr"]["mean"] == 0.5
+    # no sum variant: the first is the reference; the medians are 0.2 and 0.55
+    assert res["reference"] == "tasks=sst" and pair["step_time_ratio"] == pytest.approx(0.55 / 0.2)
+    table = sweep.results_markdown(res)
+    assert "| tasks=sst | 1/1 | – | 0.400 | – | 0.400 | 200.0 | 1.00 |" in table
+
+
 # ---- real sweeps -----------------------------------------------------------------------------------
 
 def test_a_real_2x2_sweep_runs_every_run_once_and_tabulates_their_own_metrics(dirs, tiny_base):
