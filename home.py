@@ -57,6 +57,8 @@ WHERE_NEXT = [
                                 "two checkpoints compared."),
     ("app_pages/5_Probe.py", "Swap gendered words and names in template sentences and see how every task's answer "
                              "moves."),
+    ("app_pages/6_Sweeps.py", "Several gradient methods or settings, several seeds each: a queue of runs, then "
+                              "mean ± sd per variant."),
     ("app_pages/3_Runs.py", "Every run with its settings and scores; overlay curves; delete old runs."),
 ]
 for column, (page, caption) in zip(st.columns(len(WHERE_NEXT)), WHERE_NEXT):

@@ -467,6 +467,69 @@ def _cmd_export(args) -> int:
         return 1
     print(f"wrote {out}" + (" (merged: a plain Hugging Face BERT folder plus the heads)" if args.merge else ""))
     return 0
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="run a grid of settings x seeds as a queue of trainings, with its results table",
+                       description="Plan the product of the --vary lists times --seeds seeds as runs in a sweep "
+                                   "folder (sweeps/<time>-<name>/), check every run's config, then train them one "
+                                   "at a time (or --parallel N), or write a Slurm job array instead. docs/sweeps.md")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--config", help="the base config (YAML or JSON) every run starts from")
+    what.add_argument("--resume", metavar="SWEEP_DIR", help="continue a sweep's unfinished runs")
+    what.add_argument("--table", metavar="SWEEP_DIR", help="print a sweep's results table")
+    what.add_argument("--collect", metavar="SWEEP_DIR",
+                      help="read the run folders (e.g. after a Slurm array), update the states, write the results")
+    p.add_argument("--vary", action="append", default=[], metavar="SETTING=V1,V2,...",
+                   help="a setting and its values (repeatable; the runs are the product of the lists); a list "
+                        "setting's items are joined with + (tasks=sst+para+sts,sst)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per variant: the base seed, +1, ... (default: 1)")
+    p.add_argument("--name", help="the sweep's name (default: the base config's name)")
+    p.add_argument("--sweep-dir", help="the sweep folder to create (default: sweeps/<time>-<name>, "
+                                       "under $MTBERT_SWEEPS_DIR if set)")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="runs at once (default 1; more for a GPU with memory for them: docs/sweeps.md)")
+    p.add_argument("--wait", action="store_true", help="wait for another training to end instead of refusing")
+    p.add_argument("--retry-failed", action="store_true", help="with --resume: run failed runs again too")
+    p.add_argument("--emit-slurm", metavar="OUT_DIR",
+                   help="do not train: write the sweep folder at OUT_DIR with a Slurm job array script")
+    p.add_argument("--slurm-option", action="append", default=[], metavar="OPTION",
+                   help="an extra #SBATCH line for --emit-slurm (repeatable), e.g. --slurm-option=--gres=gpu:1")
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_sweep(args) -> int:
+    from . import sweep
+    from .config import read_config_file
+    try:
+        sweep.check_parallel(args.parallel)  # before a sweep folder is written
+        if args.config:
+            base = read_config_file(args.config)
+            out_dir = args.emit_slurm or args.sweep_dir
+            d = sweep.create(base, sweep.parse_vary(args.vary), args.seeds, out_dir, args.name,
+                             executor="slurm" if args.emit_slurm else "local")
+            n = len(sweep.load(d)["runs"])
+            if args.emit_slurm:
+                script = sweep.emit_slurm(d, args.slurm_option)
+                print(f"wrote {script} ({n} runs: #SBATCH --array=0-{n - 1}); submit it from {d}, then "
+                      f"python -m mtbert sweep --collect {d}")
+                return 0
+            print(f"sweep folder: {d} ({n} runs)", flush=True)
+        elif args.vary or args.emit_slurm:
+            print("error: --vary and --emit-slurm go with --config", file=sys.stderr)
+            return 2
+        d = args.resume or args.table or args.collect or d
+        if args.collect:
+            sweep.refresh_states(d)
+            res = sweep.write_results(d)
+        elif args.table:
+            res = sweep.results(d)
+        else:
+            return sweep.Runner(d, args.parallel, args.wait, args.retry_failed,
+                                out=lambda line: print(line, flush=True)).run()
+        print(sweep.results_markdown(res), end="")
+        return 0
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -480,6 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_probe(sub)
     _add_report(sub)
     _add_export(sub)
+    _add_sweep(sub)
     data = sub.add_parser("data", help="data commands (fetch, check)", description="Data commands.")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     from . import fetch, hub

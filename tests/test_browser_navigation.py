@@ -21,7 +21,8 @@ from mtbert.config import TrainConfig
 from mtbert.studio import settings
 from streamlit_server import CHROMIUM, chromium, streamlit_app
 
-PAGES = {"Train": "Train", "Playground": "Playground", "Evaluate": "Evaluate", "Probe": "Probe", "Runs": "Runs"}  # sidebar title -> URL path
+PAGES = {"Train": "Train", "Playground": "Playground", "Evaluate": "Evaluate", "Probe": "Probe", "Sweeps": "Sweeps",
+         "Runs": "Runs"}  # sidebar title -> URL path
 
 pytestmark = pytest.mark.slow
 
