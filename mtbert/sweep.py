@@ -514,12 +514,32 @@ def results(sweep_dir) -> dict:
                                            if isinstance(m.get(k), (int, float)) and math.isfinite(m[k])])
                                  for k, _ in cols},
                      "step_time_s": statistics.mean(times) if times else None})
-    ref = next((row for row in rows if row["gradient_method"] == "sum" and row["step_time_s"]), None) or \
-        next((row for row in rows if row["step_time_s"]), None)
+    ref = next((row for row in rows if row["gradient_method"] == "sum"), None) or (rows[0] if rows else None)
     for row in rows:
-        row["step_time_ratio"] = row["step_time_s"] / ref["step_time_s"] if ref and row["step_time_s"] else None
+        row["step_time_ratio"] = row["step_time_s"] / ref["step_time_s"] \
+            if ref and ref["step_time_s"] and row["step_time_s"] else None
+        row["vs_reference"] = {k: versus(row["metrics"][k], ref["metrics"][k]) for k, _ in cols} \
+            if ref and row is not ref else {}
     return {"sweep": doc["name"], "columns": [{"key": k, "title": t} for k, t in cols],
             "reference": ref["label"] if ref else None, "rows": rows}
+
+
+def versus(a: dict, b: dict) -> dict | None:
+    """A variant's score against the reference's: the difference of the means, its standard error
+    sqrt(sd_a^2/n_a + sd_b^2/n_b) from the seeds' spread, and whether the difference is beyond the
+    noise: larger than 2 standard errors (about a 95 % interval). None without 2 seeds on each side:
+    one seed says nothing about the noise."""
+    if a["mean"] is None or b["mean"] is None or a["sd"] is None or b["sd"] is None:
+        return None
+    delta = a["mean"] - b["mean"]
+    se = math.sqrt(a["sd"] ** 2 / len(a["values"]) + b["sd"] ** 2 / len(b["values"]))
+    return {"delta": delta, "se": se, "beyond_noise": abs(delta) > 2 * se}
+
+
+def versus_text(v: dict | None) -> str:
+    if v is None:
+        return "–"
+    return f"{v['delta']:+.3f}{' (beyond noise)' if v['beyond_noise'] else ''}"
 
 
 def mean_sd(s: dict) -> str:
@@ -537,8 +557,17 @@ def results_markdown(res: dict) -> str:
         cells = [row["label"], f"{row['seeds']}/{row['runs']}", *(mean_sd(row["metrics"][c["key"]]) for c in cols),
                  f"{t * 1000:.1f}" if t else "–", f"{x:.2f}" if x else "–"]
         lines.append("| " + " | ".join(cells) + " |")
-    return (f"Sweep {res['sweep']}: dev scores of each run's best checkpoint, mean ± sd over seeds; step time: "
+    text = (f"Sweep {res['sweep']}: dev scores of each run's best checkpoint, mean ± sd over seeds; step time: "
             f"the median training step, relative to {res['reference'] or '–'}.\n\n" + "\n".join(lines) + "\n")
+    others = [row for row in res["rows"] if row.get("vs_reference")]
+    if others:
+        head = ["variant", *(c["title"] for c in cols)]
+        lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        lines += ["| " + " | ".join([row["label"], *(versus_text(row["vs_reference"][c["key"]]) for c in cols)]) + " |"
+                  for row in others]
+        text += (f"\nAgainst {res['reference']}: the difference of the means; \"beyond noise\" where it is larger "
+                 "than twice its standard error sqrt(sd₁²/n₁ + sd₂²/n₂) over the seeds.\n\n" + "\n".join(lines) + "\n")
+    return text
 
 
 def bar_figure(res: dict):

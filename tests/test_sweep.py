@@ -4,6 +4,7 @@ and a Slurm array script run index by index without Slurm, then collected."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import statistics
@@ -150,6 +151,35 @@ def test_results_of_a_sweep_over_task_sets_have_a_column_for_every_task(dirs):
     assert res["reference"] == "tasks=sst" and pair["step_time_ratio"] == pytest.approx(0.55 / 0.2)
     table = sweep.results_markdown(res)
     assert "| tasks=sst | 1/1 | – | 0.400 | – | 0.400 | 200.0 | 1.00 |" in table
+
+
+def test_each_variant_is_set_against_the_sum_variant_with_its_noise(dirs):
+    """Two seeds a variant: the difference of the means against gradient_method=sum, its standard error
+    from the seeds' sds, and "beyond noise" only past twice that."""
+    d = sweep.create({"seed": 1}, sweep.parse_vary(["gradient_method=pcgrad,sum,mgda"]), 2, dirs / "vs-sweep")
+    doc = sweep.load(d)
+    sst = {"pcgrad": [0.40, 0.42], "sum": [0.30, 0.32], "mgda": [0.29, 0.35]}
+    for r in doc["runs"]:
+        method = r["variant"]["gradient_method"]
+        value = sst[method][r["seed"] - 1]
+        run_dir = d / r["run_dir"]
+        (run_dir / "best").mkdir(parents=True)
+        runfolder.write_config(run_dir, json.loads((d / r["config"]).read_text()))
+        (run_dir / "best" / "metrics.json").write_text(json.dumps({"dev": {"sst_acc": value, "average": value}}))
+        r["state"] = "done"
+    sweep.save(d, doc)
+    res = sweep.results(d)
+    rows = {row["gradient_method"]: row for row in res["rows"]}
+    assert res["reference"] == "gradient_method=sum" and rows["sum"]["vs_reference"] == {}
+    sd = statistics.stdev
+    pc, mg = rows["pcgrad"]["vs_reference"]["sst_acc"], rows["mgda"]["vs_reference"]["sst_acc"]
+    assert pc["delta"] == pytest.approx(0.10) and pc["se"] == pytest.approx(math.sqrt(sd(sst["pcgrad"]) ** 2 / 2 +
+                                                                                        sd(sst["sum"]) ** 2 / 2))
+    assert pc["beyond_noise"] and not mg["beyond_noise"]  # mgda: +0.01 with a spread of 0.06
+    table = sweep.results_markdown(res)
+    # columns: para, sst, sts, average (the default tasks); these runs report sst only
+    assert "| gradient_method=pcgrad | – | +0.100 (beyond noise) | – | +0.100 (beyond noise) |" in table
+    assert "| gradient_method=mgda | – | +0.010 | – | +0.010 |" in table
 
 
 # ---- real sweeps -----------------------------------------------------------------------------------
