@@ -117,6 +117,12 @@ class TrainConfig:
     method_lr: float = setting(0.025, section=METHOD, label="Learning rate of learned task weights", range=ABOVE_0,
                                help="the optimizer's rate for the task weights a method learns (uw's "
                                     "log-variances, gradnorm's weights), on the same warm-up and decay")
+    telemetry_every: int = setting(1, section=METHOD, label="Gradient telemetry every (steps)", range=AT_LEAST_1,
+                                   card=False, resume=True,
+                                   help="record each task's gradient norm, the gradient cosines and conflicts every "
+                                        "this many steps; in between, sum and the loss weightings (gradnorm "
+                                        "excepted) run one backward of the weighted loss instead of one per task "
+                                        "(the gradient methods need every task's gradient at every step)")
     # model
     pooling: str = setting("cls", section=MODEL, label="Sentence pooling", choices=("cls", "mean"),
                            help="cls: the [CLS] token's vector; mean: the mean of the token vectors")

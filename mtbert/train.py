@@ -609,6 +609,8 @@ class Trainer:
                 losses[t] = (self.model.rdrop_loss(t, batch, self.cfg.rdrop_alpha) if self.cfg.rdrop_alpha
                              else self.model.loss(t, batch)).float()
         self._check_finite(losses)
+        # the same on every rank, and on a resumed run: a function of the step number alone
+        self.method.telemetry = self.state.step % self.cfg.telemetry_every == 0
         stats = self.method.backward({t: v * self.data.specs[t].weight for t, v in losses.items()})
         # each task's effective weight λ_k on its own (unweighted) loss's gradient: its loss weight times
         # what the gradient method made of it (update = Σ λ_k ∇L_k on the shared parameters)

@@ -419,3 +419,21 @@ def test_cli_settings_from_yaml_and_flags(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mtbert", "train", "--schedule", "zigzag"],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "parallel" in r.stderr and "round-robin" in r.stderr
+
+
+@pytest.mark.parametrize("method", ["sum", "famo"])
+def test_telemetry_every_n_steps_records_it_there_and_trains_the_same(tiny_base, tmp_path, method):
+    """telemetry_every=3: gradient norms, cosines and conflicts at steps 1, 4, 7 only; in between one
+    backward of the weighted loss, which gives the same training as per-task gradients every step
+    (float rounding aside). gradnorm and the gradient methods cannot skip it; they are not tested here."""
+    kw = dict(gradient_method=method, max_steps=7, dropout=0.0)
+    Trainer(tiny_cfg(tiny_base, telemetry_every=1, **kw), tmp_path / "every", progress=False).run()
+    Trainer(tiny_cfg(tiny_base, telemetry_every=3, **kw), tmp_path / "third", progress=False).run()
+    every, third = steps(tmp_path / "every"), steps(tmp_path / "third")
+    assert [s for s, r in third.items() if "cos" in r] == [1, 4, 7]
+    assert all("grad_norm" in r and "conflicts" in r for r in every.values())
+    assert all("grad_norm" not in r for s, r in third.items() if s not in (1, 4, 7))
+    for s in every:
+        for t in every[s]["loss"]:
+            assert third[s]["loss"][t] == pytest.approx(every[s]["loss"][t], rel=1e-4, abs=1e-6), (s, t)
+            assert third[s]["task_weights"][t] == pytest.approx(every[s]["task_weights"][t], rel=1e-4)
