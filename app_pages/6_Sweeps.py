@@ -102,6 +102,11 @@ if not started_live and status["counts"]["done"]:
                 f"relative to {res['reference']}.")
     st.dataframe(sw.results_rows(res), hide_index=True, width="stretch",
                  column_config={f"× {res['reference']}": st.column_config.NumberColumn(format="%.2f")})
+    versus = sw.versus_rows(res)
+    if versus:
+        st.markdown(f"**Against {res['reference']}**: the difference of the means; \"beyond noise\" where it is "
+                    "larger than twice its standard error over the seeds.")
+        st.dataframe(versus, hide_index=True, width="stretch")
     st.plotly_chart(sweep.bar_figure(res), key="sweep_bars")
 
 records = sw.overlay_records(folder, status)

@@ -93,6 +93,8 @@ def test_a_sweep_started_on_the_page_shows_its_progress_and_then_its_table(dirs,
     results = done.dataframe[1].value
     assert list(results["variant"]) == ["gradient_method=sum", "gradient_method=pcgrad"]
     assert list(results["Average"]) == [f"{row['metrics']['average']['mean']:.3f}" for row in res["rows"]]
+    versus = done.dataframe[2].value  # against sum: one seed says nothing about the noise
+    assert list(versus["variant"]) == ["gradient_method=pcgrad"] and list(versus["Average"]) == ["–"]
     charts = done.get("plotly_chart")
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in charts]
     assert titles[0].startswith("Sweep ") and "Dev average per evaluation" in titles

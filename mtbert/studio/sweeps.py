@@ -150,6 +150,14 @@ def results_rows(res: dict) -> list[dict]:
     return out
 
 
+def versus_rows(res: dict) -> list[dict]:
+    """Every variant against the reference, as dataframe rows: per score, the difference of the means
+    and whether it is beyond the noise of the seeds (sweep.versus)."""
+    return [{"variant": row["label"], **{c["title"]: sweep.versus_text(row["vs_reference"][c["key"]])
+                                         for c in res["columns"]}}
+            for row in res["rows"] if row.get("vs_reference")]
+
+
 def overlay_records(sweep_dir, st: dict) -> dict[str, list[dict]]:
     """{run name: metrics.jsonl records} of the runs that have started, for charts.overlay_figure."""
     out = {}
