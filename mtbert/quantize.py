@@ -10,7 +10,8 @@ feed-forward pair), and on CPU their fp32 GEMMs bound evaluation time. Two cheap
         by s_j = max|X_j|^alpha / max|W_:,j|^(1-alpha) and multiplying weight column j by s_j is an
         exact rewrite in fp32 that moves the outliers' range into the weights, which are quantized
         per output channel and absorb it. max|X_j| comes from a calibration pass over training
-        sentences (the shipped sample's, offline).
+        sentences (the shipped sample's, offline). Where the CPU has AVX-512 VNNI the activations
+        use all 256 int8 levels, not torch.ao's 128 (FullRangeLinear).
   bf16  the encoder's weights and activations in bf16 (GEMMs and LayerNorm statistics accumulate in
         fp32); its outputs return to fp32 for the task heads. Fast on CPUs with AMX or AVX-512
         BF16 (several times fp32 there, docs/benchmarks.md), slow elsewhere. With the activations
@@ -33,10 +34,14 @@ from .config import PRECISIONS
 # per output channel: one scale per row keeps the rows with small weights from rounding to a few levels
 QCONFIG = torch.ao.quantization.per_channel_dynamic_qconfig
 
-SMOOTH_ALPHA = "auto"  # per Linear, the best of ALPHAS (SmoothQuant's migration strength) on calibration rows
-ALPHAS = tuple(a / 10 for a in range(3, 11))  # below 0.3 no Linear of MiniLM or BERT gained
+# SmoothQuant's migration strength. Swept per Linear of MiniLM-L6 on training sentences, int8's error
+# was least at 0.7-0.9 for nearly all of them; at 0.5 (the paper's default for OPT) the FFN output's
+# error grew up to five times over no smoothing at all.
+# "auto" picks each Linear's best of ALPHAS instead, about three times the calibration's cost.
+SMOOTH_ALPHA = 0.8
+ALPHAS = tuple(a / 10 for a in range(3, 11))  # below 0.3 no Linear of MiniLM-L6 gained
 CALIBRATION_STRIDE = 16  # calibration rows kept for the alpha search: every 16th token, and the extremes
-CALIBRATION_PER_TASK = 128  # training sentences per built-in task; a few hundred in all, about a second
+CALIBRATION_PER_TASK = 128  # training sentences per built-in task: 384 in all, ~7,000 tokens
 CALIBRATION_BATCH = 64
 SMOOTHED = ("qkv", "attention_output", "intermediate", "output")  # every Linear of a BertLayer
 
@@ -132,34 +137,29 @@ def default_tokenizer(encoder: nn.Module):
 
 class Calibration(NamedTuple):
     maxima: dict[str, torch.Tensor]  # Linear name -> (in,) max |x| per input channel
-    rows: dict[str, torch.Tensor]  # Linear name -> (R, in) input rows: every STRIDE-th token and each channel's max
+    rows: dict[str, torch.Tensor]  # Linear name -> (R, in) input rows (only if asked for): see calibrate
 
 
 @torch.inference_mode()
 def calibrate(encoder: nn.Module, tokenizer, sentences: list[str], names=SMOOTHED,
-              batch_size: int = CALIBRATION_BATCH) -> Calibration:
+              batch_size: int = CALIBRATION_BATCH, keep_rows: bool = False) -> Calibration:
     """The inputs of each BertLayer Linear named in `names` over the real tokens of `sentences`,
-    keyed by the Linear's module name in `encoder`: per input channel max |x|, and a sample of rows
-    that holds every channel's extreme (so that any smoothing's per-tensor range on the sample is
-    the one on all tokens, as it is in an evaluation batch)."""
+    keyed by the Linear's module name in `encoder`: per input channel max |x| and, with keep_rows,
+    a sample of rows: every CALIBRATION_STRIDE-th token and each batch's tokens that hold a channel's
+    largest |x| (so that any smoothing's per-tensor range on the sample is the one on all tokens,
+    as it is in an evaluation batch)."""
     linears = {n: m for n, m in encoder.named_modules()
                if isinstance(m, nn.Linear) and n.startswith("layers.") and n.rsplit(".", 1)[-1] in names}
     maxima: dict[str, torch.Tensor] = {}
-    extremes: dict[str, torch.Tensor] = {}
     rows: dict[str, list[torch.Tensor]] = {n: [] for n in linears}
 
     def hook(name):
         def record(module, args):
             x = args[0].detach().reshape(-1, args[0].size(-1))  # (tokens, in)
             m, at = x.abs().max(0)
-            if name in maxima:
-                bigger = m > maxima[name]
-                m = torch.where(bigger, m, maxima[name])
-                extremes[name] = torch.where(bigger[:, None], x[at], extremes[name])  # row j: channel j's max
-            else:
-                extremes[name] = x[at]
-            maxima[name] = m
-            rows[name].append(x[::CALIBRATION_STRIDE])
+            maxima[name] = torch.maximum(maxima[name], m) if name in maxima else m
+            if keep_rows:
+                rows[name] += [x[::CALIBRATION_STRIDE], x[at.unique()]]
         return record
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in linears.items()]
     was_training = encoder.training
@@ -173,8 +173,7 @@ def calibrate(encoder: nn.Module, tokenizer, sentences: list[str], names=SMOOTHE
         for h in handles:
             h.remove()
         encoder.train(was_training)
-    # a token is often the extreme of many channels: each row once
-    return Calibration(maxima, {n: torch.cat(rows[n] + [extremes[n].unique(dim=0)]) for n in maxima})
+    return Calibration(maxima, {n: torch.cat(r) for n, r in rows.items() if r})
 
 
 def smoothing_scale(x_max: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -240,7 +239,7 @@ def smooth(encoder: nn.Module, tokenizer=None, sentences: list[str] | None = Non
     sentences = calibration_sentences() if sentences is None else sentences
     if not sentences:
         raise ValueError("smoothing needs calibration sentences; got none")
-    cal = calibrate(encoder, tokenizer, sentences, names)
+    cal = calibrate(encoder, tokenizer, sentences, names, keep_rows=auto)
 
     def scale(key, linear):
         if auto:
