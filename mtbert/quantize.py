@@ -177,9 +177,11 @@ def calibrate(encoder: nn.Module, tokenizer, sentences: list[str], names=SMOOTHE
 
 
 def smoothing_scale(x_max: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
-    """SmoothQuant's s_j = max|X_j|^alpha / max|W_:,j|^(1-alpha), per input channel j."""
+    """SmoothQuant's s_j = max|X_j|^alpha / max|W_:,j|^(1-alpha), per input channel j; 1 for a channel
+    calibration never saw active (its 1/s would blow up whatever it meets later)."""
     w_max = weight.detach().abs().amax(0)  # (in,)
-    return (x_max.clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)).clamp(min=1e-5)
+    s = x_max.clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)
+    return torch.where(x_max > 0, s.clamp(min=1e-5), torch.ones_like(s))
 
 
 class FullRangeLinear(nnqd.Linear):
@@ -235,7 +237,7 @@ def smooth(encoder: nn.Module, tokenizer=None, sentences: list[str] | None = Non
     bad = set(names) - set(SMOOTHED)
     if bad:
         raise ValueError(f"names={sorted(bad)} are not allowed; choose among {', '.join(SMOOTHED)}")
-    tokenizer = tokenizer or default_tokenizer(encoder)
+    tokenizer = default_tokenizer(encoder) if tokenizer is None else tokenizer
     sentences = calibration_sentences() if sentences is None else sentences
     if not sentences:
         raise ValueError("smoothing needs calibration sentences; got none")
@@ -249,7 +251,6 @@ def smooth(encoder: nn.Module, tokenizer=None, sentences: list[str] | None = Non
     for i, layer in enumerate(encoder.layers):
         att = layer.attention
         if "attention_output" in names:
-            # its rows, as the value rows will make them: the context divided by s
             s = scale(f"layers.{i}.attention_output", layer.attention_output)
             H = s.numel()
             att.qkv.weight[2 * H:] /= s[:, None]  # value rows: the context comes out divided by s

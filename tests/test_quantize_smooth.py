@@ -17,7 +17,7 @@ from mtbert.checkpoint import load_checkpoint, load_encoder
 from mtbert.data import SAMPLE_DIR, load_split
 from mtbert.evaluate import predict_raw
 from mtbert.quantize import (QCONFIG, SMOOTHED, FullRangeLinear, SmoothedLinear, calibration_sentences,
-                             default_tokenizer, for_inference, int8_linear_class, smooth)
+                             default_tokenizer, for_inference, int8_linear_class, smooth, smoothing_scale)
 from tests.conftest import REPO
 
 SHIPPED = REPO / "checkpoints" / "minilm-l6-heads"
@@ -85,6 +85,13 @@ def test_smoothing_alone_is_exact_in_fp32_on_the_tiny_model(tiny_base, alpha):
             assert not torch.equal(layer.attention_output.weight, encoder.layers[i].attention_output.weight)
     assert smoothed.layers[0].attention.qkv.inv_scale[3] < 0.5 * smoothed.layers[0].attention.qkv.inv_scale.median() \
         or alpha == "auto"
+
+
+def test_smoothing_scale_is_smoothquants_and_leaves_silent_channels_alone():
+    x_max = torch.tensor([16.0, 1.0, 0.0])
+    weight = torch.tensor([[0.25, -4.0, 2.0], [-1.0, 1.0, 0.5]])  # column maxima 1, 4, 2
+    torch.testing.assert_close(smoothing_scale(x_max, weight, 0.5), torch.tensor([4.0, 0.5, 1.0]))
+    torch.testing.assert_close(smoothing_scale(x_max, weight, 1.0), torch.tensor([16.0, 1.0, 1.0]))
 
 
 def test_smoothing_alone_is_exact_in_fp32_on_the_shipped_checkpoint(shipped, sample_dev):
