@@ -209,9 +209,10 @@ def main(argv=None):
         f"sorts batches by token count and, for a separately encoded pair task, embeds each distinct "
         f"sentence once (Quora dev repeats its questions). int8 is dynamic quantization of the encoder's "
         f"Linear layers (weights per output channel) after SmoothQuant smoothing calibrated on training "
-        f"sentences, activations on all 256 levels where the CPU has AVX-512 VNNI; bf16 runs the encoder's "
-        f"weights and activations in bf16 (fast where the CPU has AMX or AVX-512 BF16). Max |diff| is the largest difference of any output "
-        f"(probability or score) from fp32 `predict_raw`.\n\n"
+        f"sentences, activations on all 256 levels (weights on 128 where the CPU lacks AVX-512 VNNI); "
+        f"bf16 runs the encoder's weights and activations in bf16 (fast where the CPU has AMX or AVX-512 "
+        f"BF16). Max |diff| is the largest difference of any output (probability or score) from fp32 "
+        f"`predict_raw`.\n\n"
         + common.markdown_table(["evaluation", "seconds", "speed-up vs before", "max |diff| vs fp32"], eval_rows)
         + "\n\nEach task's main metric (difference to fp32):\n\n"
         + common.markdown_table(["precision", *(f"{t}: {specs[t].main_key}" for t in data)], metric_rows)

@@ -10,8 +10,8 @@ feed-forward pair), and on CPU their fp32 GEMMs bound evaluation time. Two cheap
         by s_j = max|X_j|^alpha / max|W_:,j|^(1-alpha) and multiplying weight column j by s_j is an
         exact rewrite in fp32 that moves the outliers' range into the weights, which are quantized
         per output channel and absorb it. max|X_j| comes from a calibration pass over training
-        sentences (the shipped sample's, offline). Where the CPU has AVX-512 VNNI the activations
-        use all 256 int8 levels, not torch.ao's 128 (FullRangeLinear).
+        sentences (the shipped sample's, offline). Activations use all 256 int8 levels, not
+        torch.ao's 128; without AVX-512 VNNI the weights take 7 bits instead (int8_qconfig).
   bf16  the encoder's weights and activations in bf16 (GEMMs and LayerNorm statistics accumulate in
         fp32); its outputs return to fp32 for the task heads. Fast on CPUs with AMX or AVX-512
         BF16 (several times fp32 there, docs/benchmarks.md), slow elsewhere. With the activations
@@ -28,11 +28,17 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.ao.nn.quantized.dynamic as nnqd
+from torch.ao.quantization import PerChannelMinMaxObserver, QConfig
 
 from .config import PRECISIONS
 
 # per output channel: one scale per row keeps the rows with small weights from rounding to a few levels
 QCONFIG = torch.ao.quantization.per_channel_dynamic_qconfig
+# Without VNNI, fbgemm's int8 kernel adds pairs of u8 x s8 products in int16, saturating. torch.ao
+# avoids that by giving activations 128 levels (reduce_range); weights in -64..63 avoid it as well
+# (255 * 64 * 2 = 32,640 fits) and leave activations all 256, which measured closer to fp32.
+QCONFIG_7BIT_WEIGHTS = QConfig(activation=QCONFIG.activation, weight=PerChannelMinMaxObserver.with_args(
+    dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=-64, quant_max=63))
 
 # SmoothQuant's migration strength. Swept per Linear of MiniLM-L6 on training sentences, int8's error
 # was least at 0.7-0.9 for nearly all of them; at 0.5 (the paper's default for OPT) the FFN output's
@@ -77,8 +83,8 @@ def for_inference(model: nn.Module, precision: str = "fp32", copy_model: bool = 
         with warnings.catch_warnings():  # torch.ao's deprecation notices; the API works in this torch
             warnings.simplefilter("ignore")
             model.encoder = torch.ao.quantization.quantize_dynamic(
-                model.encoder, {nn.Linear: QCONFIG}, dtype=torch.qint8, inplace=True,
-                mapping={nn.Linear: int8_linear_class()})
+                model.encoder, {nn.Linear: int8_qconfig()}, dtype=torch.qint8, inplace=True,
+                mapping={nn.Linear: FullRangeLinear})
     else:
         model.encoder.to(torch.bfloat16)
         model.encoder.register_forward_hook(_float_outputs)
@@ -185,17 +191,18 @@ def smoothing_scale(x_max: torch.Tensor, weight: torch.Tensor, alpha: float) -> 
 
 
 class FullRangeLinear(nnqd.Linear):
-    """torch.ao's dynamic int8 Linear with activations on all 256 levels. torch.ao reserves one bit
-    (reduce_range) because without VNNI the int8 kernel's pairwise int16 sums can overflow; with
-    AVX-512 VNNI they accumulate in int32, and the spare bit halves the activations' rounding."""
+    """torch.ao's dynamic int8 Linear with activations on all 256 levels, not 128 (reduce_range):
+    the spare bit halves the activations' rounding. Safe with int8_qconfig's weights."""
 
     def forward(self, x):
         return torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params,
                                                   reduce_range=False).to(x.dtype)
 
 
-def int8_linear_class():
-    return FullRangeLinear if torch.cpu._is_vnni_supported() else nnqd.Linear
+def int8_qconfig():
+    """Weights on all int8 levels where the CPU has AVX-512 VNNI (products accumulate in int32),
+    else in -64..63 (QCONFIG_7BIT_WEIGHTS)."""
+    return QCONFIG if torch.cpu._is_vnni_supported() else QCONFIG_7BIT_WEIGHTS
 
 
 def quantization_error(linear: nn.Linear, rows: torch.Tensor, ref: torch.Tensor, s: torch.Tensor) -> float:
@@ -204,10 +211,10 @@ def quantization_error(linear: nn.Linear, rows: torch.Tensor, ref: torch.Tensor,
     scaled = copy.deepcopy(linear)
     with torch.no_grad():
         scaled.weight *= s
-    scaled.qconfig = QCONFIG
+    scaled.qconfig = int8_qconfig()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        q = int8_linear_class().from_float(scaled)
+        q = FullRangeLinear.from_float(scaled)
     with torch.inference_mode():
         return float((q(rows / s) - ref).norm() / ref.norm().clamp(min=1e-12))
 

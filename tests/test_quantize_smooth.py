@@ -4,7 +4,6 @@ full-range activations only where the CPU's int8 kernel cannot overflow; bad set
 from __future__ import annotations
 
 import copy
-import warnings
 
 import numpy as np
 import pytest
@@ -16,8 +15,9 @@ from mtbert.bert import BertConfig, BertModel
 from mtbert.checkpoint import load_checkpoint, load_encoder
 from mtbert.data import SAMPLE_DIR, load_split
 from mtbert.evaluate import predict_raw
-from mtbert.quantize import (QCONFIG, SMOOTHED, FullRangeLinear, SmoothedLinear, calibration_sentences,
-                             default_tokenizer, for_inference, int8_linear_class, smooth, smoothing_scale)
+from mtbert.quantize import (QCONFIG, QCONFIG_7BIT_WEIGHTS, SMOOTHED, FullRangeLinear, SmoothedLinear,
+                             calibration_sentences, default_tokenizer, for_inference, int8_qconfig, smooth,
+                             smoothing_scale)
 from tests.conftest import REPO
 
 SHIPPED = REPO / "checkpoints" / "minilm-l6-heads"
@@ -35,6 +35,14 @@ def encode(encoder, tok, texts=TEXTS) -> torch.Tensor:
     with torch.inference_mode():
         out = encoder(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).last_hidden_state
     return out[enc["attention_mask"].bool()]
+
+
+class EncoderOnly(nn.Module):
+    """The least for_inference converts: an `encoder` and a `cfg`."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder, self.cfg = encoder, None
 
 
 class RecordingTokenizer:
@@ -129,25 +137,25 @@ def test_calibration_reads_training_sentences_only(int8_pair):
         calibration_sentences(REPO / "docs")
 
 
-def test_int8_uses_full_range_activations_only_where_the_kernel_cannot_overflow(int8_pair):
-    vnni = torch.cpu._is_vnni_supported()
-    assert int8_linear_class() is (FullRangeLinear if vnni else nnqd.Linear)
-    kinds = {type(m) for m in int8_pair[0].encoder.modules() if isinstance(m, nnqd.Linear)}
-    assert kinds == {int8_linear_class()}
-    if not vnni:
-        pytest.skip("no AVX-512 VNNI: activations keep torch.ao's reduced range")
-    # the worst case for int16 pair sums: activations at their top level times weights at theirs, same sign
+@pytest.mark.parametrize("vnni", [True, False])
+def test_int8_keeps_the_kernels_pair_sums_in_int16_where_the_cpu_lacks_vnni(vnni, monkeypatch, int8_pair):
+    assert {type(m) for m in int8_pair[0].encoder.modules() if isinstance(m, nnqd.Linear)} == {FullRangeLinear}
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: vnni)
+    assert int8_qconfig() is (QCONFIG if vnni else QCONFIG_7BIT_WEIGHTS)
+    # the worst case for the pair sums: activations at their top level times weights at theirs, same sign
     linear = nn.Linear(256, 8)
     with torch.no_grad():
         linear.weight.fill_(0.5)
         linear.bias.zero_()
-    linear.qconfig = QCONFIG
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        full = FullRangeLinear.from_float(copy.deepcopy(linear))
     x = torch.full((4, 256), 3.0)
     x[0, 0] = -1.0  # a range that includes both signs puts the rest at the top of 0..255
-    torch.testing.assert_close(full(x), linear(x), rtol=0.01, atol=0.05)
+    fast = for_inference(EncoderOnly(nn.Sequential(linear)), "int8", alpha=0).encoder[0]
+    assert isinstance(fast, FullRangeLinear)
+    levels = fast.weight().int_repr()
+    assert int(levels.max()) == (127 if vnni else 63) and int(levels.abs().max()) <= (127 if vnni else 64)
+    worst = 255 * int(levels.abs().max()) * 2
+    assert vnni or worst <= 32767, f"pairs of products reach {worst}: int16 saturates"
+    torch.testing.assert_close(fast(x), linear(x), rtol=0.01, atol=0.05)
 
 
 def test_bad_smoothing_settings_are_named(tiny_base):
