@@ -84,7 +84,7 @@ def percentiles(xs: list[float]) -> str:
 
 def full_eval(a, model, tok, data):
     """Timed full evaluations per variant, and each variant's raw outputs (of its last repetition)."""
-    models = {p: for_inference(model, p) for p in PRECISIONS}
+    models = {p: for_inference(model, p, tokenizer=tok) for p in PRECISIONS}
     variants = {f"before: per-batch loop, fp32, batch {a.before_batch_size}":
                 lambda t, ex: predict_raw_before(models["fp32"], tok, t, ex, a.before_batch_size)}
     variants.update({f"predict_raw, {p}, batch {a.batch_size}":
@@ -208,9 +208,11 @@ def main(argv=None):
         f"median of {a.reps} interleaved repetitions per row. `predict_raw` tokenises everything at once, "
         f"sorts batches by token count and, for a separately encoded pair task, embeds each distinct "
         f"sentence once (Quora dev repeats its questions). int8 is dynamic quantization of the encoder's "
-        f"Linear layers (per output channel); bf16 runs the encoder's weights and activations in bf16 "
-        f"(fast where the CPU has AMX or AVX-512 BF16). Max |diff| is the largest difference of any output "
-        f"(probability or score) from fp32 `predict_raw`.\n\n"
+        f"Linear layers (weights per output channel) after SmoothQuant smoothing calibrated on training "
+        f"sentences, activations on all 256 levels (weights on 128 where the CPU lacks AVX-512 VNNI); "
+        f"bf16 runs the encoder's weights and activations in bf16 (fast where the CPU has AMX or AVX-512 "
+        f"BF16). Max |diff| is the largest difference of any output (probability or score) from fp32 "
+        f"`predict_raw`.\n\n"
         + common.markdown_table(["evaluation", "seconds", "speed-up vs before", "max |diff| vs fp32"], eval_rows)
         + "\n\nEach task's main metric (difference to fp32):\n\n"
         + common.markdown_table(["precision", *(f"{t}: {specs[t].main_key}" for t in data)], metric_rows)

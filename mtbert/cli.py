@@ -155,9 +155,9 @@ def _check_precision(precision: str) -> str:
     return check_precision(precision, "--precision")
 
 
-def _inference_model(model, precision: str):
+def _inference_model(model, precision: str, tokenizer):
     from .quantize import for_inference
-    return for_inference(model, precision, copy_model=False)
+    return for_inference(model, precision, copy_model=False, tokenizer=tokenizer)
 
 
 def _load_any(name: str):
@@ -196,7 +196,7 @@ def _cmd_evaluate(args) -> int:
     try:
         _check_precision(args.precision)
         model, tok, _ = _load_any(args.checkpoint)
-        model = _inference_model(model, args.precision)
+        model = _inference_model(model, args.precision, tok)
         specs = _chosen_tasks(model, args)
         data = _labelled_data(model, specs, args)
     except (CheckpointError, DataError, ValueError) as e:
@@ -286,7 +286,7 @@ def _cmd_predict(args) -> int:
     try:
         _check_precision(args.precision)
         model, tok, _ = _load_any(args.checkpoint)
-        model = _inference_model(model, args.precision)
+        model = _inference_model(model, args.precision, tok)
         if args.task not in model.cfg.names:
             raise ValueError(f"--task {args.task} is not allowed; this checkpoint's tasks: {', '.join(model.cfg.names)}")
         spec = model.cfg.task(args.task)

@@ -545,7 +545,8 @@ class Trainer:
         s = self.state
         raw, extra = {}, {}
         sizes = {t: len(v) for t, v in data.items()}
-        model = for_inference(self.eval_model, self.cfg.eval_precision)  # shares eval_model's cfg (thresholds)
+        # shares eval_model's cfg (thresholds)
+        model = for_inference(self.eval_model, self.cfg.eval_precision, tokenizer=self.tok)
         if full and self.cfg.calibrate_para and "para" in data and split == "dev":
             extra = self._calibrated_full_para(model, data["para"], raw, refit=calibrate)
             data = {t: v for t, v in data.items() if t != "para"}

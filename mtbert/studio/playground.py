@@ -83,7 +83,7 @@ def load_model(ref: str, device: str = "cpu", token: str | None = None,
     check_precision(precision)
     model, tok, meta = _load_fp32(ref, device, token)
     meta["precision"] = precision
-    return for_inference(model, precision, copy_model=False), tok, meta
+    return for_inference(model, precision, copy_model=False, tokenizer=tok), tok, meta
 
 
 def _load_fp32(ref: str, device: str, token: str | None) -> tuple[MultitaskBert, object, dict]:
