@@ -132,7 +132,8 @@ def main(argv=None) -> int:
              f"{over:.2f}x the time of a `sum + telemetry` one. Extra memory: the buffers beyond the "
              f"{grad_mb:.0f} MB of gradients one backward makes anyway, i.e. the K rows. The trainer uses "
              "`sum + telemetry` for `gradient_method: sum`.")
-    heading = f"Training step: every method ({args.model}, {args.device})"
+    threads = f", {args.threads} thread{'s' if args.threads != 1 else ''}" if args.device == "cpu" else ""
+    heading = f"Training step: every method ({args.model}, {args.device}{threads})"
     write_section(args.out, heading, body)
     return 0
 
