@@ -131,7 +131,8 @@ def main(argv=None) -> int:
              "only, all three touch the looked-up rows alone. A PCGrad step takes "
              f"{over:.2f}x the time of a `sum + telemetry` one. Extra memory: the buffers beyond the "
              f"{grad_mb:.0f} MB of gradients one backward makes anyway, i.e. the K rows. The trainer uses "
-             "`sum + telemetry` for `gradient_method: sum`.")
+             "`sum + telemetry` for `gradient_method: sum` on the steps that record gradient telemetry: every "
+             "step by default, one in N with `telemetry_every: N` (the others are `sum (one backward)`).")
     threads = f", {args.threads} thread{'s' if args.threads != 1 else ''}" if args.device == "cpu" else ""
     heading = f"Training step: every method ({args.model}, {args.device}{threads})"
     write_section(args.out, heading, body)
