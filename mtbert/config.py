@@ -118,7 +118,7 @@ class TrainConfig:
                                help="the optimizer's rate for the task weights a method learns (uw's "
                                     "log-variances, gradnorm's weights), on the same warm-up and decay")
     telemetry_every: int = setting(1, section=METHOD, label="Gradient telemetry every (steps)", range=AT_LEAST_1,
-                                   card=False, resume=True,
+                                   card=False,
                                    help="record each task's gradient norm, the gradient cosines and conflicts every "
                                         "this many steps; in between, sum and the loss weightings (gradnorm "
                                         "excepted) run one backward of the weighted loss instead of one per task "

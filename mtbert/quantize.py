@@ -31,6 +31,7 @@ import torch.ao.nn.quantized.dynamic as nnqd
 from torch.ao.quantization import PerChannelMinMaxObserver, QConfig
 
 from .config import PRECISIONS
+from .lora import lora_of, merge_lora
 
 # per output channel: one scale per row keeps the rows with small weights from rounding to a few levels
 QCONFIG = torch.ao.quantization.per_channel_dynamic_qconfig
@@ -77,6 +78,8 @@ def for_inference(model: nn.Module, precision: str = "fp32", copy_model: bool = 
     # the copy shares the task config: a decision threshold fitted through it is the model's own
     model = copy.deepcopy(model, memo={id(model.cfg): model.cfg}) if copy_model else model
     model.eval()
+    if lora_of(model) is not None:  # LoRA adapters folded into W first: the smoothing and the casts
+        merge_lora(model)           # rescale the Linear layers' inputs, which the adapters also read
     if precision == "int8":
         if alpha:
             smooth(model.encoder, tokenizer, calibration, alpha)

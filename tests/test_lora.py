@@ -119,12 +119,15 @@ def test_copies_of_an_adapted_model_use_their_own_adapters(tiny_base):
     assert_close(predictions(model, tok), want, atol=0)
 
 
-@pytest.mark.parametrize("precision, atol", [("int8", 0.1), ("bf16", 0.05)])
+@pytest.mark.parametrize("precision, atol", [("int8", 0.15), ("bf16", 0.05)])
 def test_inference_precisions_keep_the_adapters(tiny_base, precision, atol):
+    """int8 and bf16 fold the adapters into the weights of a copy (the smoothing and the casts rescale
+    what the Linear layers read); the trained model keeps its adapters."""
     model, tok = adapted(tiny_base)
     hooks = lambda m: sum(isinstance(h, _Hook) for mod in m.encoder.modules() for h in mod._forward_hooks.values())
     fast = for_inference(model, precision)
-    assert hooks(fast) == hooks(model) == 4 * len(model.encoder.layers)  # qkv, attention output, intermediate, output
+    assert hooks(model) == 4 * len(model.encoder.layers)  # qkv, attention output, intermediate, output
+    assert hooks(fast) == 0 and getattr(fast, "lora", None) is None
     assert_close(predictions(fast, tok), predictions(model, tok), atol=atol)
     plain = copy.deepcopy(model)  # the adapters matter: without them the answers move further
     for p in plain.lora.parameters():
@@ -334,7 +337,8 @@ def test_playground_lists_loads_and_explains_an_adapter_checkpoint(adapter_check
     text = "A gorgeous, witty, seductive movie."
     for precision, atol in (("fp32", 1e-6), ("int8", 0.1)):
         model, tok, meta = pg.load_model(str(best), precision=precision)
-        assert lora_of(model) is not None and meta["precision"] == precision
+        # fp32 keeps the adapters; int8 folds them into the weights before quantizing
+        assert (lora_of(model) is not None) == (precision == "fp32") and meta["precision"] == precision
         got, want = pg.sentiment(model, tok, text), pg.sentiment(local, ltok, text)
         assert got.keys() == want.keys()
         torch.testing.assert_close(torch.tensor(got["probs"]), torch.tensor(want["probs"]), atol=atol, rtol=0)

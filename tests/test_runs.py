@@ -13,6 +13,7 @@ import pytest
 
 from mtbert import lock, runfolder
 from mtbert.config import PRESET_FILES, TrainConfig, read_config_file
+from mtbert.methods import METHODS
 from mtbert.studio import charts, checkpoints, environment, runs, settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -266,7 +267,7 @@ def test_settings_spec_covers_every_trainer_setting_with_its_default():
     defaults = TrainConfig().to_dict()
     values = {name: s.from_widget(s.to_widget(s.default)) for name, s in spec.items()}
     assert values == {k: v for k, v in defaults.items() if k in spec}  # widget round trip is lossless
-    assert spec["gradient_method"].kind == "choice" and spec["gradient_method"].choices == ("sum", "pcgrad")
+    assert spec["gradient_method"].kind == "choice" and spec["gradient_method"].choices == tuple(METHODS)
     assert spec["para_encoding"].kind == "choice" and spec["para_encoding"].optional
     assert spec["max_steps"].kind == "int" and spec["max_steps"].optional
     assert spec["bf16"].kind == "bool" and spec["tasks"].kind == "tasks"

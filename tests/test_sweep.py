@@ -263,7 +263,8 @@ def test_a_killed_sweep_resumes_without_running_a_run_twice(dirs, tiny_base):
 def test_a_stopped_sweep_resumes_its_run_from_last(dirs, tiny_base):
     """SIGTERM: the trainer saves last/ and stops, the sweep is stopped; --resume continues the run
     from last/ with `train --resume`, no step lost or repeated."""
-    cfg = base_file(dirs, tiny_base, epochs=2, max_steps=None)  # 4 steps an epoch; last/ at its end
+    # 4 steps an epoch, last/ at each epoch's end; enough epochs that SIGTERM lands mid-run
+    cfg = base_file(dirs, tiny_base, epochs=6, max_steps=None)
     d = sweep.create(json.loads(cfg.read_text()), {"gradient_method": ["sum"]}, 1, dirs / "sweep-stop")
     run_dir = d / sweep.load(d)["runs"][0]["run_dir"]
     runner = subprocess.Popen([sys.executable, "-m", "mtbert", "sweep", "--resume", str(d)], env=env(),
@@ -275,10 +276,10 @@ def test_a_stopped_sweep_resumes_its_run_from_last(dirs, tiny_base):
     doc = sweep.load(d)
     assert doc["state"] == "stopped" and doc["runs"][0]["state"] == "queued", out
     stopped_at = runfolder.read_status(run_dir)["step"]
-    assert runfolder.read_status(run_dir)["state"] == "stopped" and 4 <= stopped_at < 8
+    assert runfolder.read_status(run_dir)["state"] == "stopped" and 4 <= stopped_at < 24
     p = mtbert("sweep", "--resume", str(d))
     assert p.returncode == 0 and "[1/1] resuming from last/" in p.stdout, p.stdout + p.stderr
-    assert steps_of(run_dir) == list(range(1, 9))
+    assert steps_of(run_dir) == list(range(1, 25))
     assert f"[resume] from {run_dir / 'last'} at step {stopped_at}" in (run_dir / "train.log").read_text()
     assert sweep.load(d)["state"] == "done" and (d / sweep.RESULTS_MD).is_file()
 

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -14,7 +16,11 @@ def test_train_benchmark_smoke(tmp_path):
                        timeout=300)
     assert r.returncode == 0, r.stderr
     text = out.read_text()
-    assert "keep me" in text and "## Training step: sum vs PCGrad (minilm, cpu)" in text
+    threads = torch.get_num_threads()
+    assert "keep me" in text and \
+        f"## Training step: every method (minilm, cpu, {threads} thread{'s' if threads != 1 else ''})" in text
+    from mtbert.methods import METHODS
+    assert all(f"| {name} |" in text for name in METHODS if name != "sum")  # every method timed
     # the section names the code and the command, but not where this run wrote its output
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
     assert f"commit {commit.strip()}" in text and str(tmp_path) not in text
