@@ -333,7 +333,9 @@ class GradientMethod:
     weights_heads = False  # the task-only parameters (heads) get λ_k g_k too, not their plain g_k
 
     def __init__(self, params, seed: int = 0, telemetry: bool = True, all_reduce: AllReduce | None = None,
-                 **hyper):
+                 tasks=None, **hyper):
+        # tasks: the names trained; a method that keeps one weight per task (the loss weightings) fixes
+        # them here, the others need nothing of them
         unknown = sorted(set(hyper) - set(self.hyper))
         if unknown:
             raise ValueError(f"{self.name} has no hyperparameter {', '.join(unknown)}; "

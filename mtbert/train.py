@@ -33,7 +33,6 @@ from .config import TrainConfig, sst_phrase_count
 from .data import SAMPLE_DIR, Example, batch_order, load_split, make_batch
 from .evaluate import evaluate, seed_average, shift_para_probs
 from .methods import METHODS, make_method
-from .methods.lossweighting import LossWeighting
 from .io import atomic_write_json
 from .lora import LoraConfig, add_lora, lora_parameters
 from .model import ModelConfig, MultitaskBert
@@ -351,10 +350,8 @@ def build_method(cfg: TrainConfig, model: MultitaskBert):
     Under torchrun it averages each task's gradient over the ranks before combining them."""
     enc = [p for p in model.encoder.parameters() if p.requires_grad] + lora_parameters(model)
     hyper = {key: getattr(cfg, f"{cfg.gradient_method}_{key}") for key in METHODS[cfg.gradient_method].hyper}
-    if issubclass(METHODS[cfg.gradient_method], LossWeighting):  # one weight per task, learned ones in the optimizer
-        hyper["tasks"] = cfg.tasks
     method = make_method(cfg.gradient_method, enc + head_params(model), seed=cfg.seed, telemetry=True,
-                         all_reduce=dist.average_ if dist.active() else None, **hyper)
+                         all_reduce=dist.average_ if dist.active() else None, tasks=cfg.tasks, **hyper)
     for p in method.parameters():  # learned task weights live beside the model
         p.data = p.data.to(next(model.parameters()).device)
     return method

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mtbert.methods import METHODS, make_method  # noqa: E402
-from mtbert.methods.lossweighting import LossWeighting  # noqa: E402
 
 STEPS, BATCH = 4, 8  # the global batch of each task; every rank takes BATCH / world of it
 
@@ -47,8 +46,7 @@ def train(name: str, rank: int = 0, world: int = 1, all_reduce=None) -> dict[str
     """The parameters after STEPS steps of plain SGD with method `name` (rank's slice of each batch)."""
     model = Net()
     params = list(model.parameters())
-    tasks = {"tasks": list(model.heads)} if issubclass(METHODS[name], LossWeighting) else {}  # learned weights
-    method = make_method(name, params, seed=3, telemetry=True, all_reduce=all_reduce, **tasks)
+    method = make_method(name, params, seed=3, telemetry=True, all_reduce=all_reduce, tasks=list(model.heads))
     extra = method.parameters()
     opt = torch.optim.SGD([{"params": params}, *([{"params": extra}] if extra else [])], lr=0.1)
     for step in range(STEPS):
