@@ -169,7 +169,8 @@ def test_calibrated_quora_threshold_is_fitted_on_the_subset_and_reported_on_the_
 # by step 7); rlw's generator
 @pytest.mark.parametrize("method", [{"gradient_method": "pcgrad"}, {"gradient_method": "uw"},
                                     {"gradient_method": "gradnorm"}, {"gradient_method": "famo"},
-                                    {"gradient_method": "dwa", "dwa_window": 2}, {"gradient_method": "rlw"}],
+                                    {"gradient_method": "dwa", "dwa_window": 2}, {"gradient_method": "rlw"},
+                                    {"gradient_method": "gradvac", "gradvac_beta": 0.5}],  # its targets move
                          ids=lambda m: m["gradient_method"])
 def test_stop_then_resume_gives_the_same_losses_as_an_uninterrupted_run(tiny_base, tmp_path, method):
     cfg = tiny_cfg(tiny_base, epochs=2, lr_decay="linear", warmup_steps=2, bucket=True, layer_lr_decay=0.8,
