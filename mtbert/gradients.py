@@ -111,6 +111,10 @@ class Hyper:
 # and the update keep the summation order of one matrix product (the position embeddings of a BERT
 # stay there; the word embeddings, 30522 x 384 in MiniLM, do not)
 TABLE_MIN_SIZE = 1 << 20
+# columns per pass of the Gram matrix and the combination: K rows of this many float32 (1.5 MB for
+# K = 3) stay in cache between the two, so a method whose weights do not depend on the Gram matrix
+# reads the (K, P) rows from memory once for both
+CHUNK = 1 << 17
 
 
 # ---- the surgery, on plain (K, P) tensors ----------------------------------------------------
@@ -398,13 +402,18 @@ class GradientMethod:
         if self.all_reduce is not None:
             for k in range(len(tasks)):
                 self.all_reduce(grads[k])  # row k is contiguous: reduced in place
-        gram = self._gram(grads, n_shared)  # every dot product the methods and the telemetry need
-        c, n_proj = self.coefficients(gram, values)
+        if self.needs_gram:
+            gram = self._gram(grads, n_shared)  # every dot product the methods and the telemetry need
+            c, n_proj = self.coefficients(gram, values)
+        else:  # the weights come first, so the Gram matrix (telemetry) and the update share one pass
+            c, n_proj = self.coefficients(None, values)
+            gram = self._gram(grads, n_shared, c, self._buf.update[:grads.size(1)])
         stats = gradient_stats(grads, gram, tasks, n_shared) if self.telemetry else {}
         stats["projections"] = n_proj
         # the update on the shared parameters is sum_k weights[k] g_k: what the method made of each task
         stats["weights"] = {t: 1.0 if c is None else float(c[k]) for k, t in enumerate(tasks)}
-        self._combine(grads, n_shared, c, self._buf.update[:grads.size(1)])
+        if self.needs_gram:
+            self._combine(grads, n_shared, c, self._buf.update[:grads.size(1)])
         self._write(self._buf.update_views)
         return stats
 
@@ -555,32 +564,54 @@ class GradientMethod:
         # advanced indexing: index_select along dim 1 of this strided view is ~100x slower on a CPU
         return grads[:, s:s + V * H].view(-1, V, H)[:, rows].reshape(grads.size(0), -1)
 
-    def _gram(self, grads: torch.Tensor, n_shared: int) -> torch.Tensor:
+    def _gram(self, grads: torch.Tensor, n_shared: int, c: torch.Tensor | None = None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
         """(K, K) float64 on the CPU, over the shared columns; a row-sparse table contributes its
-        looked-up rows only (the others are 0 in every task's gradient)."""
-        if not self._sparse:
-            shared = grads[:, :n_shared]
-            return (shared @ shared.T).double().cpu()
+        looked-up rows only (the others are 0 in every task's gradient). With `out`, also the update
+        of `_combine(grads, n_shared, c, out)`, chunk by chunk while each chunk is in cache."""
         dense, tables = self._segments(0, n_shared)
-        parts = [grads[:, a:b] for a, b in dense] + [self._table_rows(grads, i, r) for i, r in tables]
-        return sum((x @ x.T).double() for x in parts).cpu()
+        gram = torch.zeros(grads.size(0), grads.size(0), dtype=torch.float64, device=grads.device)
+        cc = None if c is None else c.to(device=grads.device, dtype=grads.dtype).unsqueeze(0)
+        for a, b in dense:  # on a GPU one launch per segment: chunks there would cost launches
+            step = CHUNK if grads.device.type == "cpu" else max(b - a, 1)
+            for lo in range(a, b, step):
+                x = grads[:, lo:min(lo + step, b)]
+                gram += (x @ x.T).double()
+                if out is not None:
+                    self._combine_dense(x, cc, out[lo:lo + x.size(1)])
+        for i, rows in tables:
+            x = self._table_rows(grads, i, rows)
+            gram += (x @ x.T).double()
+            if out is not None:
+                self._combine_table(x, i, rows, cc)
+        if out is not None:
+            self._combine_own(grads, n_shared, cc, out)
+        return gram.cpu()
 
     def _combine(self, grads: torch.Tensor, n_shared: int, c: torch.Tensor | None, out: torch.Tensor) -> None:
         """out = sum_k c[k] g_k on the shared columns (the plain sum for c = None), the plain sum on
         the task-only ones."""
-        if c is not None:
-            c = c.to(device=grads.device, dtype=grads.dtype).unsqueeze(0)
+        cc = None if c is None else c.to(device=grads.device, dtype=grads.dtype).unsqueeze(0)
         dense, tables = self._segments(0, n_shared)
         for a, b in dense:
-            if c is None:
-                sum_rows(grads[:, a:b], out[a:b])
-            else:
-                torch.matmul(c, grads[:, a:b], out=out[a:b].unsqueeze(0))
+            self._combine_dense(grads[:, a:b], cc, out[a:b])
         for i, rows in tables:
-            view = self._buf.update_views[i]
-            view.zero_()
-            part = self._table_rows(grads, i, rows)
-            view.index_copy_(0, rows, (sum_rows(part) if c is None else (c @ part).squeeze(0)).view(len(rows), -1))
+            self._combine_table(self._table_rows(grads, i, rows), i, rows, cc)
+        self._combine_own(grads, n_shared, cc, out)
+
+    @staticmethod
+    def _combine_dense(x: torch.Tensor, c: torch.Tensor | None, out: torch.Tensor) -> None:
+        if c is None:
+            sum_rows(x, out)
+        else:
+            torch.matmul(c, x, out=out.unsqueeze(0))
+
+    def _combine_table(self, part: torch.Tensor, i: int, rows: torch.Tensor, c: torch.Tensor | None) -> None:
+        view = self._buf.update_views[i]
+        view.zero_()
+        view.index_copy_(0, rows, (sum_rows(part) if c is None else (c @ part).squeeze(0)).view(len(rows), -1))
+
+    def _combine_own(self, grads: torch.Tensor, n_shared: int, c: torch.Tensor | None, out: torch.Tensor) -> None:
         if c is not None and self.weights_heads:  # each task-only column has one non-zero row
             torch.matmul(c, grads[:, n_shared:], out=out[n_shared:].unsqueeze(0))
         else:
