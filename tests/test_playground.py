@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 
 import pytest
@@ -302,3 +303,17 @@ def test_sentiment_figure_compares_models(loaded):
     fig = pg.sentiment_figure({"a": r, "b": r})
     assert [t.name for t in fig.data] == ["a", "b"] and list(fig.data[0].y) == r["probs"]
     assert re.fullmatch(r"\d\.\d\d", fig.data[0].text[0])
+
+
+def test_the_best_shipped_checkpoint_is_offered_first(tmp_path, monkeypatch):
+    """Pages default to the first offered checkpoint: among shipped ones, the best by dev average,
+    then those without scores; the name only breaks ties."""
+    for name, avg in (("a-low", 0.61), ("b-high", 0.74), ("c-unscored", None), ("d-high", 0.74)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mtbert.json").write_text("{}")
+        if avg is not None:
+            (tmp_path / name / "metrics.json").write_text(json.dumps({"dev": {"average": avg}}))
+    monkeypatch.setattr(checkpoints, "CHECKPOINTS_DIR", tmp_path)
+    shipped = [c for c in checkpoints.list_checkpoints() if c.kind == "shipped"]
+    assert [c.name for c in shipped] == ["b-high", "d-high", "a-low", "c-unscored"]
+    assert shipped[0].label == "b-high (shipped, dev average 0.740)" and shipped[-1].label == "c-unscored (shipped)"

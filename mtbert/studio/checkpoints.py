@@ -27,16 +27,19 @@ class CheckpointRef:
 
 
 def list_checkpoints() -> list[CheckpointRef]:
-    """Shipped checkpoints first (they answer sensibly before any training), then every run's
-    best/ and last/ (newest run first), then the plain base model."""
-    out = []
+    """Shipped checkpoints first (they answer sensibly before any training), the best by dev
+    average first (a page's default choice), then every run's best/ and last/ (newest run first),
+    then the plain base model."""
+    out, shipped = [], []
     if CHECKPOINTS_DIR.is_dir():
         for d in sorted(CHECKPOINTS_DIR.iterdir()):
             if (d / "mtbert.json").is_file():
                 dev = (runfolder.read_json(d / "metrics.json", {}) or {}).get("dev", {})
                 avg = _num(dev.get("average")) if isinstance(dev, dict) else None
-                out.append(CheckpointRef(d.name, str(d), "shipped", f"{d.name} (shipped" +
-                                         (f", dev average {avg:.3f})" if avg is not None else ")")))
+                shipped.append((-(avg if avg is not None else float("-inf")), d.name, CheckpointRef(
+                    d.name, str(d), "shipped", f"{d.name} (shipped" +
+                    (f", dev average {avg:.3f})" if avg is not None else ")"))))
+    out += [ref for *_, ref in sorted(shipped, key=lambda x: x[:2])]
     for run in list_runs():
         for which in (BEST, LAST):
             d = run / which
