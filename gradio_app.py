@@ -134,10 +134,10 @@ def build_app(choices: list[checkpoints.CheckpointRef] | None = None) -> gr.Bloc
         return gr.update(choices=[(f"{t.title} ({t.name})", t.name) for t in model.cfg.tasks],
                          value=model.cfg.names[0])
 
-    def attention(ref, a, b, layer, head, kind):
+    def attention(ref, a, b, layer, head, kind, task=None):
         model, tok, _ = models.get(ref)
         try:
-            view = pg.attention(model, tok, a, b if b and b.strip() else None)
+            view = pg.attention(model, tok, a, b if b and b.strip() else None, task or None)
             fig = pg.attention_heatmap(view, int(layer), int(head))
             page = pg.bertviz_html(view, kind)  # d3 and jQuery inlined; a bad MTBERT_BERTVIZ_JS raises
         except pg.InputError as e:
@@ -147,6 +147,14 @@ def build_app(choices: list[checkpoints.CheckpointRef] | None = None) -> gr.Bloc
                  f'style="width:100%;height:{pg.bertviz_height(view, kind)}px;border:0" '
                  f'srcdoc="{html.escape(page, quote=True)}"></iframe>')
         return fig, frame, _note(view.note)
+
+    def adapter_choices(ref):
+        """The Attention tab's task picker, shown for a checkpoint with LoRA adapters per task only."""
+        if not ref:
+            return gr.update()
+        model, _, _ = models.get(ref)
+        per_task = pg.needs_task(model)
+        return gr.update(choices=model.cfg.names, value=model.cfg.names[0] if per_task else None, visible=per_task)
 
     def ranges(ref):
         if not ref:
@@ -201,20 +209,24 @@ def build_app(choices: list[checkpoints.CheckpointRef] | None = None) -> gr.Bloc
                 layer = gr.Slider(0, 11, value=0, step=1, label="Layer")
                 head = gr.Slider(0, 11, value=0, step=1, label="Head")
                 kind = gr.Radio(["head", "model"], value="head", label="bertviz view")
+                adapters = gr.Dropdown([], label="LoRA adapters of task", allow_custom_value=True, visible=False)
             go = gr.Button("Show attention", variant="primary")
             note = gr.Markdown(label="Note on the input")
             heatmap = gr.Plot(label="Attention weights")
             viz = gr.HTML(label="bertviz view")
-            inputs, outputs = [ref, a, b, layer, head, kind], [heatmap, viz, note]
+            inputs, outputs = [ref, a, b, layer, head, kind, adapters], [heatmap, viz, note]
             go.click(attention, inputs, outputs, api_name="attention")
 
-            def redraw(*args):  # moving a slider redraws a view already shown, and is silent otherwise
-                return attention(*args) if args[1] and args[1].strip() else (gr.skip(),) * 3
+            def redraw(ref, a, b, layer, head, kind, task=None):
+                """Moving a slider redraws a view already shown, and is silent otherwise."""
+                shown = a and a.strip()
+                return attention(ref, a, b, layer, head, kind, task) if shown else (gr.skip(),) * 3
 
-            gr.on([layer.release, head.release, kind.change], redraw, inputs, outputs, api_name="redraw")
+            gr.on([layer.release, head.release, kind.change, adapters.change], redraw, inputs, outputs,
+                  api_name="redraw")
         for event in (ref.change, app.load):
             event(describe, ref, about, api_name=False).then(ranges, ref, [layer, head], api_name=False).then(
-                task_choices, ref, task, api_name=False)
+                task_choices, ref, task, api_name=False).then(adapter_choices, ref, adapters, api_name=False)
     return app
 
 

@@ -135,9 +135,13 @@ with attention_tab:
     pair = st.radio("Input", ["one sentence", "a sentence pair"], horizontal=True, key="attn_kind")
     a = st.text_input("Sentence A", key="attn_a", placeholder="The movie was not bad at all.")
     b = st.text_input("Sentence B", key="attn_b") if pair == "a sentence pair" else None
+    attn_task = None
+    if pg.needs_task(model):  # each task reads the input through its own adapters
+        attn_task = st.selectbox("Read with the LoRA adapters of", model.cfg.names, key="attn_task",
+                                 format_func=lambda t: f"{model.cfg.task(t).title} ({t})")
     if st.button("Show attention", type="primary", key="attn_go"):
         try:
-            st.session_state.attn_view = pg.attention(model, tok, a, b)
+            st.session_state.attn_view = pg.attention(model, tok, a, b, attn_task)
         except pg.InputError as e:
             st.session_state.pop("attn_view", None)
             show_input_error(e)

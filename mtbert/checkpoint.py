@@ -13,6 +13,8 @@ config) is read as the built-in trio. A heads-only checkpoint (frozen encoder) n
 sha256 in `mtbert.json` instead of copying the encoder. An adapter checkpoint (mode lora) is a
 heads-only checkpoint plus `adapters.safetensors` (the LoRA A and B matrices, mtbert/lora.py) and the
 LoRA settings in `mtbert.json` (`lora`); loading it rebuilds the verified base and attaches them.
+With per-task adapters (`lora.per_task: true`) the tensors are named `tasks.<task>.layers.<i>...`;
+a `lora` dict without `per_task` is shared adapters, `layers.<i>...`, as every older checkpoint.
 `export_checkpoint(..., merge=True)` writes any checkpoint as a self-contained Hugging Face BERT folder,
 the adapters folded into the encoder's weights.
 """
@@ -289,6 +291,11 @@ def export_checkpoint(src: str | Path, out: str | Path, merge: bool = False) -> 
     if out.exists():
         raise CheckpointError(f"--out {out}: already exists; give a new folder")
     model, tok, meta = load_checkpoint(src)  # checks the checkpoint whole, either way
+    if merge and (lora := lora_of(model)) is not None and lora.cfg.per_task:
+        raise CheckpointError(f"{src}: --merge is not possible for a checkpoint trained with lora_per_task=true: "
+                              f"each of its tasks ({', '.join(lora.tasks)}) has its own LoRA adapters, and one "
+                              "merged BERT can hold only one set of weights; export it without --merge (an adapter "
+                              "checkpoint, which load_checkpoint, evaluate, predict and the Playground read)")
     if not merge:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_made(out.parent)))
         try:

@@ -80,6 +80,10 @@ class TrainConfig:
                                       f"comma-separated; allowed: {', '.join(LORA_TARGETS)}")
     lora_dropout: float = setting(0.1, section=MODEL, label="LoRA dropout", range=Range(0, 1, high_open=True),
                                   help="mode lora: dropout on the adapters' input")
+    lora_per_task: bool = setting(False, section=MODEL, label="LoRA adapters per task",
+                                  help="mode lora: one set of adapters for each task (each task's inputs are encoded "
+                                       "with its own; K tasks: K times the adapters) instead of one set shared by "
+                                       "all; such a checkpoint cannot be exported with --merge")
     freeze_word_embeddings: bool = setting(False, section=MODEL, label="Freeze word embeddings",
                                            help="keep the word-embedding table as it is (12 M of MiniLM's 22.7 M "
                                                 "weights): cheaper steps and smaller PCGrad buffers")

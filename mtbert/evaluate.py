@@ -42,7 +42,7 @@ def predict_raw(model, tokenizer, task: str, examples: list[Example], batch_size
                 done = _progress_in(progress, len(examples), len(distinct))
                 # a batch of pairs is 2 x batch_size sentences, as when each pair's two sides are encoded together
                 emb = _encoded_batches(tokenizer, distinct, None, 2 * batch_size, device,
-                                       lambda enc: model.embed(enc), done)
+                                       lambda enc: model.embed(enc, task), done)
                 out = model.finish(task, model.pair_output(task, emb[ia.to(device)], emb[ib.to(device)]))
             else:
                 done = _progress_in(progress, len(examples), len(examples))

@@ -83,6 +83,15 @@ def base_model_id(name: str | None) -> str | None:
     return name
 
 
+def _encoder_words(folder: Path, meta: dict, has_encoder: bool) -> str:
+    if has_encoder:
+        return "fine-tuned weights included"
+    if (folder / "adapters.safetensors").is_file():
+        per_task = ", one set per task" if (meta.get("lora") or {}).get("per_task") else ""
+        return f"LoRA adapters of the frozen base{per_task} (`adapters.safetensors`)"
+    return "not included (frozen base; heads only)"
+
+
 def _target(s) -> str:
     if s.kind == "regression":
         return f"a score {s.range[0]:g}–{s.range[1]:g}"
@@ -144,10 +153,7 @@ def model_card(folder: str | Path, repo_id: str, license: str = DEFAULT_LICENSE)
              f"head{'s' if len(specs) > 1 else ''}.", "",
              f"- **Base model:** {base_text}",
              f"- **Tasks trained:** {', '.join(f'{s.title} ({s.name})' for s in specs)}",
-             "- **Encoder:** " + ("fine-tuned weights included" if has_encoder
-                                  else "LoRA adapters of the frozen base (`adapters.safetensors`)"
-                                  if (folder / "adapters.safetensors").is_file()
-                                  else "not included (frozen base; heads only)"),
+             f"- **Encoder:** {_encoder_words(folder, meta, has_encoder)}",
              f"- **Pooling:** {model_cfg.get('pooling', '?')}",
              f"- **Licence:** {license}", ""]
     lines += ["## Tasks", "", "| task | input | target | head | loss | metrics |", "|---|---|---|---|---|---|"]

@@ -11,10 +11,18 @@ beside the encoder (`model.lora`) and reach it through forward hooks on its Line
 qkv layer gets one adapter per chosen part, each adding to its third of the output. The encoder's
 own weights, names and Hugging Face key map stay untouched: a checkpoint stores the adapters alone
 (mtbert/checkpoint.py), and `merge_lora` folds W + (alpha/r) B A back into a plain BERT.
+
+With per_task (the setting lora_per_task), every task of the model has its own adapters
+(`tasks[task].layers[i][target]`) over the one frozen base, and the hooks add the adapters of the task
+whose inputs are being encoded: `task_adapters(model, task)` says which, around each encoder call of
+a task (MultitaskBert.embed does it for every task's forward). An encoder call with no task chosen
+raises LoraError rather than run without adapters.
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 
 import torch
@@ -45,6 +53,7 @@ class LoraConfig:
     alpha: float = 16.0    # the update is scaled by alpha / r, so changing r keeps the step size comparable
     targets: tuple = TARGETS
     dropout: float = 0.1   # on the adapter's input only
+    per_task: bool = False  # one set of adapters per task instead of one shared by all
 
     def __post_init__(self):
         self.targets = tuple(parse_targets(self.targets))
@@ -55,19 +64,25 @@ class LoraConfig:
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise LoraError(f"setting lora_dropout={self.dropout!r} is not allowed; allowed values: "
                             "0 <= lora_dropout < 1")
+        if not isinstance(self.per_task, bool):
+            raise LoraError(f"setting lora_per_task={self.per_task!r} is not allowed; allowed values: true, false")
 
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "targets": list(self.targets)}
+        d = {**asdict(self), "targets": list(self.targets)}
+        if not self.per_task:  # shared adapters: the very dict checkpoints held before per_task existed
+            del d["per_task"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "LoraConfig":
-        unknown = sorted(set(d) - {"rank", "alpha", "targets", "dropout"})
+        known = ("rank", "alpha", "targets", "dropout", "per_task")
+        unknown = sorted(set(d) - set(known))
         if unknown:
-            raise LoraError(f"unknown LoRA setting(s) {', '.join(unknown)}; known: rank, alpha, targets, dropout")
+            raise LoraError(f"unknown LoRA setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
         return cls(**d)
 
 
@@ -100,54 +115,115 @@ class LoraAdapter(nn.Module):
         return (self.lora_B @ self.lora_A) * self.scale
 
 
-class Lora(nn.Module):
-    """The adapters of every layer: `layers[i][target]`, trained and saved with the model."""
+# The task each per-task Lora encodes for, by id(lora), set by task_adapters. A context variable, not
+# an attribute: one cached model answers several Streamlit sessions' threads at once, each its own task.
+_ACTIVE: ContextVar[dict] = ContextVar("mtbert_lora_task", default={})
 
-    def __init__(self, encoder, cfg: LoraConfig):
+
+class Lora(nn.Module):
+    """The adapters of every layer, trained and saved with the model: `layers[i][target]`, or with
+    per_task `tasks[task].layers[i][target]` for each of `tasks`."""
+
+    def __init__(self, encoder, cfg: LoraConfig, tasks: list[str] = ()):
         super().__init__()
         self.cfg = cfg
         H, I = encoder.config.hidden_size, encoder.config.intermediate_size
         shape = {"query": (H, H), "key": (H, H), "value": (H, H), "attention_output": (H, H),
                  "intermediate": (H, I), "output": (I, H)}  # (in, out)
-        self.layers = nn.ModuleList(nn.ModuleDict({t: LoraAdapter(*shape[t], cfg) for t in cfg.targets})
-                                    for _ in encoder.layers)
+
+        def layers():
+            return nn.ModuleList(nn.ModuleDict({t: LoraAdapter(*shape[t], cfg) for t in cfg.targets})
+                                 for _ in encoder.layers)
+        if cfg.per_task:
+            if not tasks:
+                raise LoraError("setting lora_per_task=true needs the model's tasks, one set of adapters each")
+            self.tasks = nn.ModuleDict({t: nn.ModuleDict({"layers": layers()}) for t in tasks})
+        else:
+            self.layers = layers()
+
+    @property
+    def active_task(self) -> str | None:
+        return _ACTIVE.get().get(id(self))
+
+    def layer(self, i: int) -> nn.ModuleDict:
+        """Layer i's adapters for the inputs being encoded now."""
+        if not self.cfg.per_task:
+            return self.layers[i]
+        task = self.active_task
+        if task is None:
+            raise LoraError("this model has one set of LoRA adapters per task (lora_per_task=true), and its encoder "
+                            "ran with no task chosen, so no adapter set applies; encode through the task's forward "
+                            "(model.output, loss, predict or embed(enc, task)) or inside task_adapters(model, task) "
+                            f"with one of its tasks: {', '.join(self.tasks)}")
+        return self.tasks[task]["layers"][i]
+
+
+@contextmanager
+def task_adapters(model, task: str | None):
+    """Inside the block, a model with per-task adapters encodes with `task`'s. A no-op for task None
+    (an enclosing block's task stays) and for a model without per-task adapters."""
+    lora = lora_of(model)
+    if task is None or lora is None or not lora.cfg.per_task:
+        yield
+        return
+    if task not in lora.tasks:
+        raise LoraError(f"task={task!r} has no LoRA adapters in this model; allowed values: {', '.join(lora.tasks)}")
+    token = _ACTIVE.set({**_ACTIVE.get(), id(lora): task})
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def per_task_adapters(model) -> bool:
+    """Whether the model's encoder needs a task to run (lora_per_task)."""
+    lora = lora_of(model)
+    return lora is not None and lora.cfg.per_task
 
 
 class _Hook:
-    """A forward hook adding a layer's adapters to one of its Linear outputs. A plain object holding
-    the adapters (not a closure), so that copy.deepcopy of the model (the weight average, inference
+    """A forward hook adding layer i's adapters to one of its Linear outputs. A plain object holding
+    the Lora (not a closure), so that copy.deepcopy of the model (the weight average, inference
     copies) gives the copy hooks on the copy's adapters."""
 
-    def __init__(self, adapters: nn.ModuleDict, parts: list[tuple[str, int | None]]):
-        self.adapters, self.parts = adapters, parts
+    def __init__(self, lora: Lora, i: int, parts: list[tuple[str, int | None]]):
+        self.lora, self.i, self.parts = lora, i, parts
 
     def __call__(self, module, args, out):
-        x = args[0]
+        x, adapters = args[0], self.lora.layer(self.i)
         if self.parts[0][1] is None:  # one adapter over the whole output
-            return out + self.adapters[self.parts[0][0]](x).to(out.dtype)
+            return out + adapters[self.parts[0][0]](x).to(out.dtype)
         third = out.size(-1) // 3
         chosen = dict((i, t) for t, i in self.parts)
-        delta = [self.adapters[chosen[i]](x).to(out.dtype) if i in chosen else out.new_zeros(*out.shape[:-1], third)
+        delta = [adapters[chosen[i]](x).to(out.dtype) if i in chosen else out.new_zeros(*out.shape[:-1], third)
                  for i in range(3)]
         return out + torch.cat(delta, dim=-1)
 
 
 def add_lora(model, cfg: LoraConfig) -> Lora:
     """Attach adapters to a MultitaskBert's encoder (on its device): `model.lora`, hooked into its Linear
-    layers. The encoder's own weights are left as they are (the trainer freezes them)."""
+    layers; with cfg.per_task one set for each of the model's tasks. The encoder's own weights are left
+    as they are (the trainer freezes them)."""
     if lora_of(model) is not None:
         raise LoraError("this model already has LoRA adapters")
     device = next(model.encoder.parameters()).device
-    lora = Lora(model.encoder, cfg).to(device).train(model.training)  # dropout on only as the model's is
+    lora = Lora(model.encoder, cfg, model.cfg.names).to(device).train(model.training)  # dropout as the model's
     model.lora = lora  # a submodule: moved, averaged, saved and switched to eval with the model
-    for layer, adapters in zip(model.encoder.layers, lora.layers):
-        by_module: dict[str, list] = {}
-        for t in cfg.targets:
-            path, part = WHERE[t]
-            by_module.setdefault(path, []).append((t, part))
-        for path, parts in by_module.items():
-            layer.get_submodule(path).register_forward_hook(_Hook(adapters, parts))
+    attach_hooks(model)
     return lora
+
+
+def attach_hooks(model) -> None:
+    """Hook model.lora into the Linear layers now at the adapted places of the encoder (again, after
+    mtbert/quantize.py has swapped them for converted ones)."""
+    lora = model.lora
+    by_module: dict[str, list] = {}
+    for t in lora.cfg.targets:
+        path, part = WHERE[t]
+        by_module.setdefault(path, []).append((t, part))
+    for i, layer in enumerate(model.encoder.layers):
+        for path, parts in by_module.items():
+            layer.get_submodule(path).register_forward_hook(_Hook(lora, i, parts))
 
 
 def lora_of(model) -> Lora | None:
@@ -160,7 +236,7 @@ def lora_parameters(model) -> list:
     return list(lora.parameters()) if lora is not None else []
 
 
-def _remove_hooks(encoder) -> None:
+def detach_hooks(encoder) -> None:
     for m in encoder.modules():
         for k in [k for k, h in m._forward_hooks.items() if isinstance(h, _Hook)]:
             del m._forward_hooks[k]
@@ -173,12 +249,16 @@ def merge_lora(model):
     lora = lora_of(model)
     if lora is None:
         return model
+    if lora.cfg.per_task:
+        raise LoraError("this model has one set of LoRA adapters per task (lora_per_task=true): one set of merged "
+                        "weights can hold only one of them; keep the adapters (an adapter checkpoint loads "
+                        "with load_checkpoint)")
     for layer, adapters in zip(model.encoder.layers, lora.layers):
         for t, adapter in adapters.items():
             path, part = WHERE[t]
             w = layer.get_submodule(path).weight  # (out, in); the fused qkv's rows are [query; key; value]
             rows = w if part is None else w[part * (w.size(0) // 3):(part + 1) * (w.size(0) // 3)]
             rows += adapter.delta_weight().to(w.dtype)
-    _remove_hooks(model.encoder)
+    detach_hooks(model.encoder)
     del model.lora
     return model

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .bert import BertModel
+from .lora import task_adapters
 from .tasks import TaskError, TaskSpec, builtin_tasks, check_unique, specs_of_model_config
 
 POOLING = ("cls", "mean")
@@ -120,20 +121,22 @@ class MultitaskBert(nn.Module):
 
     # ---- embeddings ------------------------------------------------------------------------
 
-    def embed(self, enc: dict) -> torch.Tensor:
-        """Pooled sentence embedding, (B, H)."""
-        out = self.encoder(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"],
-                           inputs_embeds=enc.get("inputs_embeds"))  # (B, T, H) word pieces, for attributions
+    def embed(self, enc: dict, task: str | None = None) -> torch.Tensor:
+        """Pooled sentence embedding, (B, H), of `task`'s inputs: the one encoder call of every task's
+        forward, so it is where per-task LoRA adapters (lora_per_task) are chosen."""
+        with task_adapters(self, task):
+            out = self.encoder(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"],
+                               inputs_embeds=enc.get("inputs_embeds"))  # (B, T, H) word pieces, for attributions
         if self.cfg.pooling == "cls":
             return out.last_hidden_state[:, 0]
         m = enc["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)  # (B, T, 1)
         return (out.last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1.0)
 
-    def embed_pair(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """u, v for a separately encoded pair; both sides go through one encoder call."""
+    def embed_pair(self, batch: dict, task: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """u, v for a separately encoded pair of `task`; both sides go through one encoder call."""
         B = batch["a"]["input_ids"].size(0)
         both = _stack_encodings(batch["a"], batch["b"])
-        uv = self.embed(both)  # (2B, H)
+        uv = self.embed(both, task)  # (2B, H)
         return uv[:B], uv[B:]
 
     # ---- task outputs ----------------------------------------------------------------------
@@ -142,8 +145,8 @@ class MultitaskBert(nn.Module):
         """ce: (B, K) logits; bce: (B,) logit; regression: (B,) score (unclipped)."""
         spec, head = self.cfg.task(task), self.task_heads[task]
         if spec.head in ("linear", "cross"):
-            return self._logits_out(spec, head(self.dropout(self.embed(batch["enc"]))))
-        return self.pair_output(task, *self.embed_pair(batch))
+            return self._logits_out(spec, head(self.dropout(self.embed(batch["enc"], task))))
+        return self.pair_output(task, *self.embed_pair(batch, task))
 
     def pair_output(self, task: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """output() of a separately encoded pair task from its sentence embeddings u, v (B, H): inference
@@ -173,7 +176,7 @@ class MultitaskBert(nn.Module):
     def loss(self, task: str, batch: dict) -> torch.Tensor:
         spec, y = self.cfg.task(task), batch["labels"]
         if spec.loss == "cosine_embedding":  # the seed's STS variant: labels mapped to +-1 at mid-range
-            u, v = self.embed_pair(batch)
+            u, v = self.embed_pair(batch, task)
             head = self.task_heads[task]
             target = torch.where(y.float() >= sum(spec.range) / 2, 1.0, -1.0)
             return F.cosine_embedding_loss(head(u), head(v), target)

@@ -16,7 +16,9 @@ feed-forward pair), and on CPU their fp32 GEMMs bound evaluation time. Two cheap
         fp32); its outputs return to fp32 for the task heads. Fast on CPUs with AMX or AVX-512
         BF16 (several times fp32 there, docs/benchmarks.md), slow elsewhere. With the activations
         in bf16 too, no cast runs around each GEMM: casts cost as much as the bf16 GEMMs themselves.
-The task heads always stay fp32. Inference only: nothing here trains.
+The task heads always stay fp32. Shared LoRA adapters are folded into the weights before the
+conversion; adapters per task (one W cannot hold them all) stay fp32, hooked on the converted layers.
+Inference only: nothing here trains.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import torch.ao.nn.quantized.dynamic as nnqd
 from torch.ao.quantization import PerChannelMinMaxObserver, QConfig
 
 from .config import PRECISIONS
-from .lora import lora_of, merge_lora
+from .lora import attach_hooks, detach_hooks, lora_of, merge_lora
 
 # per output channel: one scale per row keeps the rows with small weights from rounding to a few levels
 QCONFIG = torch.ao.quantization.per_channel_dynamic_qconfig
@@ -78,11 +80,15 @@ def for_inference(model: nn.Module, precision: str = "fp32", copy_model: bool = 
     # the copy shares the task config: a decision threshold fitted through it is the model's own
     model = copy.deepcopy(model, memo={id(model.cfg): model.cfg}) if copy_model else model
     model.eval()
-    if lora_of(model) is not None:  # LoRA adapters folded into W first: the smoothing and the casts
-        merge_lora(model)           # rescale the Linear layers' inputs, which the adapters also read
+    lora = lora_of(model)
+    per_task = lora is not None and lora.cfg.per_task
+    if lora is not None and not per_task:  # shared adapters folded into W first: the smoothing and
+        merge_lora(model)                  # the casts rescale what the Linear layers read
+    if per_task:  # K tasks' adapters cannot fold into one W: they stay fp32, hooked on the converted layers
+        detach_hooks(model.encoder)  # calibration reads the base's activations (no task to choose)
     if precision == "int8":
-        if alpha:
-            smooth(model.encoder, tokenizer, calibration, alpha)
+        if alpha:  # per task: every smoothed Linear wrapped, so the adapters read its input unscaled
+            smooth(model.encoder, tokenizer, calibration, alpha, fold=not per_task)
         with warnings.catch_warnings():  # torch.ao's deprecation notices; the API works in this torch
             warnings.simplefilter("ignore")
             model.encoder = torch.ao.quantization.quantize_dynamic(
@@ -91,6 +97,8 @@ def for_inference(model: nn.Module, precision: str = "fp32", copy_model: bool = 
     else:
         model.encoder.to(torch.bfloat16)
         model.encoder.register_forward_hook(_float_outputs)
+    if per_task:
+        attach_hooks(model)
     model.precision = precision
     return model
 
@@ -235,12 +243,14 @@ def best_scale(linear: nn.Linear, x_max: torch.Tensor, rows: torch.Tensor, alpha
 
 @torch.no_grad()
 def smooth(encoder: nn.Module, tokenizer=None, sentences: list[str] | None = None, alpha=SMOOTH_ALPHA,
-           names=SMOOTHED) -> nn.Module:
+           names=SMOOTHED, fold: bool = True) -> nn.Module:
     """Rewrite `encoder` (a bert.BertModel, in place) so that its fp32 outputs stay the same while the
     inputs of the Linears named in `names` lose their outlier channels: each Linear's weight columns
     are multiplied by s and its input divided by s. attention_output's 1/s folds into the value rows
-    of qkv (the attention context is linear in V); the others get a SmoothedLinear. alpha: a number
-    in [0, 1] for every Linear, or "auto" for each Linear's best of ALPHAS on the calibration rows."""
+    of qkv (the attention context is linear in V; fold=False wraps it like the others, keeping every
+    Linear's input and output as they were, for LoRA adapters hooked on them); the others get a
+    SmoothedLinear. alpha: a number in [0, 1] for every Linear, or "auto" for each Linear's best of
+    ALPHAS on the calibration rows."""
     auto = alpha == "auto"
     if not auto and not (isinstance(alpha, (int, float)) and 0 <= alpha <= 1):
         raise ValueError(f"alpha={alpha!r} is not allowed; choose 'auto' or a number in [0, 1]")
@@ -263,9 +273,12 @@ def smooth(encoder: nn.Module, tokenizer=None, sentences: list[str] | None = Non
         if "attention_output" in names:
             s = scale(f"layers.{i}.attention_output", layer.attention_output)
             H = s.numel()
-            att.qkv.weight[2 * H:] /= s[:, None]  # value rows: the context comes out divided by s
-            att.qkv.bias[2 * H:] /= s
             layer.attention_output.weight *= s
+            if fold:
+                att.qkv.weight[2 * H:] /= s[:, None]  # value rows: the context comes out divided by s
+                att.qkv.bias[2 * H:] /= s
+            else:
+                layer.attention_output = SmoothedLinear(layer.attention_output, 1.0 / s)
         for name, parent, attr in (("qkv", att, "qkv"), ("intermediate", layer, "intermediate"),
                                    ("output", layer, "output")):
             if name in names:

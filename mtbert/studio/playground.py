@@ -22,6 +22,7 @@ import torch
 from ..checkpoint import download_from_hub, load_base, load_checkpoint
 from ..explain import DEFAULT_STEPS as DEFAULT_IG_STEPS
 from ..explain import attention_rollout
+from ..lora import per_task_adapters, task_adapters
 from ..model import ModelConfig, MultitaskBert
 from ..quantize import check_precision, for_inference
 from ..tasks import specs_of_model_config
@@ -315,6 +316,12 @@ def apply_prefill(state, fill: dict | None, refs: list) -> None:
 
 # ---- attention ------------------------------------------------------------------------------
 
+def needs_task(model) -> bool:
+    """Whether the encoder reads an input differently for each task (LoRA adapters per task), so
+    that a view of the encoder alone (attention) must name the task."""
+    return per_task_adapters(model)
+
+
 @dataclass
 class AttentionView:
     tokens: list[str]
@@ -332,9 +339,13 @@ class AttentionView:
 
 
 @torch.inference_mode()
-def attention(model, tokenizer, a: str, b: str | None = None) -> AttentionView:
+def attention(model, tokenizer, a: str, b: str | None = None, task: str | None = None) -> AttentionView:
     """Per-layer attention of the encoder for a sentence, or a pair read jointly as
-    [CLS] a [SEP] b [SEP] (sentence_b_start: the index of b's first token)."""
+    [CLS] a [SEP] b [SEP] (sentence_b_start: the index of b's first token). `task`: whose LoRA
+    adapters the encoder reads with, for a checkpoint with adapters per task (needs_task)."""
+    if needs_task(model) and task not in model.cfg.names:
+        raise InputError("This checkpoint has its own LoRA adapters for each task (lora_per_task), so its attention "
+                         f"differs by task: pick one of {', '.join(model.cfg.names)}.")
     a = check_text(a, "first sentence" if b is not None else "sentence")
     if b is not None:
         b = check_text(b, "second sentence")
@@ -342,7 +353,8 @@ def attention(model, tokenizer, a: str, b: str | None = None) -> AttentionView:
     ids = torch.tensor([enc.ids])
     types = torch.tensor([enc.type_ids])
     encoder = getattr(model, "encoder", model)
-    out = encoder(ids, torch.ones_like(ids), types, output_attentions=True)
+    with task_adapters(model, task):
+        out = encoder(ids, torch.ones_like(ids), types, output_attentions=True)
     b_start = enc.type_ids.index(1) if b is not None and 1 in enc.type_ids else None
     texts = {"first sentence": a, "second sentence": b} if b is not None else {"sentence": a}
     return AttentionView(list(enc.tokens), tuple(x.float().cpu() for x in out.attentions), b_start,
