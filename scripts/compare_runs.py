@@ -23,15 +23,7 @@ SCORES = (("para_acc", "Quora acc"), ("sst_acc", "SST acc"), ("sts_corr", "STS c
 
 def last_dev(run: Path) -> tuple[dict, list[dict]]:
     """(the last dev evaluation, the step records) of a run folder."""
-    rows = runfolder.read_metrics(run) if hasattr(runfolder, "read_metrics") else None
-    if rows is None:
-        import json
-        rows = []
-        for line in (run / "metrics.jsonl").read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:  # a torn last line
-                pass
+    rows, _ = runfolder.read_metrics(run)
     evals = [r for r in rows if r.get("type") == "eval" and r.get("split") == "dev"]
     if not evals:
         raise SystemExit(f"{run}: no dev evaluation in metrics.jsonl")
@@ -54,8 +46,9 @@ def main(argv=None) -> int:
         for key, _ in SCORES:
             v = e.get(key)
             cell = "–" if v is None else f"{v:.3f}"
-            if key == "sst_acc" and v is not None and e.get("sst_examples"):
-                cell += f" ({round(v * e['sst_examples'])} of {e['sst_examples']:,})"
+            n = (e.get("examples") or {}).get("sst")
+            if key == "sst_acc" and v is not None and n:
+                cell += f" = {round(v * n)} of {n:,}"
             if e is not ref and v is not None and ref.get(key) is not None:
                 cell += f" ({v - ref[key]:+.3f})"
             row.append(cell)
