@@ -1,4 +1,6 @@
-"""`python -m mtbert data fetch`: download the official CS224N data files and verify each one.
+"""`python -m mtbert data fetch`: download the official CS224N data files and verify each one;
+`python -m mtbert data fetch-sst-trees`: the Stanford Sentiment Treebank's training trees, for SST
+phrase-level training (`sst_phrases_file`).
 
 The files come from the public starter repository at a pinned commit, so their checksums are
 known in advance. Each download streams to a temporary file next to its destination and is only
@@ -37,6 +39,14 @@ FILES = {
 }
 
 
+# the treebank's PTB training trees (trainDevTestTrees_PTB/trees/train.txt), one tree per line in the
+# order of ids-sst-train.csv, from a public copy at a pinned commit
+TREES_COMMIT = "d00ea43c904571ea2b275bcfd679476015d2eb4b"
+TREES_BASE_URL = f"https://raw.githubusercontent.com/prrao87/fine-grained-sentiment/{TREES_COMMIT}/data/sst/raw_data"
+TREES_DEST = FULL_DATA_DIR.parent / "sst-trees"
+TREES = {"train.txt": ("sha256", "e2f3f41b0b1e6d4dddc0effe3bfc2d27ed8928079aa9a03d652311614fc5feb7")}
+
+
 class FetchError(Exception):
     """A download that failed or did not verify; the message names the file or URL."""
 
@@ -73,12 +83,15 @@ def _download(url: str, dest_dir: Path, name: str) -> Path:
     return Path(tmp)
 
 
-def fetch(dest=DEFAULT_DEST, base_url: str = DEFAULT_BASE_URL, files=None, progress=print) -> list[Path]:
-    """Download `files` (default: all nine) into `dest`; return their paths, all verified."""
-    names = list(FILES) if files is None else list(files)
+def fetch(dest=DEFAULT_DEST, base_url: str = DEFAULT_BASE_URL, files=None, progress=print,
+          catalog: dict = FILES) -> list[Path]:
+    """Download `files` of `catalog` (default: all of them, the nine CS224N files) into `dest`;
+    return their paths, all verified."""
+    names = list(catalog) if files is None else list(files)
     for n in names:
-        if n not in FILES:
-            raise FetchError(f"files: {n!r} is not a CS224N data file; choose from {', '.join(FILES)}")
+        if n not in catalog:
+            what = "a CS224N data file" if catalog is FILES else "one of the files to fetch"
+            raise FetchError(f"files: {n!r} is not {what}; choose from {', '.join(catalog)}")
     dest = Path(dest)
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -86,7 +99,7 @@ def fetch(dest=DEFAULT_DEST, base_url: str = DEFAULT_BASE_URL, files=None, progr
         raise FetchError(f"{dest}: cannot create the destination folder ({e.strerror or e})") from None
     done = []
     for name in names:
-        kind, want = FILES[name]
+        kind, want = catalog[name]
         target = dest / name
         if target.is_file():
             if file_digest(target, kind) == want:
@@ -117,6 +130,16 @@ def _cmd_fetch(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{len(paths)} file(s) verified in {args.dest}")
+    return 0
+
+
+def _cmd_fetch_trees(args) -> int:
+    try:
+        (path,) = fetch(args.dest, args.base_url, None, catalog=TREES)
+    except FetchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{path} verified: use it with --sst-phrases-file {path} (docs/quality.md)")
     return 0
 
 
@@ -161,6 +184,15 @@ def add_cli(subparsers) -> None:
     f.add_argument("--files", nargs="+", choices=list(FILES), metavar="FILE",
                    help=f"only these files (default: all): {', '.join(FILES)}")
     f.set_defaults(func=_cmd_fetch)
+
+    t = subparsers.add_parser("fetch-sst-trees", help="download the SST training trees for phrase-level training",
+                              description="Download the Stanford Sentiment Treebank's training trees (PTB "
+                                          "format, one per line) and verify them: the file sst_phrases_file reads.")
+    t.add_argument("--dest", type=Path, default=TREES_DEST, help="folder to write into (default: %(default)s)")
+    t.add_argument("--base-url", default=TREES_BASE_URL,
+                   help="the file is fetched from <base-url>/train.txt (default: a public copy at commit "
+                        f"{TREES_COMMIT[:10]})")
+    t.set_defaults(func=_cmd_fetch_trees)
 
     c = subparsers.add_parser("check", help="read every task's files and report malformed rows",
                               description="Read every file of every task (the built-in ones and a task file's) "

@@ -157,3 +157,27 @@ def test_cli_usage_help_and_missing_files(capsys):
     assert "quora-test-student.csv: no such file" in err and "sts-test-student.csv: 1,725 usable" in out
     assert main(["data", "check"]) == 0  # the shipped sample
     assert "ids-sst-train.csv: 3,000 usable of 3,000 rows" in capsys.readouterr().out
+
+
+def test_fetch_sst_trees_in_a_subprocess_verifies_the_treebank_file(tmp_path, monkeypatch):
+    """`data fetch-sst-trees` against a loopback copy of the training trees: the verified file lands in
+    --dest; a copy with one changed byte is refused and nothing is kept."""
+    trees = Path(SHARED_DIR).parent / "sst-trees" / "train.txt"
+    www = tmp_path / "www" / "raw"
+    www.mkdir(parents=True)
+    shutil.copy(trees, www / "train.txt")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    s = Server(tmp_path / "www")
+    try:
+        url = s.url.rsplit("/", 1)[0] + "/raw"
+        ok = run_cli("fetch-sst-trees", "--base-url", url, "--dest", str(tmp_path / "t"))
+        assert ok.returncode == 0, ok.stderr
+        assert (tmp_path / "t" / "train.txt").read_bytes() == trees.read_bytes()
+        assert "--sst-phrases-file" in ok.stdout and s.requests == ["/raw/train.txt"]
+        (www / "train.txt").write_bytes(trees.read_bytes().replace(b"(3 ", b"(4 ", 1))
+        bad = run_cli("fetch-sst-trees", "--base-url", url, "--dest", str(tmp_path / "u"))
+        assert bad.returncode == 1 and "train.txt: checksum mismatch" in bad.stderr
+        assert list((tmp_path / "u").iterdir()) == []
+    finally:
+        s.httpd.shutdown()
+        s.httpd.server_close()
