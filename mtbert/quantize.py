@@ -72,6 +72,13 @@ def for_inference(model: nn.Module, precision: str = "fp32", copy_model: bool = 
     sample's training sentences (`calibration_sentences`); alpha is SmoothQuant's migration strength,
     "auto" (each Linear's best) or a number in [0, 1], 0 for no smoothing."""
     check_precision(precision)
+    lora = lora_of(model)
+    if precision == "fp32" and lora is not None and not lora.cfg.per_task:
+        # shared adapters folded into W: a plain encoder again, without an adapter hook on every Linear
+        # (the hooked one took 2.5x as long over the CS224N dev sets); the trainer's model is left as it is
+        model = copy.deepcopy(model, memo={id(model.cfg): model.cfg}) if copy_model else model
+        merge_lora(model)
+        return model
     if precision == "fp32" or getattr(model, "precision", "fp32") == precision:
         return model  # as it is: the trainer's model goes on training (predict_raw switches to eval itself)
     if getattr(model, "precision", "fp32") != "fp32":
