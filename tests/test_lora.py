@@ -290,7 +290,7 @@ def test_hub_push_and_pull_of_an_adapter_checkpoint(adapter_checkpoint, monkeypa
 # ---- the trainer --------------------------------------------------------------------------------
 
 def test_lora_mode_trains_adapters_and_heads_saves_adapter_checkpoints_and_resumes_exactly(tiny_base, tmp_path):
-    from test_train import StopAt, steps, tiny_cfg
+    from test_train import assert_resumes_exactly, tiny_cfg
     from mtbert.train import Trainer, build_model, build_optimizer
     cfg = tiny_cfg(tiny_base, epochs=2, mode="lora", lora_rank=2, lora_targets="query,value,output",
                    lr=5e-3, lr_decay="linear", ema_decay=0.9)
@@ -315,14 +315,7 @@ def test_lora_mode_trains_adapters_and_heads_saves_adapter_checkpoints_and_resum
     # the final model is best/ reloaded: it predicts as that checkpoint
     assert_close(predictions(t.model, t.tok), predictions(*load_checkpoint(full / "best")[:2]), atol=1e-6)
 
-    part = tmp_path / "runs" / "part"
-    StopAt.stop_at = 5
-    assert StopAt(cfg, part, progress=False).run() == "stopped"
-    assert Trainer(cfg, part, resume=True, progress=False).run() == "finished"
-    a, b = steps(full), steps(part)
-    assert sorted(a) == sorted(b) and max(a) > 5
-    for s in a:
-        assert b[s]["loss"] == a[s]["loss"], f"step {s} differs after resume"
+    assert_resumes_exactly(cfg, full, tmp_path / "runs" / "part", stop_at=5)
 
 
 def test_playground_lists_loads_and_explains_an_adapter_checkpoint(adapter_checkpoint, tmp_path, monkeypatch):

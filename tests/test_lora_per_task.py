@@ -256,7 +256,7 @@ def test_export_merge_of_a_per_task_checkpoint_is_refused_saying_what_to_do(per_
 
 def test_training_with_adapters_per_task_saves_a_checkpoint_that_predicts_alike_and_resumes_exactly(tiny_base,
                                                                                                    tmp_path):
-    from test_train import StopAt, steps, tiny_cfg
+    from test_train import assert_resumes_exactly, tiny_cfg
     from mtbert.train import Trainer, build_model
     cfg = tiny_cfg(tiny_base, epochs=2, mode="lora", lora_per_task=True, lora_rank=2,
                    lora_targets="query,value,output", lr=5e-3, ema_decay=0.9)
@@ -279,14 +279,7 @@ def test_training_with_adapters_per_task_saves_a_checkpoint_that_predicts_alike_
     assert_close(got, want, atol=0)
     assert_close(raw_predictions(t.model, t.tok), raw_predictions(loaded, tok), atol=0)
 
-    part = tmp_path / "runs" / "part"
-    StopAt.stop_at = 3
-    assert StopAt(cfg, part, progress=False).run() == "stopped"
-    assert Trainer(cfg, part, resume=True, progress=False).run() == "finished"
-    a, b = steps(full), steps(part)
-    assert sorted(a) == sorted(b) and max(a) > 3
-    for s in a:
-        assert b[s]["loss"] == a[s]["loss"], f"step {s} differs after resume"
+    assert_resumes_exactly(cfg, full, tmp_path / "runs" / "part", stop_at=3)
 
 
 def test_the_playground_answers_and_shows_attention_with_the_chosen_tasks_adapters(per_task_checkpoint, tmp_path,

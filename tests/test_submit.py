@@ -149,8 +149,9 @@ def test_read_back_they_are_mtbert_predicts_predictions(submitted):
         header, rows = read_back(submitted["out"] / name)
         predicted = submitted["predicted"][(task, split)]
         assert [i for i, _ in rows] == [i for i, _ in predicted]
-        if task == "sts":
-            assert [round(float(v), 4) for _, v in rows] == [float(p) for _, p in predicted]
+        if task == "sts":  # `predict` rounds to 4 decimals; the two processes batch the pairs differently,
+            # which moves a float32 score in its 8th digit and can flip a rounding right at a half
+            assert all(abs(float(v) - float(p)) <= 0.5e-4 + 1e-6 for (_, v), (_, p) in zip(rows, predicted))
         else:
             assert [float(v) for _, v in rows] == [float(p) for _, p in predicted]
         # and every line is what the starter's own f-string makes of that prediction

@@ -44,6 +44,18 @@ class StopAt(Trainer):
         return rec
 
 
+def assert_resumes_exactly(cfg, full: Path, part: Path, stop_at: int) -> None:
+    """A run stopped after `stop_at` steps into `part` and resumed logs the same losses, step for
+    step, as the uninterrupted run in `full`."""
+    StopAt.stop_at = stop_at
+    assert StopAt(cfg, part, progress=False).run() == "stopped"
+    assert Trainer(cfg, part, resume=True, progress=False).run() == "finished"
+    a, b = steps(full), steps(part)
+    assert sorted(a) == sorted(b) and max(a) > stop_at
+    for s in a:
+        assert b[s]["loss"] == a[s]["loss"], f"step {s} differs after resume"
+
+
 def test_parallel_epoch_ends_with_shortest_loader_and_longer_loaders_keep_position():
     ex = [Example(str(i), f"s{i}", None, 0) for i in range(12)]
     short = TaskStream("sst", ex[:6], 2, seed=1, bucket=False)   # 3 batches

@@ -1,4 +1,4 @@
-"""scripts/compare_runs.py: runs side by side at their last dev evaluation, read from run folders."""
+"""scripts/probe_table.py: runs side by side at their last dev evaluation, read from run folders."""
 import json
 import subprocess
 import sys
@@ -21,13 +21,13 @@ def _run(folder: Path, sst: float, para: float, steps: int) -> Path:
 
 def test_rows_are_the_last_dev_evaluation_with_changes_against_the_first_run(tmp_path):
     a, b = _run(tmp_path / "a", 0.45, 0.80, 10), _run(tmp_path / "b", 0.47, 0.79, 6)
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"), f"base={a}", f"new={b}"],
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "probe_table.py"), f"base={a}", f"new={b}"],
                          capture_output=True, text=True, check=True).stdout.splitlines()
     assert out[2] == "| base | 10 | 1.06 | 0.800 | 0.450 = 450 of 1,000 | 0.800 | 0.683 |"
     assert out[3] == "| new | 6 | 1.04 | 0.790 (-0.010) | 0.470 = 470 of 1,000 (+0.020) | 0.800 (+0.000) | 0.687 (+0.003) |"
 
 
 def test_a_run_given_without_a_label_is_refused(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"), str(_run(tmp_path / "a", .4, .8, 2))],
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "probe_table.py"), str(_run(tmp_path / "a", .4, .8, 2))],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "LABEL=RUN_DIR" in r.stderr
