@@ -43,6 +43,8 @@ HUB_FILES = ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.jso
 # what a tokenizer folder may hold besides tokenizer.json; a merged export copies them from the base
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# how `export --adapters-dtype` may store LoRA adapters; they load back into float32 parameters
+ADAPTER_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class CheckpointError(Exception):
@@ -281,8 +283,10 @@ def _load_adapters(model: MultitaskBert, folder: Path, settings, meta_path: Path
         raise CheckpointError(f"{path}: adapters do not fit the base model and lora settings ({e})") from e
 
 
-def export_checkpoint(src: str | Path, out: str | Path, merge: bool = False) -> Path:
-    """Copy a checkpoint folder to `out` without the trainer's resume state; with merge, write it as a
+def export_checkpoint(src: str | Path, out: str | Path, merge: bool = False,
+                      adapters_dtype: str | None = None) -> Path:
+    """Copy a checkpoint folder to `out` without the trainer's resume state, its LoRA adapters stored as
+    `adapters_dtype` if given (float16 halves them; they load back into float32); with merge, write it as a
     self-contained Hugging Face BERT folder instead: LoRA adapters folded into the encoder's weights
     (W + (alpha/r) B A), the base's weights for a heads-only checkpoint, plus the heads, the task
     definitions and the base's tokenizer files. `out` must not exist yet."""
@@ -290,7 +294,14 @@ def export_checkpoint(src: str | Path, out: str | Path, merge: bool = False) -> 
     src, out = Path(src), Path(out)
     if out.exists():
         raise CheckpointError(f"--out {out}: already exists; give a new folder")
+    if adapters_dtype is not None and adapters_dtype not in ADAPTER_DTYPES:
+        raise CheckpointError(f"--adapters-dtype {adapters_dtype}: allowed: {', '.join(ADAPTER_DTYPES)}")
+    if adapters_dtype is not None and merge:
+        raise CheckpointError("--adapters-dtype applies to an adapter checkpoint exported without --merge; a merged "
+                              "folder has no adapters")
     model, tok, meta = load_checkpoint(src)  # checks the checkpoint whole, either way
+    if adapters_dtype is not None and lora_of(model) is None:
+        raise CheckpointError(f"--adapters-dtype: {src} has no LoRA adapters (it was not trained with mode lora)")
     if merge and (lora := lora_of(model)) is not None and lora.cfg.per_task:
         raise CheckpointError(f"{src}: --merge is not possible for a checkpoint trained with lora_per_task=true: "
                               f"each of its tasks ({', '.join(lora.tasks)}) has its own LoRA adapters, and one "
@@ -302,6 +313,10 @@ def export_checkpoint(src: str | Path, out: str | Path, merge: bool = False) -> 
             for f in sorted(Path(meta["path"]).iterdir()):
                 if f.is_file() and not f.is_symlink() and f.name not in (STATE_JSON, STATE_TENSORS):
                     shutil.copy2(f, tmp / f.name)
+            if adapters_dtype is not None:
+                dtype = ADAPTER_DTYPES[adapters_dtype]
+                save_file({k: v.detach().to(dtype).contiguous() for k, v in lora_of(model).state_dict().items()},
+                          str(tmp / ADAPTERS_FILE))
             _replace_dir(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

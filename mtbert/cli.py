@@ -445,6 +445,7 @@ def _cmd_report(args) -> int:
 
 
 def _add_export(sub) -> None:
+    from .checkpoint import ADAPTER_DTYPES
     p = sub.add_parser("export", help="copy a checkpoint, or with --merge write it as a plain Hugging Face BERT folder",
                        description="Without --merge: copy the checkpoint folder to --out, leaving out the trainer's "
                                    "resume state. With --merge: fold LoRA adapters into the encoder's weights "
@@ -455,13 +456,16 @@ def _add_export(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder or Hub repo id")
     p.add_argument("--out", required=True, help="the folder to write (must not exist yet)")
     p.add_argument("--merge", action="store_true", help="merge the adapters and write the encoder's weights")
+    p.add_argument("--adapters-dtype", choices=sorted(ADAPTER_DTYPES), default=None,
+                   help="without --merge: store the LoRA adapters in this precision (float16 halves the file; "
+                        "they are read back into float32)")
     p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args) -> int:
     from .checkpoint import CheckpointError, export_checkpoint
     try:
-        out = export_checkpoint(args.checkpoint, args.out, merge=args.merge)
+        out = export_checkpoint(args.checkpoint, args.out, merge=args.merge, adapters_dtype=args.adapters_dtype)
     except (CheckpointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

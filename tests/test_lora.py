@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import make_tiny_base
 from mtbert.checkpoint import (CheckpointError, load_base, load_checkpoint, load_encoder, resolve_base,
@@ -352,3 +353,37 @@ def test_export_merge_of_a_heads_only_checkpoint_writes_the_base_in(tiny_base, t
     merged, mtok, _ = load_checkpoint(tmp_path / "merged")
     assert (tmp_path / "merged" / "model.safetensors").is_file()
     assert_close(predictions(merged, mtok), predictions(model, tok), atol=1e-6)
+
+
+def test_export_stores_the_adapters_in_half_precision_and_they_load_back(adapter_checkpoint, tiny_base, tmp_path,
+                                                                         capsys):
+    """--adapters-dtype float16 halves adapters.safetensors; the loaded adapters are the float16 roundings of the
+    originals, and the model predicts as before to float16's precision. Bad uses are refused by name."""
+    out = tmp_path / "half"
+    assert main(["export", "--checkpoint", str(adapter_checkpoint), "--out", str(out),
+                 "--adapters-dtype", "float16"]) == 0
+    full, half = (load_file(str(f / "adapters.safetensors")) for f in (adapter_checkpoint, out))
+    assert {v.dtype for v in half.values()} == {torch.float16} and half.keys() == full.keys()
+    nbytes = lambda tensors: sum(v.numel() * v.element_size() for v in tensors.values())
+    assert nbytes(half) * 2 == nbytes(full)
+    model, tok, _ = load_checkpoint(out)
+    loaded = lora_of(model).state_dict()
+    assert {v.dtype for v in loaded.values()} == {torch.float32}
+    for k, v in full.items():
+        assert torch.equal(loaded[k], v.half().float()), k
+        assert not torch.equal(loaded[k], v), k  # the rounding happened
+    original, _, _ = load_checkpoint(adapter_checkpoint)
+    assert_close(predictions(model, tok), predictions(original, tok), atol=1e-2)
+    encoder, tok = load_encoder(tiny_base)
+    heads_only = save_checkpoint(MultitaskBert(encoder, ModelConfig(pooling="mean")), tok, tmp_path / "heads",
+                                 base=str(tiny_base), include_encoder=False)
+    for ck, args, message in ((adapter_checkpoint, ["--merge"], "applies to an adapter checkpoint exported without"),
+                              (heads_only, [], "has no LoRA adapters")):
+        assert main(["export", "--checkpoint", str(ck), "--out", str(tmp_path / "x"), "--adapters-dtype", "float16",
+                     *args]) == 1
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["export", "--checkpoint", str(adapter_checkpoint), "--out", str(tmp_path / "x"), "--adapters-dtype",
+              "int4"])
+    assert "--adapters-dtype: invalid choice: 'int4' (choose from 'bfloat16', 'float16', 'float32')" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
