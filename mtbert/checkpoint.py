@@ -300,29 +300,30 @@ def export_checkpoint(src: str | Path, out: str | Path, merge: bool = False,
         raise CheckpointError("--adapters-dtype applies to an adapter checkpoint exported without --merge; a merged "
                               "folder has no adapters")
     model, tok, meta = load_checkpoint(src)  # checks the checkpoint whole, either way
-    if adapters_dtype is not None and lora_of(model) is None:
+    lora = lora_of(model)
+    if adapters_dtype is not None and lora is None:
         raise CheckpointError(f"--adapters-dtype: {src} has no LoRA adapters (it was not trained with mode lora)")
-    if merge and (lora := lora_of(model)) is not None and lora.cfg.per_task:
+    if merge and lora is not None and lora.cfg.per_task:
         raise CheckpointError(f"{src}: --merge is not possible for a checkpoint trained with lora_per_task=true: "
                               f"each of its tasks ({', '.join(lora.tasks)}) has its own LoRA adapters, and one "
                               "merged BERT can hold only one set of weights; export it without --merge (an adapter "
                               "checkpoint, which load_checkpoint, evaluate, predict and the Playground read)")
     if not merge:
+        skip = {STATE_JSON, STATE_TENSORS} | ({ADAPTERS_FILE} if adapters_dtype is not None else set())
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_made(out.parent)))
         try:
             for f in sorted(Path(meta["path"]).iterdir()):
-                if f.is_file() and not f.is_symlink() and f.name not in (STATE_JSON, STATE_TENSORS):
+                if f.is_file() and not f.is_symlink() and f.name not in skip:
                     shutil.copy2(f, tmp / f.name)
             if adapters_dtype is not None:
                 dtype = ADAPTER_DTYPES[adapters_dtype]
-                save_file({k: v.detach().to(dtype).contiguous() for k, v in lora_of(model).state_dict().items()},
+                save_file({k: v.detach().to(dtype).contiguous() for k, v in lora.state_dict().items()},
                           str(tmp / ADAPTERS_FILE))
             _replace_dir(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return out
-    lora = lora_of(model)
     merge_lora(model)
     keep = {k: meta[k] for k in ("run_id", "step", "train_config") if k in meta}
     if lora is not None:
