@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .bert import BertConfig, BertModel
-from .io import atomic_write_bytes, finite, fsync_path
+from .io import DIR_MODE, FILE_MODE, atomic_write_bytes, finite, fsync_path
 from .lora import ADAPTERS_FILE, LoraConfig, LoraError, add_lora, lora_of, merge_lora
 from .model import ModelConfig, MultitaskBert
 from .tokenizer import DEFAULT_MAX_LENGTH, Tokenizer
@@ -390,6 +390,11 @@ def _remove_partial(folder: Path) -> None:
 
 def _replace_dir(tmp: Path, folder: Path) -> None:
     """Swap `tmp` in for `folder`: the old one is renamed aside first, so a crash leaves one of them."""
+    # mkdtemp's folder is owner-only and safetensors writes 0600: give both the user's usual modes
+    os.chmod(tmp, DIR_MODE)
+    for f in tmp.iterdir():
+        if f.is_file() and not f.is_symlink():
+            os.chmod(f, FILE_MODE)
     old = None
     if folder.exists():
         old = folder.with_name(f".{folder.name}.old")

@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from .data import FULL_DATA_DIR, SAMPLE_DIR, SPLITS, DataError, missing_file_message, read_task_file
+from .io import FILE_MODE
 
 COMMIT = "7ac8260577fc12a86c7aaf38918056c30054ef39"
 DEFAULT_BASE_URL = f"https://raw.githubusercontent.com/gpoesia/minbert-default-final-project/{COMMIT}/data"
@@ -71,6 +72,7 @@ def _download(url: str, dest_dir: Path, name: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest_dir)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
+            os.fchmod(out.fileno(), FILE_MODE)  # mkstemp's file is owner-only
             for chunk in iter(lambda: resp.read(CHUNK), b""):
                 out.write(chunk)
     except BaseException as e:  # Ctrl-C included: never leave a partial file behind

@@ -7,6 +7,19 @@ import tempfile
 from pathlib import Path
 
 
+def _read_umask() -> int:
+    # tempfile makes owner-only files and folders (0600, 0700); what we keep should have the modes
+    # any other file of the user gets. Read once, at import: setting it back and forth later could
+    # race with another thread's file creation.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
+FILE_MODE, DIR_MODE = 0o666 & ~UMASK, 0o777 & ~UMASK
+
+
 def fsync_path(path: Path) -> None:
     """fsync a file or a folder (a folder's fsync makes the renames inside it durable)."""
     fd = os.open(path, os.O_RDONLY)
@@ -24,6 +37,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), FILE_MODE)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
