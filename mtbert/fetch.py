@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from .data import FULL_DATA_DIR, SAMPLE_DIR, SPLITS, DataError, missing_file_message, read_task_file
-from .io import FILE_MODE
+from .io import temp_file_beside
 
 COMMIT = "7ac8260577fc12a86c7aaf38918056c30054ef39"
 DEFAULT_BASE_URL = f"https://raw.githubusercontent.com/gpoesia/minbert-default-final-project/{COMMIT}/data"
@@ -69,10 +68,9 @@ def file_digest(path, kind: str) -> str:
 
 def _download(url: str, dest_dir: Path, name: str) -> Path:
     """Stream `url` into a temporary file in `dest_dir` (same file system, so the rename is atomic)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest_dir)
+    fd, tmp = temp_file_beside(Path(dest_dir) / name, suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
-            os.fchmod(out.fileno(), FILE_MODE)  # mkstemp's file is owner-only
             for chunk in iter(lambda: resp.read(CHUNK), b""):
                 out.write(chunk)
     except BaseException as e:  # Ctrl-C included: never leave a partial file behind

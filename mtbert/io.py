@@ -29,15 +29,22 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def temp_file_beside(path: Path, suffix: str = "") -> tuple[int, str]:
+    """An open temporary file in `path`'s folder (so renaming it onto `path` is atomic), with the
+    user's usual file mode instead of mkstemp's owner-only 0600."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Temporary file, fsync, rename: a reader sees the old file or the new one, never half of one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fchmod(f.fileno(), FILE_MODE)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -35,3 +35,12 @@ def make_tiny_base(folder: Path, seed: int = 0, **overrides) -> Path:
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     return make_tiny_base(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture()
+def user_modes() -> tuple[int, int]:
+    """(file mode, folder mode) that files and folders of this user get under the current umask."""
+    import os
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask, 0o777 & ~umask

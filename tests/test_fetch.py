@@ -63,7 +63,7 @@ def test_file_digest_matches_sha256_and_git_blob_ids():
         assert F.file_digest(path, "sha256") == hashlib.sha256(path.read_bytes()).hexdigest() == F.FILES[name][1]
 
 
-def test_fetch_downloads_verifies_and_then_skips(server, tmp_path):
+def test_fetch_downloads_verifies_and_then_skips(server, tmp_path, user_modes):
     dest = tmp_path / "dest"
     msgs: list[str] = []
     paths = F.fetch(dest, server.url, GOOD, progress=msgs.append)
@@ -72,9 +72,7 @@ def test_fetch_downloads_verifies_and_then_skips(server, tmp_path):
         assert (dest / n).read_bytes() == (SHARED_DIR / n).read_bytes()
     assert server.requests == [f"/data/{n}" for n in GOOD]
     assert sorted(p.name for p in dest.iterdir()) == sorted(GOOD)  # no temp files left
-    umask = os.umask(0o022)
-    os.umask(umask)
-    assert {(dest / n).stat().st_mode & 0o777 for n in GOOD} == {0o666 & ~umask}  # not mkstemp's owner-only 0600
+    assert {(dest / n).stat().st_mode & 0o777 for n in GOOD} == {user_modes[0]}  # not mkstemp's owner-only 0600
 
     msgs.clear()
     assert F.fetch(dest, server.url, GOOD, progress=msgs.append) == paths

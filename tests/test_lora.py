@@ -221,18 +221,17 @@ def test_minilm_adapter_checkpoint_is_small(tmp_path, capsys):
     assert adapters < 5e6 and total < 5e6
 
 
-def test_checkpoints_and_their_exports_get_the_users_usual_modes(adapter_checkpoint, tmp_path):
+def test_checkpoints_and_their_exports_get_the_users_usual_modes(adapter_checkpoint, tmp_path, user_modes):
     """Written through temporaries (mkdtemp, mkstemp: owner-only), a checkpoint still ends up with the
     modes any file of the user gets, so another account or a container's user can read what is shared."""
-    umask = os.umask(0o022)
-    os.umask(umask)
+    file_mode, dir_mode = user_modes
     out = tmp_path / "half"
     assert main(["export", "--checkpoint", str(adapter_checkpoint), "--out", str(out), "--adapters-dtype",
                  "float16"]) == 0
     for folder in (adapter_checkpoint, out):
-        assert folder.stat().st_mode & 0o777 == 0o777 & ~umask, folder
+        assert folder.stat().st_mode & 0o777 == dir_mode, folder
         modes = {f.name: f.stat().st_mode & 0o777 for f in folder.iterdir()}
-        assert modes and set(modes.values()) == {0o666 & ~umask}, modes
+        assert modes and set(modes.values()) == {file_mode}, modes
 
 
 # ---- export --merge -----------------------------------------------------------------------------
