@@ -171,9 +171,14 @@ def _load_any(name: str):
 
 
 def _print_metrics(split: str, m: dict, specs=None) -> None:
+    _print_metrics_rows({split: m}, specs)
+
+
+def _print_metrics_rows(rows: dict, specs=None) -> None:
+    """The results table, a row per split, then each further metric of the last row."""
     from .report import other_lines, seed_table
-    print(seed_table({split: m}, specs))
-    lines = other_lines(m, specs)
+    print(seed_table(rows, specs))
+    lines = other_lines(list(rows.values())[-1], specs)
     if lines:
         print("\n" + "\n".join(lines))
 
@@ -444,6 +449,38 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _add_rescore(sub) -> None:
+    p = sub.add_parser("rescore", help="measure a trained checkpoint's metrics.json again, as its run did",
+                       description="Measure the Train and Dev rows of a checkpoint a training run wrote the way "
+                                   "the run's final report measured them (the run's train_eval subset; the whole "
+                                   "dev split, Quora at the stored threshold with its held-out and 0.5-threshold "
+                                   "accuracies), in float32 on the CPU, and write them into its metrics.json. "
+                                   "For a copy whose weights changed, e.g. export --adapters-dtype float16.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (written by mtbert train)")
+    p.add_argument("--data-dir", help="folder of the tasks' files (default: the one the run used)")
+    p.add_argument("--quora-train", help="Quora train file (default: the one the run used)")
+    p.set_defaults(func=_cmd_rescore)
+
+
+def _cmd_rescore(args) -> int:
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .train import rescore
+    if not Path(args.checkpoint).is_dir():
+        print(f"error: {args.checkpoint}: not a checkpoint folder (rescore writes its metrics.json)", file=sys.stderr)
+        return 1
+    try:
+        results = rescore(args.checkpoint, args.data_dir, args.quora_train,
+                          log=lambda line: print(line, file=sys.stderr))
+    except (CheckpointError, DataError, ValueError) as e:
+        hint = " (pass --data-dir / --quora-train where the run's files are not here)" if isinstance(e, DataError) else ""
+        print(f"error: {e}{hint}", file=sys.stderr)
+        return 1
+    _print_metrics_rows({"Train": results["train"], "Dev": results["dev"]})
+    print(f"wrote {Path(args.checkpoint) / 'metrics.json'}")
+    return 0
+
+
 def _add_export(sub) -> None:
     from .checkpoint import ADAPTER_DTYPES
     p = sub.add_parser("export", help="copy a checkpoint, or with --merge write it as a plain Hugging Face BERT folder",
@@ -470,6 +507,9 @@ def _cmd_export(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out}" + (" (merged: a plain Hugging Face BERT folder plus the heads)" if args.merge else ""))
+    if args.adapters_dtype and (out / "metrics.json").is_file():
+        print(f"its metrics.json was measured on the float32 adapters; `python -m mtbert rescore --checkpoint {out}` "
+              f"measures the {args.adapters_dtype} copy")
     return 0
 def _add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="run a grid of settings x seeds as a queue of trainings, with its results table",
@@ -547,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_probe(sub)
     _add_report(sub)
     _add_export(sub)
+    _add_rescore(sub)
     _add_sweep(sub)
     data = sub.add_parser("data", help="data commands (fetch, check)", description="Data commands.")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")

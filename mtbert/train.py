@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from . import distributed as dist
 from . import runfolder
-from .checkpoint import load_base, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_base, load_checkpoint, save_checkpoint
 from .config import TrainConfig, sst_phrase_count
 from .data import SAMPLE_DIR, Example, batch_order, load_split, make_batch
 from .evaluate import evaluate, seed_average, shift_para_probs
@@ -277,12 +277,80 @@ def build_data(cfg: TrainConfig, log) -> RunData:
     streams = {t: TaskStream(t, train_data[t], cfg.batch_size, cfg.seed, cfg.bucket, index[t]) for t in cfg.tasks}
     if cfg.sst_phrases_file:
         streams["sst"] = sst_phrase_stream(cfg, specs["sst"], train_data["sst"], index["sst"], log)
-    return RunData(
-        specs=specs, train=train_data,
-        dev={t: subset(dev[t][0], cfg.eval_subset, cfg.seed + 1) for t in cfg.tasks},
-        dev_full={t: dev[t][0] for t in cfg.tasks},
-        train_eval={t: subset(train[t][0], cfg.train_eval_subset, cfg.seed + 2) for t in cfg.tasks},
-        streams=streams)
+    return RunData(specs=specs, train=train_data, streams=streams,
+                   **eval_sets(cfg, {t: v[0] for t, v in train.items()}, {t: v[0] for t, v in dev.items()}))
+
+
+def eval_sets(cfg: TrainConfig, train: dict, dev: dict) -> dict:
+    """A run's evaluation sets (RunData's dev, dev_full and train_eval) from its whole train and dev
+    splits; each subset is drawn with a seed of its own, so `rescore` draws the same ones."""
+    return dict(dev={t: subset(dev[t], cfg.eval_subset, cfg.seed + 1) for t in cfg.tasks},
+                dev_full={t: dev[t] for t in cfg.tasks},
+                train_eval={t: subset(train[t], cfg.train_eval_subset, cfg.seed + 2) for t in cfg.tasks})
+
+
+def measure(model, tok, cfg: TrainConfig, split: str, data: dict, fit_on: list = (), full: bool = False,
+            calibrate: bool = False, device="cpu", amp=None) -> dict:
+    """The metrics a run records for `model` on `data`. With `calibrate` the Quora threshold is fitted
+    first (on `data`'s pairs; with `full`, on the eval subset `fit_on`) and kept in model.cfg. With
+    `full` on dev, Quora is scored at the threshold fitted on `fit_on` and also on the pairs the fit
+    never saw and at the plain 0.5 threshold, so the fit's gain is visible."""
+    model = for_inference(model, cfg.eval_precision, tokenizer=tok)  # shares the model's cfg (thresholds)
+    specs = [model.cfg.task(t) for t in data]
+    extra = {}
+    if full and cfg.calibrate_para and "para" in data and split == "dev":
+        if calibrate and fit_on:  # mid-run: the weights moved since the last fit
+            evaluate(model, tok, {"para": fit_on}, cfg.eval_batch_size, device, amp, calibrate_para=True)
+        raw = {}
+        examples = data["para"]
+        extra = {"para_acc": evaluate(model, tok, {"para": examples}, cfg.eval_batch_size, device, amp,
+                                      raw_out=raw)["para_acc"]}
+        seen = {e.id for e in fit_on}
+        held = np.array([e.id not in seen for e in examples])
+        y = np.array([e.label for e in examples]) > 0.5
+        offset = model.cfg.para_logit_offset
+        plain = shift_para_probs(raw["para"], -offset) > 0.5
+        extra.update({"para_logit_offset": offset,
+                      "para_acc_heldout": float(((raw["para"] > 0.5) == y)[held].mean()) if held.any() else float("nan"),
+                      "para_heldout_examples": int(held.sum()),
+                      "para_acc_uncalibrated": float((plain == y).mean())})
+        data = {t: v for t, v in data.items() if t != "para"}
+    m = evaluate(model, tok, data, cfg.eval_batch_size, device, amp, calibrate_para=calibrate and cfg.calibrate_para)
+    if extra:
+        m.update(extra)
+        m["average"] = seed_average(m, specs)
+    return m
+
+
+def rescore(folder: str | Path, data_dir: str | None = None, quora_train: str | None = None,
+            log=lambda line: None) -> dict:
+    """Measure a checkpoint the trainer wrote again, as its run's final report did: the Train row on the
+    run's train_eval subset, the Dev row on the whole dev split (Quora at the stored threshold, with the
+    held-out and 0.5-threshold accuracies), in float32 on the CPU. Writes them into its metrics.json
+    (the step and other keys kept) and returns them. For a copy whose weights changed since its run
+    measured them, such as `export --adapters-dtype float16`. data_dir and quora_train replace the
+    run's own, which may not exist where the checkpoint is now."""
+    folder = Path(folder)
+    model, tok, meta = load_checkpoint(folder)
+    settings = meta.get("train_config")
+    if not settings:
+        raise CheckpointError(f"{folder}: its mtbert.json has no train_config; only a checkpoint a training run "
+                              "wrote can be measured the way its run measured it (use evaluate instead)")
+    given = {"data_dir": data_dir, "quora_train": quora_train}
+    cfg = TrainConfig.from_dict({**settings, **{k: v for k, v in given.items() if v}})
+    specs = {s.name: s for s in cfg.task_specs()}
+    overrides = {"para": cfg.quora_train} if cfg.quora_train and "para" in cfg.tasks else None
+    splits = {split: load_split(cfg.data_dir or str(SAMPLE_DIR), split, specs.values(),
+                                overrides=overrides if split == "train" else None) for split in ("train", "dev")}
+    for split, loaded in splits.items():
+        for task, (_, report) in loaded.items():
+            log(f"[data] {split} {task}: {report.summary()}")
+    sets = eval_sets(cfg, *({t: v[0] for t, v in splits[x].items()} for x in ("train", "dev")))
+    results = {"train": measure(model, tok, cfg, "train", sets["train_eval"]),
+               "dev": measure(model, tok, cfg, "dev", sets["dev_full"], fit_on=sets["dev"].get("para", []),
+                              full=True)}
+    atomic_write_json(folder / "metrics.json", {**meta.get("metrics", {}), **results})
+    return results
 
 
 def sst_phrase_stream(cfg: TrainConfig, spec, sentences: list[Example], index: int, log) -> MixedStream:
@@ -541,44 +609,15 @@ class Trainer:
     def _evaluate(self, split: str, data: dict, full: bool = False, calibrate: bool = False) -> dict:
         t0 = time.time()
         s = self.state
-        raw, extra = {}, {}
-        sizes = {t: len(v) for t, v in data.items()}
-        # shares eval_model's cfg (thresholds)
-        model = for_inference(self.eval_model, self.cfg.eval_precision, tokenizer=self.tok)
-        if full and self.cfg.calibrate_para and "para" in data and split == "dev":
-            extra = self._calibrated_full_para(model, data["para"], raw, refit=calibrate)
-            data = {t: v for t, v in data.items() if t != "para"}
-        m = evaluate(model, self.tok, data, self.cfg.eval_batch_size, self.device, self.amp,
-                     calibrate_para=calibrate and self.cfg.calibrate_para, raw_out=raw)
-        if extra:
-            m.update(extra)
-            m["average"] = seed_average(m, [self.data.specs[t] for t in sizes])
+        m = measure(self.eval_model, self.tok, self.cfg, split, data, fit_on=self.data.dev.get("para", []),
+                    full=full, calibrate=calibrate, device=self.device, amp=self.amp)
         self._record({"type": "eval", "split": split, "step": s.step, "epoch": s.epoch, "time": time.time(),
-                      "train_time_s": s.train_time, "full": full, "examples": sizes,
+                      "train_time_s": s.train_time, "full": full, "examples": {t: len(v) for t, v in data.items()},
                       **m})
         shown = " ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
         self.log(f"[eval] {split}{' (full)' if full else ''} step {s.step} "
                  f"({s.train_time / 60:.1f} min of training, eval took {time.time() - t0:.0f} s): {shown}")
         return m
-
-    def _calibrated_full_para(self, model, examples: list, raw: dict, refit: bool) -> dict:
-        """Quora on the whole dev set with the threshold fitted on the eval subset only; also the
-        accuracy on the pairs the fit never saw and at the plain 0.5 threshold, so the gain is visible."""
-        fit_on = self.data.dev.get("para", [])
-        if refit and fit_on:  # mid-run: the weights moved since the last fit
-            evaluate(model, self.tok, {"para": fit_on}, self.cfg.eval_batch_size, self.device, self.amp,
-                     calibrate_para=True)
-        m = evaluate(model, self.tok, {"para": examples}, self.cfg.eval_batch_size, self.device, self.amp,
-                     raw_out=raw)
-        seen = {e.id for e in fit_on}
-        held = np.array([e.id not in seen for e in examples])
-        y = np.array([e.label for e in examples]) > 0.5
-        offset = self.eval_model.cfg.para_logit_offset
-        plain = shift_para_probs(raw["para"], -offset) > 0.5
-        return {"para_acc": m["para_acc"], "para_logit_offset": offset,
-                "para_acc_heldout": float(((raw["para"] > 0.5) == y)[held].mean()) if held.any() else float("nan"),
-                "para_heldout_examples": int(held.sum()),
-                "para_acc_uncalibrated": float((plain == y).mean())}
 
     def _dev_eval(self) -> None:
         """Evaluate on the dev subset; a new best average replaces best/."""
