@@ -17,6 +17,7 @@ from mtbert.cli import main
 from mtbert.data import SAMPLE_DIR, load_split
 from mtbert.evaluate import evaluate
 from mtbert.model import ModelConfig, MultitaskBert
+from mtbert.quantize import for_inference
 from mtbert.train import Trainer
 from test_train import tiny_cfg
 
@@ -66,7 +67,7 @@ def test_rescore_of_a_float16_export_writes_what_the_copy_scores(lora_run, tmp_p
     model, tok, _ = load_checkpoint(out)
     specs = [model.cfg.task(t) for t in ("sst", "sts")]
     dev = {t: v[0] for t, v in load_split(SAMPLE_DIR, "dev", specs).items()}
-    direct = evaluate(model, tok, dev)
+    direct = evaluate(for_inference(model, "fp32", tokenizer=tok), tok, dev)  # as runs evaluate (adapters merged)
     for key in ("sst_acc", "sts_corr", "sts_spearman"):
         assert now["dev"][key] == direct[key], key
     assert now["dev"]["para_logit_offset"] == model.cfg.para_logit_offset  # the stored threshold is kept
