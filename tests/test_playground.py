@@ -244,6 +244,15 @@ def test_a_shipped_checkpoint_is_described_in_words():
         assert key not in text and key.replace("_", " ") not in text, f"{key} shown raw"
 
 
+def test_a_base_given_as_a_local_folder_is_named_by_the_folder(tiny_base):
+    """The caption names a base model given by path by its folder's name, not the machine's full path;
+    a registered name or a Hub id stays as it is."""
+    text = pg.describe_model({"base_model": str(tiny_base), "model": {"pooling": "mean"}})
+    assert text == f"base {tiny_base.name} (a local folder), mean pooling" and str(tiny_base.parent) not in text
+    for name in ("minilm-l6", "sentence-transformers/all-MiniLM-L6-v2"):
+        assert pg.describe_model({"base_model": name, "model": {"pooling": "cls"}}) == f"base {name}, cls pooling"
+
+
 def test_metrics_without_words_are_shown_as_they_are():
     text = pg.describe_metrics({"sst_acc": 0.5, "new_score": 0.25, "pairs_seen": 12345, "average": float("nan")})
     assert text == "SST accuracy 0.500, new score 0.250, pairs seen 12,345"

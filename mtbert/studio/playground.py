@@ -149,6 +149,13 @@ def describe_metrics(metrics: dict, specs=()) -> str:
     return ", ".join(parts)
 
 
+def base_label(base) -> str:
+    """A base model as a caption names it: a registered name as it is; a base given as a local folder
+    by the folder's name, since its full path is long and says more about the machine than the model."""
+    base = str(base)
+    return f"{Path(base).name} (a local folder)" if os.path.isabs(base) or Path(base).is_dir() else base
+
+
 def describe_model(meta: dict) -> str:
     if meta.get("untrained_heads"):
         return (f"{meta.get('base_model')}: the plain pretrained encoder with UNTRAINED task heads; "
@@ -160,7 +167,7 @@ def describe_model(meta: dict) -> str:
         specs = []
     scores = describe_metrics(dev, specs) if isinstance(dev, dict) else ""
     hub = f"{meta['hub_id']} from the Hugging Face Hub: " if meta.get("hub_id") else ""
-    return hub + f"base {meta.get('base_model')}, {meta.get('model', {}).get('pooling', '?')} pooling" + (
+    return hub + f"base {base_label(meta.get('base_model'))}, {meta.get('model', {}).get('pooling', '?')} pooling" + (
         f"; dev: {scores}" if scores else "")
 
 
