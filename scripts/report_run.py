@@ -10,6 +10,7 @@ import json
 import math
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +90,10 @@ def main(argv=None) -> int:
     conflict_steps = sum(1 for r in steps if r.get("conflicts", 0) > 0)
     projections = sum(r.get("projections", 0) for r in steps)
     times = [r["step_time"] for r in steps]
-    pcgrad = (f"{len(steps)} steps, median step {statistics.median(times):.2f} s; steps with at least one "
+    # a sampled schedule trains one task per step: how the steps were shared out is part of the result
+    batches = Counter(t for r in steps for t in r.get("tasks", []))
+    pcgrad = (f"{len(steps)} steps, median step {statistics.median(times):.2f} s; batches per task: "
+              + ", ".join(f"{t} {batches[t]:,}" for t in (cfg.get("tasks") or batches) if t in batches) + "; steps with at least one "
               f"conflicting task pair: {conflict_steps} ({100 * conflict_steps / max(1, len(steps)):.0f} %); "
               f"PCGrad projections: {projections}; mean gradient cosine: "
               + ", ".join(f"{p} {statistics.mean(v):+.3f}" for p, v in cos.items()))

@@ -33,6 +33,9 @@ def test_report_of_a_calibrated_run(tiny_base, tmp_path):
     best_step = json.loads((run / "best" / "metrics.json").read_text())["step"]
     assert f"(best checkpoint: step {best_step})" in text
     assert "Paraphrase acc at 0.5" in text
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if r["type"] == "step"]
+    assert f"batches per task: sst {len(steps)}, para {len(steps)}, sts {len(steps)};" in text  # parallel: all alike
     assert "Machine: Linux" in text  # this machine, by default
     settings = next(line for line in text.splitlines() if line.startswith("Settings: "))
     assert "data_dir=sample," in settings and str(REPO) not in settings
