@@ -170,12 +170,8 @@ def _load_any(name: str):
     return load_checkpoint(name)
 
 
-def _print_metrics(split: str, m: dict, specs=None) -> None:
-    _print_metrics_rows({split: m}, specs)
-
-
-def _print_metrics_rows(rows: dict, specs=None) -> None:
-    """The results table, a row per split, then each further metric of the last row."""
+def _print_metrics(rows: dict, specs=None) -> None:
+    """The results table, a row per split ({"Dev": metrics, ...}), then each further metric of the last row."""
     from .report import other_lines, seed_table
     print(seed_table(rows, specs))
     lines = other_lines(list(rows.values())[-1], specs)
@@ -207,7 +203,7 @@ def _cmd_evaluate(args) -> int:
     except (CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    _print_metrics(args.split.capitalize(), evaluate(model, tok, data, args.batch_size), specs)
+    _print_metrics({args.split.capitalize(): evaluate(model, tok, data, args.batch_size)}, specs)
     return 0
 
 
@@ -342,7 +338,7 @@ def _cmd_submit(args) -> int:
           file=sys.stderr)
     if sub.zip_path:
         print(f"submission zip: {sub.zip_path}", file=sys.stderr)
-    _print_metrics("Dev", sub.dev, [model.cfg.task(t) for t in checkpoint_tasks(meta) if t in model.cfg.names])
+    _print_metrics({"Dev": sub.dev}, [model.cfg.task(t) for t in checkpoint_tasks(meta) if t in model.cfg.names])
     return 0
 
 
@@ -465,18 +461,18 @@ def _add_rescore(sub) -> None:
 def _cmd_rescore(args) -> int:
     from .checkpoint import CheckpointError
     from .data import DataError
-    from .train import rescore
+    from .train import TrainingError, rescore
     if not Path(args.checkpoint).is_dir():
         print(f"error: {args.checkpoint}: not a checkpoint folder (rescore writes its metrics.json)", file=sys.stderr)
         return 1
     try:
         results = rescore(args.checkpoint, args.data_dir, args.quora_train,
                           log=lambda line: print(line, file=sys.stderr))
-    except (CheckpointError, DataError, ValueError) as e:
+    except (CheckpointError, DataError, TrainingError, ValueError) as e:
         hint = " (pass --data-dir / --quora-train where the run's files are not here)" if isinstance(e, DataError) else ""
         print(f"error: {e}{hint}", file=sys.stderr)
         return 1
-    _print_metrics_rows({"Train": results["train"], "Dev": results["dev"]})
+    _print_metrics({"Train": results["train"], "Dev": results["dev"]})
     print(f"wrote {Path(args.checkpoint) / 'metrics.json'}")
     return 0
 

@@ -262,23 +262,30 @@ def build_data(cfg: TrainConfig, log) -> RunData:
     """Read the train and dev splits of the trained tasks (each file's report goes to `log`), take the
     subsets and open one stream per task. Subsets and streams have generators of their own (seeded
     from cfg.seed), so none of this draws from the global one."""
-    specs = {s.name: s for s in cfg.task_specs()}
-    data_dir = cfg.data_dir or str(SAMPLE_DIR)
-    overrides = {"para": cfg.quora_train} if cfg.quora_train and "para" in cfg.tasks else None
-    train = load_split(data_dir, "train", specs.values(), overrides=overrides)
-    dev = load_split(data_dir, "dev", specs.values())
-    for split, loaded in (("train", train), ("dev", dev)):
-        for task, (examples, report) in loaded.items():
-            log(f"[data] {split} {task}: {report.summary()}")
-            if not examples:
-                raise TrainingError(f"no usable {task} {split} examples in {report.path}")
-    train_data = {t: subset(train[t][0], cfg.train_subset, cfg.seed) for t in cfg.tasks}
+    specs, train, dev = read_splits(cfg, log)
+    train_data = {t: subset(train[t], cfg.train_subset, cfg.seed) for t in cfg.tasks}
     index = {s.name: i for i, s in enumerate(cfg.defined_tasks())}  # a stream's seed: its task's place
     streams = {t: TaskStream(t, train_data[t], cfg.batch_size, cfg.seed, cfg.bucket, index[t]) for t in cfg.tasks}
     if cfg.sst_phrases_file:
         streams["sst"] = sst_phrase_stream(cfg, specs["sst"], train_data["sst"], index["sst"], log)
-    return RunData(specs=specs, train=train_data, streams=streams,
-                   **eval_sets(cfg, {t: v[0] for t, v in train.items()}, {t: v[0] for t, v in dev.items()}))
+    return RunData(specs=specs, train=train_data, streams=streams, **eval_sets(cfg, train, dev))
+
+
+def read_splits(cfg: TrainConfig, log) -> tuple[dict, dict, dict]:
+    """(task name -> TaskSpec with its loss weight, task -> train examples, task -> dev examples): the
+    whole splits of the run's tasks, each file's report to `log`; a task without usable examples stops."""
+    specs = {s.name: s for s in cfg.task_specs()}
+    data_dir = cfg.data_dir or str(SAMPLE_DIR)
+    overrides = {"para": cfg.quora_train} if cfg.quora_train and "para" in cfg.tasks else None
+    splits = {"train": load_split(data_dir, "train", specs.values(), overrides=overrides),
+              "dev": load_split(data_dir, "dev", specs.values())}
+    for split, loaded in splits.items():
+        for task, (examples, report) in loaded.items():
+            log(f"[data] {split} {task}: {report.summary()}")
+            if not examples:
+                raise TrainingError(f"no usable {task} {split} examples in {report.path}")
+    train, dev = ({t: v[0] for t, v in splits[x].items()} for x in ("train", "dev"))
+    return specs, train, dev
 
 
 def eval_sets(cfg: TrainConfig, train: dict, dev: dict) -> dict:
@@ -338,14 +345,7 @@ def rescore(folder: str | Path, data_dir: str | None = None, quora_train: str | 
                               "wrote can be measured the way its run measured it (use evaluate instead)")
     given = {"data_dir": data_dir, "quora_train": quora_train}
     cfg = TrainConfig.from_dict({**settings, **{k: v for k, v in given.items() if v}})
-    specs = {s.name: s for s in cfg.task_specs()}
-    overrides = {"para": cfg.quora_train} if cfg.quora_train and "para" in cfg.tasks else None
-    splits = {split: load_split(cfg.data_dir or str(SAMPLE_DIR), split, specs.values(),
-                                overrides=overrides if split == "train" else None) for split in ("train", "dev")}
-    for split, loaded in splits.items():
-        for task, (_, report) in loaded.items():
-            log(f"[data] {split} {task}: {report.summary()}")
-    sets = eval_sets(cfg, *({t: v[0] for t, v in splits[x].items()} for x in ("train", "dev")))
+    sets = eval_sets(cfg, *read_splits(cfg, log)[1:])
     results = {"train": measure(model, tok, cfg, "train", sets["train_eval"]),
                "dev": measure(model, tok, cfg, "dev", sets["dev_full"], fit_on=sets["dev"].get("para", []),
                               full=True)}

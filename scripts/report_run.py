@@ -92,8 +92,9 @@ def main(argv=None) -> int:
     times = [r["step_time"] for r in steps]
     # a sampled schedule trains one task per step: how the steps were shared out is part of the result
     batches = Counter(t for r in steps for t in r.get("tasks", []))
-    pcgrad = (f"{len(steps)} steps, median step {statistics.median(times):.2f} s; batches per task: "
-              + ", ".join(f"{t} {batches[t]:,}" for t in (cfg.get("tasks") or batches) if t in batches) + "; steps with at least one "
+    shares = ", ".join(f"{t} {batches[t]:,}" for t in (cfg.get("tasks") or batches) if t in batches)
+    pcgrad = (f"{len(steps)} steps, median step {statistics.median(times):.2f} s; batches per task: {shares}; "
+              f"steps with at least one "
               f"conflicting task pair: {conflict_steps} ({100 * conflict_steps / max(1, len(steps)):.0f} %); "
               f"PCGrad projections: {projections}; mean gradient cosine: "
               + ", ".join(f"{p} {statistics.mean(v):+.3f}" for p, v in cos.items()))
