@@ -39,12 +39,13 @@ def fmt(m: dict, k: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run_dir")
-    ap.add_argument("--section", default="Recipe")
+    # no default: a forgotten --section would otherwise replace whichever section the default names
+    ap.add_argument("--section", required=True, help="the `## ` heading of the section to write or replace")
     ap.add_argument("--command", default=None, help="the command that produced the run")
     ap.add_argument("--wall", default=None, help="wall time as measured outside (e.g. /usr/bin/time)")
     ap.add_argument("--machine", default=None,
                     help="the machine the run was made on, when not this one (default: this machine's CPU)")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results.md"), help="the markdown file (default: docs/results.md)")
     args = ap.parse_args(argv)
     run = Path(args.run_dir)
     status = runfolder.read_status(run)

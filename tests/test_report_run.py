@@ -43,6 +43,11 @@ def test_report_of_a_calibrated_run(tiny_base, tmp_path):
                         "--machine", "one NVIDIA H200"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "Machine: one NVIDIA H200." in out.read_text()
+    before = out.read_text()
+    r = subprocess.run([sys.executable, "scripts/report_run.py", str(run), "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--section" in r.stderr  # no section named: nothing written
+    assert out.read_text() == before
 
 
 def test_compare_runs_puts_two_task_sets_side_by_side_at_one_step(tmp_path):
