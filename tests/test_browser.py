@@ -102,6 +102,21 @@ def wait_idle(page, timeout: float = 60_000) -> None:
     page.wait_for_selector("[data-testid='stStatusWidget']", state="detached", timeout=timeout)
 
 
+def open_expander(page, title: str, shows) -> None:
+    """Open the expander titled `title` until `shows` (a locator inside it) is visible: a click that
+    lands while the page reruns can be drawn again closed, and a second click would close it."""
+    closed = page.locator("[data-testid='stExpander'] details:not([open]) > summary").filter(has_text=title)
+    for _ in range(5):
+        if closed.count():
+            closed.first.click()
+        try:
+            shows.wait_for(timeout=3000)
+            return
+        except Exception:
+            wait_idle(page)
+    expect(shows).to_be_visible()
+
+
 def choose(page, label: str, option: str) -> None:
     """Pick `option` (a substring) in the Streamlit selectbox labelled `label`."""
     box = page.get_by_role("combobox", name=label, exact=True)
@@ -128,14 +143,8 @@ def start_tiny_run(page, name: str, tiny_base) -> None:
     it and wait for its heading ("3 · Run <id>")."""
     label = {s.name: s.label for s in settings.settings_spec()}  # the form's widgets by config key
     evaluation = page.get_by_label(label["eval_subset"], exact=True)
-    for _ in range(3):  # a click while the page redraws can leave the section closed
-        wait_idle(page)
-        page.locator("[data-testid='stExpander'] summary").filter(has_text="Evaluation").click()
-        try:
-            evaluation.wait_for(state="visible", timeout=5000)
-            break
-        except Exception:
-            pass
+    wait_idle(page)
+    open_expander(page, "Evaluation", evaluation)
     for key, value in {"max_steps": 6, "train_subset": 48, "eval_subset": 16, "train_eval_subset": 16,
                        "max_length": 32, "eval_every": 3}.items():
         set_number(page, label[key], value)

@@ -18,7 +18,7 @@ from playwright.sync_api import expect
 from mtbert.studio import settings
 from mtbert.tasks import read_tasks_file
 from streamlit_server import CHROMIUM, chromium, streamlit_app
-from test_browser import choose, keep_on_loopback, shot, start_tiny_run, tiny_data, wait_idle  # noqa: F401 (a fixture)
+from test_browser import choose, keep_on_loopback, open_expander, shot, start_tiny_run, tiny_data, wait_idle  # noqa: F401 (a fixture)
 
 MOODS = ("negative", "neutral", "positive")
 TITLE = "Mood"
@@ -86,7 +86,7 @@ def test_add_a_task_train_it_and_ask_the_playground(studio, browser, tiny_base, 
     page.get_by_text("train: sst 24, para 24, sts 24").wait_for()
 
     # an upload: saved under the runs folder, read and previewed like a typed path
-    page.locator("[data-testid='stExpander'] summary").filter(has_text="Add a task").click()
+    open_expander(page, "Add a task", page.get_by_text("an upload", exact=True))
     page.get_by_text("an upload", exact=True).click()
     page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(str(train))
     page.get_by_text("Detected: delimited, comma-separated with a header row").wait_for(timeout=60_000)
