@@ -329,6 +329,20 @@ def measure(model, tok, cfg: TrainConfig, split: str, data: dict, fit_on: list =
     return m
 
 
+def run_eval_sets(folder: str | Path, meta: dict, data_dir: str | None = None, quora_train: str | None = None,
+                  log=lambda line: None) -> tuple[TrainConfig, dict]:
+    """(the run's settings, its evaluation sets as `eval_sets` draws them) for a checkpoint a training
+    run wrote (`meta`: its mtbert.json). data_dir and quora_train replace the run's own, which may not
+    exist where the checkpoint is now."""
+    settings = meta.get("train_config")
+    if not settings:
+        raise CheckpointError(f"{folder}: its mtbert.json has no train_config; only a checkpoint a training run "
+                              "wrote can be measured the way its run measured it (use evaluate instead)")
+    given = {"data_dir": data_dir, "quora_train": quora_train}
+    cfg = TrainConfig.from_dict({**settings, **{k: v for k, v in given.items() if v}})
+    return cfg, eval_sets(cfg, *read_splits(cfg, log)[1:])
+
+
 def rescore(folder: str | Path, data_dir: str | None = None, quora_train: str | None = None,
             log=lambda line: None) -> dict:
     """Measure a checkpoint the trainer wrote again, as its run's final report did: the Train row on the
@@ -339,13 +353,7 @@ def rescore(folder: str | Path, data_dir: str | None = None, quora_train: str | 
     run's own, which may not exist where the checkpoint is now."""
     folder = Path(folder)
     model, tok, meta = load_checkpoint(folder)
-    settings = meta.get("train_config")
-    if not settings:
-        raise CheckpointError(f"{folder}: its mtbert.json has no train_config; only a checkpoint a training run "
-                              "wrote can be measured the way its run measured it (use evaluate instead)")
-    given = {"data_dir": data_dir, "quora_train": quora_train}
-    cfg = TrainConfig.from_dict({**settings, **{k: v for k, v in given.items() if v}})
-    sets = eval_sets(cfg, *read_splits(cfg, log)[1:])
+    cfg, sets = run_eval_sets(folder, meta, data_dir, quora_train, log)
     results = {"train": measure(model, tok, cfg, "train", sets["train_eval"]),
                "dev": measure(model, tok, cfg, "dev", sets["dev_full"], fit_on=sets["dev"].get("para", []),
                               full=True)}

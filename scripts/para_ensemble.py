@@ -19,14 +19,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import markdown_table  # noqa: E402
 from mtbert.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-from mtbert.config import TrainConfig  # noqa: E402
 from mtbert.evaluate import _logit, fit_para_offset, predict_raw  # noqa: E402
-from mtbert.train import eval_sets, read_splits  # noqa: E402
+from mtbert.data import DataError  # noqa: E402
+from mtbert.train import TrainingError, run_eval_sets  # noqa: E402
 
 
-def para_logits(folder: Path, examples: list) -> np.ndarray:
-    """The checkpoint's Quora logits for `examples`, before its stored threshold (float32, CPU)."""
-    model, tok, _ = load_checkpoint(folder)
+def para_logits(model, tok, examples: list) -> np.ndarray:
+    """The model's Quora logits for `examples`, before its stored threshold (float32, CPU)."""
     model.cfg.logit_offsets["para"] = 0.0
     return _logit(predict_raw(model, tok, "para", examples))
 
@@ -46,22 +45,17 @@ def main(argv=None) -> int:
     ap.add_argument("--quora-train", help="the Quora train file of the first run, where it is now")
     args = ap.parse_args(argv)
     folders = [Path(c) for c in args.checkpoints]
-    try:
-        meta = load_checkpoint(folders[0])[2]
-    except CheckpointError as e:
+    try:  # the first checkpoint's run says which dev pairs the threshold is fitted on
+        model, tok, meta = load_checkpoint(folders[0])
+        _, sets = run_eval_sets(folders[0], meta, args.data_dir, args.quora_train)
+    except (CheckpointError, DataError, TrainingError) as e:
         ap.error(str(e))
-    settings = meta.get("train_config")
-    if not settings:
-        ap.error(f"{folders[0]}: its mtbert.json has no train_config; the first checkpoint must be one a "
-                 "training run wrote (its evaluation subset is the fit)")
-    given = {"data_dir": args.data_dir, "quora_train": args.quora_train}
-    cfg = TrainConfig.from_dict({**settings, **{k: v for k, v in given.items() if v}})
-    sets = eval_sets(cfg, *read_splits(cfg, lambda line: None)[1:])
     examples = sets["dev_full"]["para"]
     fit_ids = {e.id for e in sets["dev"]["para"]}
     fit = np.array([e.id in fit_ids for e in examples])
     y = np.array([e.label for e in examples]) > 0.5
-    logits = [para_logits(f, examples) for f in folders]
+    logits = [para_logits(model, tok, examples)]
+    logits += [para_logits(*load_checkpoint(f)[:2], examples) for f in folders[1:]]
     readings = [(str(f), lg) for f, lg in zip(folders, logits)]
     if len(logits) > 1:
         readings.append(("sum of the logits", np.sum(logits, axis=0)))

@@ -106,6 +106,7 @@ def open_expander(page, title: str, shows) -> None:
     """Open the expander titled `title` until `shows` (a locator inside it) is visible: a click that
     lands while the page reruns can be drawn again closed, and a second click would close it."""
     closed = page.locator("[data-testid='stExpander'] details:not([open]) > summary").filter(has_text=title)
+    wait_idle(page)
     for _ in range(5):
         if closed.count():
             closed.first.click()
@@ -143,7 +144,6 @@ def start_tiny_run(page, name: str, tiny_base) -> None:
     it and wait for its heading ("3 · Run <id>")."""
     label = {s.name: s.label for s in settings.settings_spec()}  # the form's widgets by config key
     evaluation = page.get_by_label(label["eval_subset"], exact=True)
-    wait_idle(page)
     open_expander(page, "Evaluation", evaluation)
     for key, value in {"max_steps": 6, "train_subset": 48, "eval_subset": 16, "train_eval_subset": 16,
                        "max_length": 32, "eval_every": 3}.items():
