@@ -40,7 +40,7 @@ class Range:
 
 
 AT_LEAST_1, AT_LEAST_0, ABOVE_0 = Range(1), Range(0), Range(0, low_open=True)
-PAIR_ENCODINGS = ("separate", "joint")
+PAIR_ENCODINGS = ("separate", "joint", "both")
 PRECISIONS = ("fp32", "int8", "bf16")  # inference arithmetic of the encoder (mtbert/quantize.py)
 
 
@@ -131,7 +131,8 @@ class TrainConfig:
     pooling: str = setting("cls", section=MODEL, label="Sentence pooling", choices=("cls", "mean"),
                            help="cls: the [CLS] token's vector; mean: the mean of the token vectors")
     pair_encoding: str = setting("separate", section=MODEL, label="Pair encoding", choices=PAIR_ENCODINGS,
-                                 help="separate: encode each sentence alone (the seed); joint: [CLS] a [SEP] b [SEP]")
+                                 help="separate: encode each sentence alone (the seed); joint: [CLS] a [SEP] b [SEP]; "
+                                      "both: the two reads, their features into one linear head")
     para_encoding: str | None = setting(None, section=MODEL, label="Quora pair encoding", choices=PAIR_ENCODINGS,
                                         help="none: as Pair encoding; else this encoding for Quora only")
     sts_encoding: str | None = setting(None, section=MODEL, label="STS pair encoding", choices=PAIR_ENCODINGS,

@@ -27,7 +27,7 @@ TASKS = BUILTIN_NAMES
 TEXT_COLUMNS = {s.name: s.text_columns for s in builtin_tasks()}
 LABEL_COLUMN = {s.name: s.label_column for s in builtin_tasks()}
 SPLITS = ("train", "dev", "test-student")  # the CS224N file names' splits; a task definition says "test"
-PAIR_ENCODINGS = ("separate", "joint")
+PAIR_ENCODINGS = ("separate", "joint", "both")
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO_DIR / "data" / "sample"   # shipped, the offline default
@@ -337,8 +337,8 @@ def load_split(data_dir, split: str, tasks=BUILTIN_NAMES, overrides: dict[str, s
 def make_batch(task, examples: list[Example], tokenizer, pair_encoding: str | None = None) -> dict:
     """Tokenise a list of examples into the model's inputs, labels and ids.
 
-    A sentence task gives `enc`; a pair gives `enc` cross-encoded (joint) or `a` and `b` (separate),
-    as the task's head wants unless `pair_encoding` says otherwise."""
+    A sentence task gives `enc`; a pair gives `enc` cross-encoded (joint), `a` and `b` (separate) or
+    all three (both), as the task's head wants unless `pair_encoding` says otherwise."""
     import torch  # here, not at the top: reading files (the CLI, the studio) should not load torch
     spec = as_spec(task)
     pair_encoding = pair_encoding or spec.pair_encoding
@@ -347,11 +347,12 @@ def make_batch(task, examples: list[Example], tokenizer, pair_encoding: str | No
     texts_a = [e.text_a for e in examples]
     if not spec.is_pair:
         batch["enc"] = tokenizer.encode(texts_a)
-    elif pair_encoding == "joint":
-        batch["enc"] = tokenizer.encode(texts_a, pairs=[e.text_b for e in examples])
     else:
-        batch["a"] = tokenizer.encode(texts_a)
-        batch["b"] = tokenizer.encode([e.text_b for e in examples])
+        if pair_encoding in ("joint", "both"):
+            batch["enc"] = tokenizer.encode(texts_a, pairs=[e.text_b for e in examples])
+        if pair_encoding in ("separate", "both"):
+            batch["a"] = tokenizer.encode(texts_a)
+            batch["b"] = tokenizer.encode([e.text_b for e in examples])
     labels = [e.label for e in examples]
     if any(y is None for y in labels):
         batch["labels"] = None

@@ -207,7 +207,7 @@ def add_lora(model, cfg: LoraConfig) -> Lora:
     if lora_of(model) is not None:
         raise LoraError("this model already has LoRA adapters")
     device = next(model.encoder.parameters()).device
-    lora = Lora(model.encoder, cfg, model.cfg.names).to(device).train(model.training)  # dropout as the model's
+    lora = Lora(model.encoder, cfg, model.adapter_sets()).to(device).train(model.training)  # dropout as the model's
     model.lora = lora  # a submodule: moved, averaged, saved and switched to eval with the model
     attach_hooks(model)
     return lora

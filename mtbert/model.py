@@ -7,6 +7,9 @@ What a head computes, by the task's `head`:
   cosine            score = low + (high-low) cos(P u, P v), P hidden->hidden   pair regression
                     (with the cosent loss: low + (high-low) (cos+1)/2, all of [-1, 1] on the range)
   cross             z = W dropout(pool([CLS] a [SEP] b [SEP]))             jointly cross-encoded pair
+  cross_concat      z = W dropout([j; u; v; |u-v|; u*v]), j = pool([CLS] a [SEP] b [SEP])
+                    the pair read both ways: a cross head's logits plus a concat_diff_prod head's
+                    (with lora_per_task the joint read has adapters of its own, as a second model would)
 z is K logits (ce), one logit (bce) or, for regression, a score low + (high-low) sigmoid(z).
 The CS224N trio are the built-in definitions: sst linear/ce, para concat/bce, sts cosine/mse
 (the seed report's heads), so their numbers are the ones the three fixed heads always gave.
@@ -26,7 +29,12 @@ from .tasks import TaskError, TaskSpec, builtin_tasks, check_unique, specs_of_mo
 
 POOLING = ("cls", "mean")
 COSENT_SCALE = 20.0  # Su (2022)'s λ
-FEATURE_WIDTH = {"linear": 1, "cross": 1, "concat": 2, "concat_diff_prod": 4}
+FEATURE_WIDTH = {"linear": 1, "cross": 1, "concat": 2, "concat_diff_prod": 4, "cross_concat": 5}
+
+
+def joint_read(task: str) -> str:
+    """The adapter set (lora_per_task) of a cross_concat task's joint read; no task name holds a ':'."""
+    return f"{task}:joint"
 
 
 @dataclass
@@ -115,6 +123,11 @@ class MultitaskBert(nn.Module):
     def heads(self) -> dict[str, nn.Module]:
         return dict(self.task_heads)
 
+    def adapter_sets(self) -> list[str]:
+        """The names of the LoRA adapter sets with lora_per_task: one per task, and one more for the joint
+        read of each cross_concat task."""
+        return self.cfg.names + [joint_read(s.name) for s in self.cfg.tasks if s.head == "cross_concat"]
+
     @property
     def tasks(self) -> list[TaskSpec]:
         return self.cfg.tasks
@@ -146,11 +159,13 @@ class MultitaskBert(nn.Module):
         spec, head = self.cfg.task(task), self.task_heads[task]
         if spec.head in ("linear", "cross"):
             return self._logits_out(spec, head(self.dropout(self.embed(batch["enc"], task))))
-        return self.pair_output(task, *self.embed_pair(batch, task))
+        j = self.embed(batch["enc"], joint_read(task)) if spec.head == "cross_concat" else None
+        return self.pair_output(task, *self.embed_pair(batch, task), j)
 
-    def pair_output(self, task: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """output() of a separately encoded pair task from its sentence embeddings u, v (B, H): inference
-        embeds each distinct sentence once and gathers them here."""
+    def pair_output(self, task: str, u: torch.Tensor, v: torch.Tensor, j: torch.Tensor | None = None) -> torch.Tensor:
+        """output() of a separately encoded pair task from its sentence embeddings u, v (B, H) (and, for
+        cross_concat, the pooled joint encoding j (B, H)): inference embeds each distinct sentence once
+        and gathers them here."""
         spec, head = self.cfg.task(task), self.task_heads[task]
         if spec.head == "cosine":
             lo, hi = spec.range
@@ -159,6 +174,8 @@ class MultitaskBert(nn.Module):
             return lo + (hi - lo) * ((cos + 1) / 2 if spec.loss == "cosent" else cos)
         u, v = self.dropout(u), self.dropout(v)
         feats = [u, v] if spec.head == "concat" else [u, v, (u - v).abs(), u * v]
+        if spec.head == "cross_concat":
+            feats.insert(0, self.dropout(j))
         return self._logits_out(spec, head(torch.cat(feats, dim=-1)))
 
     @staticmethod

@@ -11,6 +11,8 @@ Heads (the model's output for one task):
   concat_diff_prod  pair, encoded separately: dropout, [u; v; |u-v|; u*v] -> linear
   cosine            pair regression: a hidden->hidden projection on u and v, cosine x range
   cross             pair, cross-encoded jointly ([CLS] a [SEP] b [SEP]) -> dropout -> linear
+  cross_concat      pair, read both ways: dropout, [j; u; v; |u-v|; u*v] -> linear, with j the pooled joint
+                    encoding: the sum of a cross head's logits and a concat_diff_prod head's, in one model
 Losses: ce (K logits), bce (two classes, one logit), mse (a score in the range),
 cosine_embedding (the cosine head, labels above the range's middle are +1, the rest -1),
 cosent (the cosine head: CoSENT's ranking loss on the batch's cosines, Su 2022; the score is then the
@@ -29,7 +31,7 @@ FORMATS = ("delimited", "jsonl")
 QUOTING = ("minimal", "none")
 ENCODINGS = ("utf-8-sig", "utf-8", "latin-1")
 SPLITS = ("train", "dev", "test")
-HEADS = {"sentence": ("linear",), "pair": ("concat", "concat_diff_prod", "cosine", "cross")}
+HEADS = {"sentence": ("linear",), "pair": ("concat", "concat_diff_prod", "cosine", "cross", "cross_concat")}
 LOSSES = {"classification": ("ce", "bce"), "regression": ("mse", "cosine_embedding", "cosent")}
 METRICS = {"classification": ("accuracy", "f1", "macro_f1"), "regression": ("pearson", "spearman")}
 # the key of a metric in results (sst_acc, sts_corr, ...): the names the CS224N tables always used
@@ -93,8 +95,9 @@ class TaskSpec:
 
     @property
     def pair_encoding(self) -> str:
-        """How the inputs reach the encoder: joint for a cross-encoded pair, else separate."""
-        return "joint" if self.head == "cross" else "separate"
+        """How the inputs reach the encoder: joint for a cross-encoded pair, both for a pair read jointly and
+        one sentence at a time (cross_concat), else separate."""
+        return {"cross": "joint", "cross_concat": "both"}.get(self.head, "separate")
 
     @property
     def num_outputs(self) -> int:
@@ -241,14 +244,16 @@ def builtin_tasks(pair_encoding: str = "separate", para_encoding: str | None = N
     """SST-5, Quora and STS as the CS224N project defines them; the settings choose their heads.
 
     The arguments are the training settings of the same names (and the model config of checkpoints
-    saved before tasks were data): pair_encoding joint cross-encodes a pair, para_features picks
+    saved before tasks were data): pair_encoding joint cross-encodes a pair and both reads it jointly and
+    separately (the cross_concat head), para_features picks
     the separately encoded paraphrase features, sts_loss cosine_embedding is the seed's STS variant
     and cosent the CoSENT ranking loss (both for the separately encoded cosine head).
     """
     files = {t: {s: pattern.format(split=_TEST_FILE_SPLIT if s == "test" else s) for s in SPLITS}
              for t, pattern in CS224N_FILES.items()}
-    para_joint = (para_encoding or pair_encoding) == "joint"
-    sts_joint = (sts_encoding or pair_encoding) == "joint"
+    para_enc, sts_enc = para_encoding or pair_encoding, sts_encoding or pair_encoding
+    para_head = {"joint": "cross", "both": "cross_concat"}.get(para_enc, para_features)
+    sts_head = {"joint": "cross", "both": "cross_concat"}.get(sts_enc, "cosine")
     return [
         TaskSpec("sst", "SST", "sentence", "classification", classes=5, label_names=SST_LABELS,
                  files=files["sst"], text_columns=("sentence",), label_column="sentiment", id_column="id",
@@ -256,12 +261,12 @@ def builtin_tasks(pair_encoding: str = "separate", para_encoding: str | None = N
         TaskSpec("para", "Paraphrase", "pair", "classification", classes=2,
                  label_names=("not duplicate", "duplicate"), files=files["para"],
                  text_columns=("sentence1", "sentence2"), label_column="is_duplicate", id_column="id",
-                 head="cross" if para_joint else para_features, loss="bce",
+                 head=para_head, loss="bce",
                  metrics=("accuracy",), main_metric="accuracy"),
         TaskSpec("sts", "STS", "pair", "regression", range=(0.0, 5.0), files=files["sts"],
                  text_columns=("sentence1", "sentence2"), label_column="similarity", id_column="id",
-                 head="cross" if sts_joint else "cosine",
-                 loss=sts_loss if sts_loss in ("cosine_embedding", "cosent") and not sts_joint else "mse",
+                 head=sts_head,
+                 loss=sts_loss if sts_loss in ("cosine_embedding", "cosent") and sts_head == "cosine" else "mse",
                  metrics=("pearson", "spearman"), main_metric="pearson"),
     ]
 
