@@ -38,8 +38,9 @@ class Attribution:
 
     tokens/attributions: one row per sentence shown: one for a sentence, two for a pair (a
     separately encoded pair: each side's own encoding, [CLS] and [SEP] included; a jointly
-    encoded one: [CLS] a [SEP] and b [SEP]). Special tokens keep their embeddings in the
-    baseline, so their attribution is 0."""
+    encoded one: [CLS] a [SEP] and b [SEP]; a pair read both ways (the cross_concat head): each
+    side's own encoding, each word piece's attribution in the joint read added to it). Special tokens
+    keep their embeddings in the baseline, so their attribution is 0."""
     task: str
     output: str  # what f is, in words
     target: int | None  # the class whose probability is explained (classification), else None
@@ -47,7 +48,7 @@ class Attribution:
     attributions: list[np.ndarray]  # float64, the same lengths as tokens
     f_x: float
     f_baseline: float
-    encoding: str  # sentence | joint | separate
+    encoding: str  # sentence | joint | separate | both
     steps: int
     method: str
     note: str | None = None  # set by the studio: the input was cut
@@ -105,7 +106,7 @@ def output_function(model, task: str, batch: dict, target: int | None = None):
     to the logit as MultitaskBert.predict does; regression: the score (not clipped to the range:
     clipping would zero the gradient outside it)."""
     spec = model.cfg.task(task)
-    sides = ["enc"] if "enc" in batch else ["a", "b"]
+    sides = [k for k in ("enc", "a", "b") if k in batch]  # the encoder inputs of the task's pair encoding
     offset = model.cfg.logit_offset(task)
 
     def f(*embeds: torch.Tensor) -> torch.Tensor:
@@ -142,6 +143,17 @@ def check_target(spec, target) -> int | None:
                      "leave target unset")
 
 
+def _added(own: np.ndarray, joint: np.ndarray, skip: int) -> np.ndarray:
+    """A sentence's own-read attributions ([CLS] w1 .. wn [SEP]) plus its joint-read ones from position
+    `skip` on ([CLS] w1 .. wk [SEP] for the first sentence, w1 .. wk [SEP] for the second, k <= n when the
+    pair was cut): position by position over the word pieces both reads saw. The joint read's last
+    position is its [SEP], whose attribution is 0 (special tokens keep their embeddings), so no
+    attribution is lost and the sum is unchanged."""
+    out, k = own.copy(), len(joint) - 1  # the word pieces of the joint read, without its [SEP]
+    out[skip:skip + k] += joint[:k]
+    return out
+
+
 def describe_output(model, spec, target: int | None) -> str:
     if spec.kind == "regression":
         lo, hi = spec.range
@@ -166,12 +178,9 @@ def integrated_gradients(model, tokenizer, task: str, text_a: str, text_b: str |
     enc_batch = make_batch(spec, [Example("0", text_a, text_b, None)], tokenizer)
     device = next(model.parameters()).device
     enc_batch = {k: {n: t.to(device) for n, t in enc_batch[k].items()} for k in ("enc", "a", "b") if k in enc_batch}
-    if "enc" in enc_batch:
-        encodings = [tokenizer.encode_one(text_a, text_b)]
-        encoding = "joint" if spec.is_pair else "sentence"
-    else:
-        encodings = [tokenizer.encode_one(text_a), tokenizer.encode_one(text_b)]
-        encoding = "separate"
+    encoding = spec.pair_encoding if spec.is_pair else "sentence"
+    encodings = ([tokenizer.encode_one(text_a, text_b)] if encoding in ("sentence", "joint", "both") else []) + (
+        [tokenizer.encode_one(text_a), tokenizer.encode_one(text_b)] if encoding in ("separate", "both") else [])
     E = model.encoder.embeddings.word_embeddings
     pad = E.weight[tokenizer.pad_id].detach()
     x, x0 = [], []
@@ -195,10 +204,12 @@ def integrated_gradients(model, tokenizer, task: str, text_a: str, text_b: str |
         model.train(was_training)
     per_token = [g.sum(-1).double().cpu().numpy() for g in ig]  # (T_i,)
     tokens = [list(e.tokens) for e in encodings]
-    if encoding == "joint":  # shown as two rows: [CLS] a [SEP] | b [SEP]
+    if encoding in ("joint", "both"):  # the joint read as two rows: [CLS] a [SEP] | b [SEP]
         b0 = encodings[0].type_ids.index(1) if 1 in encodings[0].type_ids else len(tokens[0])
-        tokens = [tokens[0][:b0], tokens[0][b0:]]
-        per_token = [per_token[0][:b0], per_token[0][b0:]]
+        tokens = [tokens[0][:b0], tokens[0][b0:]] + tokens[1:]
+        per_token = [per_token[0][:b0], per_token[0][b0:]] + per_token[1:]
+    if encoding == "both":  # each sentence's row: its word pieces' attributions in the joint read plus its own
+        tokens, per_token = tokens[2:], [_added(per_token[2], per_token[0], 0), _added(per_token[3], per_token[1], 1)]
     return Attribution(task, describe_output(model, spec, target), target, tokens, per_token, fx, fb, encoding,
                        steps, method)
 

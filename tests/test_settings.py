@@ -81,7 +81,7 @@ def test_a_value_outside_the_declaration_is_refused_naming_the_setting_and_its_a
     ("max_steps", 0, "setting max_steps=0 is not allowed; allowed values: none or an integer >= 1"),
     ("max_length", 513, "setting max_length=513 is not allowed; allowed values: an integer, 8 <= max_length <= 512"),
     ("dropout", 1.0, "setting dropout=1.0 is not allowed; allowed values: 0 <= dropout < 1"),
-    ("para_encoding", "cross", "setting para_encoding='cross' is not allowed; allowed values: none, separate, joint"),
+    ("para_encoding", "cross", "setting para_encoding='cross' is not allowed; allowed values: none, separate, joint, both"),
     ("full_eval_at_s", "60, soon", "setting full_eval_at_s=[60.0, 'soon'] is not allowed; allowed values: "
                                    "a list of numbers > 0"),
     ("bf16", "no", "setting bf16='no' is not allowed; allowed values: true, false"),

@@ -1,0 +1,144 @@
+"""The cross_concat pair head (pair encoding "both", mtbert/model.py): a pair read jointly and one
+sentence at a time, W [j; u; v; |u-v|; u*v] + b, against a hand computation; with lora_per_task the
+joint read's own adapter set; the evaluation path, explanations, the settings and a trained checkpoint."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtbert.checkpoint import load_checkpoint, load_encoder
+from mtbert.cli import build_parser, given_settings
+from mtbert.config import TrainConfig
+from mtbert.data import Example, make_batch
+from mtbert.evaluate import predict_raw
+from mtbert.explain import integrated_gradients
+from mtbert.lora import LoraConfig, LoraError, add_lora, task_adapters
+from mtbert.model import ModelConfig, MultitaskBert
+from mtbert.tasks import TaskError, TaskSpec, builtin_tasks
+
+PAIRS = [Example("p1", "How do I learn Python ?", "What is the best way to learn Python ?", 1),
+         Example("p2", "Is the moon made of cheese ?", "How tall is Everest ?", 0),
+         Example("p3", "How do I learn Python ?", "How tall is Everest ?", 0)]  # a repeated question
+
+
+def both_model(base, per_task: bool = True, std: float = 0.3) -> tuple[MultitaskBert, object]:
+    """The tiny model, Quora and STS read both ways, with adapters whose B is not zero, in eval mode."""
+    encoder, tok = load_encoder(base)
+    torch.manual_seed(2)
+    model = MultitaskBert(encoder, ModelConfig(pooling="mean", tasks=builtin_tasks(pair_encoding="both"))).eval()
+    for p in add_lora(model, LoraConfig(rank=4, per_task=per_task)).parameters():
+        torch.nn.init.normal_(p, std=std)
+    return model, tok
+
+
+def test_builtin_pairs_read_both_ways_get_the_cross_concat_head_and_a_five_wide_layer(tiny_base):
+    specs = {s.name: s for s in builtin_tasks(para_encoding="both")}
+    assert (specs["para"].head, specs["para"].loss, specs["para"].pair_encoding) == ("cross_concat", "bce", "both")
+    assert (specs["sts"].head, specs["sts"].pair_encoding) == ("cosine", "separate")
+    sts = {s.name: s for s in builtin_tasks(sts_encoding="both", sts_loss="cosent")}["sts"]
+    assert (sts.head, sts.loss) == ("cross_concat", "mse")  # cosent trains the cosine head only
+    model, _ = both_model(tiny_base)
+    H = model.encoder.config.hidden_size
+    assert model.task_heads["para"].weight.shape == (1, 5 * H)
+    assert model.adapter_sets() == ["sst", "para", "sts", "para:joint", "sts:joint"]
+    assert list(model.lora.tasks) == model.adapter_sets()
+
+
+@pytest.mark.parametrize("task", ["para", "sts"])
+def test_the_output_is_a_cross_head_on_the_joint_read_plus_a_concat_diff_prod_head(tiny_base, task):
+    model, tok = both_model(tiny_base)
+    batch = make_batch(model.cfg.task(task), PAIRS, tok)
+    assert {"enc", "a", "b"} <= set(batch)
+    H, head = model.encoder.config.hidden_size, model.task_heads[task]
+    with torch.no_grad():
+        j = model.embed(batch["enc"], f"{task}:joint")
+        u, v = model.embed(batch["a"], task), model.embed(batch["b"], task)
+        z = (j @ head.weight[:, :H].T + torch.cat([u, v, (u - v).abs(), u * v], -1) @ head.weight[:, H:].T
+             + head.bias).squeeze(-1)
+        want = torch.sigmoid(z) if task == "para" else 5 * torch.sigmoid(z)
+        torch.testing.assert_close(model.predict(task, batch), want.clamp(0, 5), atol=1e-5, rtol=0)
+        # the joint read uses its own adapters: the task's own set gives another j
+        assert not torch.allclose(model.embed(batch["enc"], task), j, atol=1e-3)
+        # and only them: zeroing them leaves u, v as they were and makes j the frozen encoder's
+        for ad in model.lora.tasks[f"{task}:joint"]["layers"]:
+            for a in ad.values():
+                a.lora_B.zero_()
+        torch.testing.assert_close(model.embed(batch["a"], task), u, atol=0, rtol=0)
+        frozen, _ = load_encoder(tiny_base)
+        plain = MultitaskBert(frozen, model.cfg).eval()
+        torch.testing.assert_close(model.embed(batch["enc"], f"{task}:joint"), plain.embed(batch["enc"]),
+                                   atol=1e-5, rtol=0)
+    with pytest.raises(LoraError, match="allowed values: .*para:joint"):
+        with task_adapters(model, "nope"):
+            pass
+
+
+@pytest.mark.parametrize("per_task", [True, False])
+def test_the_evaluation_path_equals_predict_and_counts_its_progress(tiny_base, per_task):
+    """predict_raw embeds each distinct sentence once, encodes each pair jointly and gathers: the same
+    numbers as model.predict on the batch."""
+    model, tok = both_model(tiny_base, per_task=per_task)
+    seen = []
+    for task in ("para", "sts"):
+        got = torch.from_numpy(predict_raw(model, tok, task, PAIRS, batch_size=2,
+                                           progress=lambda done, total: seen.append((done, total))))
+        want = model.predict(task, make_batch(model.cfg.task(task), PAIRS, tok))
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert seen[-1] == (3, 3) and all(a <= b for (a, _), (b, _) in zip(seen, seen[1:3]))
+
+
+def test_explanations_add_each_word_pieces_two_reads_and_stay_complete(tiny_base):
+    model, tok = both_model(tiny_base, std=0.05)
+    a, b = PAIRS[0].text_a, PAIRS[0].text_b
+    ig = integrated_gradients(model, tok, "para", a, b, steps=64)
+    assert ig.encoding == "both"
+    assert ig.tokens == [list(tok.encode_one(a).tokens), list(tok.encode_one(b).tokens)]
+    assert ig.gap < 0.01  # the rows add up to f(x) - f(baseline): nothing of the joint read is lost
+    assert ig.f_x == pytest.approx(float(model.predict("para", make_batch(model.cfg.task("para"), PAIRS[:1], tok))),
+                                   abs=1e-6)
+    # the joint read's share is in the rows: with the separate part of the head at zero, the rows are the
+    # joint read's attributions alone, and they still add up
+    H = model.encoder.config.hidden_size
+    with torch.no_grad():
+        model.task_heads["para"].weight[:, H:] = 0
+    joint_only = integrated_gradients(model, tok, "para", a, b, steps=64)
+    assert joint_only.gap < 0.01 and abs(joint_only.total) > 1e-4
+
+
+def test_a_cut_pair_keeps_every_attribution():
+    from mtbert.explain import _added
+    import numpy as np
+    own = np.array([0.0, 1.0, 2.0, 3.0, 0.0])  # [CLS] w1 w2 w3 [SEP]
+    joint_first = np.array([0.0, 10.0, 20.0, 0.0])  # [CLS] w1 w2 [SEP]: cut after two word pieces
+    joint_second = np.array([10.0, 20.0, 0.0])  # w1 w2 [SEP]
+    assert _added(own, joint_first, 0).tolist() == [0.0, 11.0, 22.0, 3.0, 0.0]
+    assert _added(own, joint_second, 1).tolist() == [0.0, 11.0, 22.0, 3.0, 0.0]
+
+
+def test_the_setting_names_both_and_a_sentence_task_refuses_the_head():
+    args = build_parser().parse_args(["train", "--para-encoding", "both"])
+    cfg = TrainConfig(**given_settings(args))
+    assert {s.name: s.head for s in cfg.task_specs()}["para"] == "cross_concat"
+    with pytest.raises(ValueError, match="para_encoding.*separate, joint, both"):
+        TrainConfig(para_encoding="twice")
+    with pytest.raises(TaskError, match="head='cross_concat' is not allowed; allowed values: linear"):
+        TaskSpec("s", input="sentence", classes=2, head="cross_concat")
+    spec = TaskSpec("nli", input="pair", classes=3, head="cross_concat", text_columns=("p", "h"))
+    assert spec.pair_encoding == "both" and spec.num_outputs == 3
+
+
+def test_training_reads_both_ways_and_its_checkpoint_predicts_as_the_trained_model(tiny_base, tmp_path):
+    from test_lora import predictions
+    from test_train import tiny_cfg
+    from mtbert.train import Trainer
+    cfg = tiny_cfg(tiny_base, epochs=2, mode="lora", lora_per_task=True, lora_rank=2, para_encoding="both",
+                   lr=5e-3)
+    t = Trainer(cfg, tmp_path / "run", progress=False)
+    assert t.run() == "finished"
+    loaded, tok, meta = load_checkpoint(tmp_path / "run" / "best")
+    assert loaded.cfg.task("para").head == "cross_concat" and list(loaded.lora.tasks) == loaded.adapter_sets()
+    for name in ("para", "para:joint"):  # both reads trained their adapters
+        assert all(torch.count_nonzero(a.lora_B) > 0 for ad in loaded.lora.tasks[name]["layers"] for a in ad.values())
+    got, want = predictions(t.model, t.tok), predictions(loaded, tok)
+    for task in got:
+        torch.testing.assert_close(got[task], want[task], atol=0, rtol=0)
