@@ -118,7 +118,7 @@ def test_label_guesses_classes_by_number_and_two_classes_train_one_logit():
     assert tf.model_defaults("pair", "classification", 2) == {
         "head": "concat_diff_prod", "loss": "bce", "metrics": ["accuracy", "f1"], "main_metric": "accuracy"}
     assert tf.loss_choices("classification", 3, "linear") == ["ce"]
-    assert tf.head_choices("pair", "classification") == ["concat", "concat_diff_prod", "cross"]
+    assert tf.head_choices("pair", "classification") == ["concat", "concat_diff_prod", "cross", "cross_concat"]
     assert tf.suggest_name("2024 Reviews-train", taken=("t_2024_reviews",)) == "t_2024_reviews_2"
 
 
