@@ -11,7 +11,8 @@ from pathlib import Path
 from .io import read_document
 from .lora import TARGETS as LORA_TARGETS, parse_targets
 from .methods import METHODS, method_settings
-from .tasks import BUILTIN_NAMES, TaskSpec, available_tasks, select, specs_from_dicts, with_weight
+from .tasks import (BUILTIN_NAMES, PAIR_ENCODINGS, TaskSpec, available_tasks, select, specs_from_dicts,
+                    with_weight)
 
 TASKS = BUILTIN_NAMES  # the built-in tasks; a task file adds others (mtbert/tasks.py)
 
@@ -40,7 +41,6 @@ class Range:
 
 
 AT_LEAST_1, AT_LEAST_0, ABOVE_0 = Range(1), Range(0), Range(0, low_open=True)
-PAIR_ENCODINGS = ("separate", "joint", "both")
 PRECISIONS = ("fp32", "int8", "bf16")  # inference arithmetic of the encoder (mtbert/quantize.py)
 
 

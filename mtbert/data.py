@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from .tasks import BUILTIN_NAMES, TaskError, TaskSpec, builtin_task, builtin_tasks
+from .tasks import BUILTIN_NAMES, PAIR_ENCODINGS, PAIR_READS, TaskError, TaskSpec, builtin_task, builtin_tasks
 
 if TYPE_CHECKING:
     import torch
@@ -27,7 +27,6 @@ TASKS = BUILTIN_NAMES
 TEXT_COLUMNS = {s.name: s.text_columns for s in builtin_tasks()}
 LABEL_COLUMN = {s.name: s.label_column for s in builtin_tasks()}
 SPLITS = ("train", "dev", "test-student")  # the CS224N file names' splits; a task definition says "test"
-PAIR_ENCODINGS = ("separate", "joint", "both")
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO_DIR / "data" / "sample"   # shipped, the offline default
@@ -348,9 +347,10 @@ def make_batch(task, examples: list[Example], tokenizer, pair_encoding: str | No
     if not spec.is_pair:
         batch["enc"] = tokenizer.encode(texts_a)
     else:
-        if pair_encoding in ("joint", "both"):
+        reads = PAIR_READS[pair_encoding]
+        if "enc" in reads:
             batch["enc"] = tokenizer.encode(texts_a, pairs=[e.text_b for e in examples])
-        if pair_encoding in ("separate", "both"):
+        if "a" in reads:
             batch["a"] = tokenizer.encode(texts_a)
             batch["b"] = tokenizer.encode([e.text_b for e in examples])
     labels = [e.label for e in examples]

@@ -38,17 +38,16 @@ def predict_raw(model, tokenizer, task: str, examples: list[Example], batch_size
     model.eval()
     try:
         with torch.autocast(device_type=device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            if spec.is_pair and spec.pair_encoding in ("separate", "both"):
+            if spec.reads_apart:
                 texts_a, texts_b = [e.text_a for e in examples], [e.text_b for e in examples]
                 distinct, (ia, ib) = _distinct(texts_a, texts_b)
-                joint = spec.pair_encoding == "both"
-                units = len(distinct) + (len(examples) if joint else 0)
+                units = len(distinct) + (len(examples) if spec.reads_jointly else 0)
                 done = _progress_in(progress, len(examples), units)
                 # a batch of pairs is 2 x batch_size sentences, as when each pair's two sides are encoded together
                 emb = _encoded_batches(tokenizer, distinct, None, 2 * batch_size, device,
                                        lambda enc: model.embed(enc, task), done)
                 j = None
-                if joint:  # the cross_concat head's joint read: one encoding per pair
+                if spec.reads_jointly:  # the cross_concat head's joint read: one encoding per pair
                     after = None if done is None else (lambda n: done(len(distinct) + n))
                     j = _encoded_batches(tokenizer, texts_a, texts_b, batch_size, device,
                                          lambda enc: model.embed(enc, joint_read(task)), after)

@@ -179,8 +179,9 @@ def integrated_gradients(model, tokenizer, task: str, text_a: str, text_b: str |
     device = next(model.parameters()).device
     enc_batch = {k: {n: t.to(device) for n, t in enc_batch[k].items()} for k in ("enc", "a", "b") if k in enc_batch}
     encoding = spec.pair_encoding if spec.is_pair else "sentence"
-    encodings = ([tokenizer.encode_one(text_a, text_b)] if encoding in ("sentence", "joint", "both") else []) + (
-        [tokenizer.encode_one(text_a), tokenizer.encode_one(text_b)] if encoding in ("separate", "both") else [])
+    # one encoding per encoder input of the batch, in its order
+    one = {"enc": (text_a, text_b), "a": (text_a, None), "b": (text_b, None)}
+    encodings = [tokenizer.encode_one(*one[k]) for k in enc_batch]
     E = model.encoder.embeddings.word_embeddings
     pad = E.weight[tokenizer.pad_id].detach()
     x, x0 = [], []
@@ -204,7 +205,7 @@ def integrated_gradients(model, tokenizer, task: str, text_a: str, text_b: str |
         model.train(was_training)
     per_token = [g.sum(-1).double().cpu().numpy() for g in ig]  # (T_i,)
     tokens = [list(e.tokens) for e in encodings]
-    if encoding in ("joint", "both"):  # the joint read as two rows: [CLS] a [SEP] | b [SEP]
+    if spec.reads_jointly:  # the joint read as two rows: [CLS] a [SEP] | b [SEP]
         b0 = encodings[0].type_ids.index(1) if 1 in encodings[0].type_ids else len(tokens[0])
         tokens = [tokens[0][:b0], tokens[0][b0:]] + tokens[1:]
         per_token = [per_token[0][:b0], per_token[0][b0:]] + per_token[1:]

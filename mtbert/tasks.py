@@ -32,6 +32,11 @@ QUOTING = ("minimal", "none")
 ENCODINGS = ("utf-8-sig", "utf-8", "latin-1")
 SPLITS = ("train", "dev", "test")
 HEADS = {"sentence": ("linear",), "pair": ("concat", "concat_diff_prod", "cosine", "cross", "cross_concat")}
+# a pair's encodings: the encoder inputs a batch of it holds (mtbert/data.py make_batch), and the head
+# that reads a joint one (every other pair head reads the two sentences apart)
+PAIR_READS = {"separate": ("a", "b"), "joint": ("enc",), "both": ("enc", "a", "b")}
+PAIR_ENCODINGS = tuple(PAIR_READS)
+JOINT_HEADS = {"joint": "cross", "both": "cross_concat"}
 LOSSES = {"classification": ("ce", "bce"), "regression": ("mse", "cosine_embedding", "cosent")}
 METRICS = {"classification": ("accuracy", "f1", "macro_f1"), "regression": ("pearson", "spearman")}
 # the key of a metric in results (sst_acc, sts_corr, ...): the names the CS224N tables always used
@@ -97,7 +102,17 @@ class TaskSpec:
     def pair_encoding(self) -> str:
         """How the inputs reach the encoder: joint for a cross-encoded pair, both for a pair read jointly and
         one sentence at a time (cross_concat), else separate."""
-        return {"cross": "joint", "cross_concat": "both"}.get(self.head, "separate")
+        return next((enc for enc, head in JOINT_HEADS.items() if head == self.head), "separate")
+
+    @property
+    def reads_jointly(self) -> bool:
+        """A pair task whose head reads [CLS] a [SEP] b [SEP] (alone or beside the two sentences)."""
+        return self.is_pair and "enc" in PAIR_READS[self.pair_encoding]
+
+    @property
+    def reads_apart(self) -> bool:
+        """A pair task whose head reads each sentence encoded alone (alone or beside the joint read)."""
+        return self.is_pair and "a" in PAIR_READS[self.pair_encoding]
 
     @property
     def num_outputs(self) -> int:
@@ -252,8 +267,7 @@ def builtin_tasks(pair_encoding: str = "separate", para_encoding: str | None = N
     files = {t: {s: pattern.format(split=_TEST_FILE_SPLIT if s == "test" else s) for s in SPLITS}
              for t, pattern in CS224N_FILES.items()}
     para_enc, sts_enc = para_encoding or pair_encoding, sts_encoding or pair_encoding
-    para_head = {"joint": "cross", "both": "cross_concat"}.get(para_enc, para_features)
-    sts_head = {"joint": "cross", "both": "cross_concat"}.get(sts_enc, "cosine")
+    para_head, sts_head = JOINT_HEADS.get(para_enc, para_features), JOINT_HEADS.get(sts_enc, "cosine")
     return [
         TaskSpec("sst", "SST", "sentence", "classification", classes=5, label_names=SST_LABELS,
                  files=files["sst"], text_columns=("sentence",), label_column="sentiment", id_column="id",

@@ -19,8 +19,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import markdown_table  # noqa: E402
 from mtbert.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-from mtbert.evaluate import _logit, fit_para_offset, predict_raw  # noqa: E402
 from mtbert.data import DataError  # noqa: E402
+from mtbert.evaluate import _logit, fit_para_offset, predict_raw  # noqa: E402
 from mtbert.train import TrainingError, run_eval_sets  # noqa: E402
 
 

@@ -228,9 +228,8 @@ def pair_scores(model, tokenizer, a: str, b: str) -> dict:
     ex = [Example("0", a, b, None)]
     out, notes = {}, []
     for task, key in (("para", "paraphrase"), ("sts", "similarity")):
-        enc = model.cfg.encoding(task)  # each pair task reads the pair jointly, one sentence at a time or both
         out[key] = float(model.predict(task, make_batch(model.cfg.task(task), ex, tokenizer))[0])
-        note = truncation_note(tokenizer, {"first sentence": a, "second sentence": b}, joint=enc in ("joint", "both"))
+        note = truncation_note(tokenizer, {"first sentence": a, "second sentence": b}, joint=model.cfg.task(task).reads_jointly)
         if note and note not in notes:
             notes.append(note)
     return {**out, "note": " ".join(notes) or None}
@@ -250,7 +249,7 @@ def task_answer(model, tokenizer, task: str, a: str, b: str | None = None) -> di
     spec = model.cfg.task(task)
     a, b, texts = _task_inputs(spec, a, b)
     r = predict_text(model, tokenizer, task, a, b)
-    return {**r, "note": truncation_note(tokenizer, texts, joint=spec.pair_encoding in ("joint", "both"))}
+    return {**r, "note": truncation_note(tokenizer, texts, joint=spec.reads_jointly)}
 
 
 def _task_inputs(spec, a: str, b: str | None) -> tuple[str, str | None, dict[str, str]]:
@@ -436,7 +435,7 @@ def attribution(model, tokenizer, task: str, a: str, b: str | None = None, targe
         attr = integrated_gradients(model, tokenizer, task, a, b, target=target, steps=steps)
     except ValueError as e:  # a target or a step count the task does not take
         raise InputError(str(e)) from None
-    attr.note = truncation_note(tokenizer, texts, joint=spec.pair_encoding in ("joint", "both"))
+    attr.note = truncation_note(tokenizer, texts, joint=spec.reads_jointly)
     return attr
 
 
