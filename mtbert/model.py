@@ -154,15 +154,19 @@ class MultitaskBert(nn.Module):
 
     # ---- task outputs ----------------------------------------------------------------------
 
-    def output(self, task: str, batch: dict) -> torch.Tensor:
-        """ce: (B, K) logits; bce: (B,) logit; regression: (B,) score (unclipped)."""
+    def output(self, task: str, batch: dict, reads: bool = False):
+        """ce: (B, K) logits; bce: (B,) logit; regression: (B,) score (unclipped). With reads=True (a
+        cross_concat task only): (output, [the joint read's output, the separate read's output])."""
         spec, head = self.cfg.task(task), self.task_heads[task]
+        if reads and spec.head != "cross_concat":
+            raise ValueError(f"task {task}: only a cross_concat head reads a pair two ways (its head is {spec.head})")
         if spec.head in ("linear", "cross"):
             return self._logits_out(spec, head(self.dropout(self.embed(batch["enc"], task))))
         j = self.embed(batch["enc"], joint_read(task)) if spec.head == "cross_concat" else None
-        return self.pair_output(task, *self.embed_pair(batch, task), j)
+        return self.pair_output(task, *self.embed_pair(batch, task), j, reads=reads)
 
-    def pair_output(self, task: str, u: torch.Tensor, v: torch.Tensor, j: torch.Tensor | None = None) -> torch.Tensor:
+    def pair_output(self, task: str, u: torch.Tensor, v: torch.Tensor, j: torch.Tensor | None = None,
+                    reads: bool = False):
         """output() of a separately encoded pair task from its sentence embeddings u, v (B, H) (and, for
         cross_concat, the pooled joint encoding j (B, H)): inference embeds each distinct sentence once
         and gathers them here."""
@@ -176,7 +180,14 @@ class MultitaskBert(nn.Module):
         feats = [u, v] if spec.head == "concat" else [u, v, (u - v).abs(), u * v]
         if spec.head == "cross_concat":
             feats.insert(0, self.dropout(j))
-        return self._logits_out(spec, head(torch.cat(feats, dim=-1)))
+        out = self._logits_out(spec, head(torch.cat(feats, dim=-1)))
+        if not reads:
+            return out
+        # W [j; s] + b = W_j j + W_s s + b: each read's share of the logits, each with the whole bias
+        H = j.size(-1)
+        parts = [F.linear(feats[0], head.weight[:, :H], head.bias),
+                 F.linear(torch.cat(feats[1:], dim=-1), head.weight[:, H:], head.bias)]
+        return out, [self._logits_out(spec, z) for z in parts]
 
     @staticmethod
     def _logits_out(spec: TaskSpec, z: torch.Tensor) -> torch.Tensor:
@@ -190,14 +201,25 @@ class MultitaskBert(nn.Module):
 
     # ---- losses ----------------------------------------------------------------------------
 
-    def loss(self, task: str, batch: dict) -> torch.Tensor:
+    def loss(self, task: str, batch: dict, read_weight: float = 0.0) -> torch.Tensor:
+        """The task's loss; with read_weight > 0 on a cross_concat task, plus read_weight x the mean of the
+        losses of each read's own logits (deep supervision: each read must answer alone as well)."""
         spec, y = self.cfg.task(task), batch["labels"]
         if spec.loss == "cosine_embedding":  # the seed's STS variant: labels mapped to +-1 at mid-range
             u, v = self.embed_pair(batch, task)
             head = self.task_heads[task]
             target = torch.where(y.float() >= sum(spec.range) / 2, 1.0, -1.0)
             return F.cosine_embedding_loss(head(u), head(v), target)
-        return self.loss_of(task, self.output(task, batch), y)
+        return self._loss_and_output(task, batch, read_weight)[0]
+
+    def _loss_and_output(self, task: str, batch: dict, read_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        y = batch["labels"]
+        if not (read_weight and self.cfg.task(task).head == "cross_concat"):
+            out = self.output(task, batch)
+            return self.loss_of(task, out, y), out
+        out, parts = self.output(task, batch, reads=True)
+        read_loss = sum(self.loss_of(task, p, y) for p in parts) / len(parts)
+        return self.loss_of(task, out, y) + read_weight * read_loss, out
 
     def loss_of(self, task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The task's loss of an output() (every loss but cosine_embedding, which works on the embeddings)."""
@@ -214,16 +236,14 @@ class MultitaskBert(nn.Module):
                              "(it is not allowed with rdrop_alpha > 0)")
         return F.mse_loss(out.float(), y.float())
 
-    def rdrop_loss(self, task: str, batch: dict, alpha: float) -> torch.Tensor:
+    def rdrop_loss(self, task: str, batch: dict, alpha: float, read_weight: float = 0.0) -> torch.Tensor:
         """R-Drop (Liang et al. 2021): two passes with independent dropout, the mean of their task losses
         plus alpha x the divergence of the two predictions: ½(KL(p1‖p2) + KL(p2‖p1)) of the class
         distributions (softmax for ce, Bernoulli for bce), (s1 - s2)² of a regression score; each a mean
         over the batch. This is half the paper's objective (it sums the two task losses), so the paper's
         α = 4 is alpha = 2 here."""
-        spec, y = self.cfg.task(task), batch["labels"]
-        out1, out2 = self.output(task, batch).float(), self.output(task, batch).float()
-        task_loss = (self.loss_of(task, out1, y) + self.loss_of(task, out2, y)) / 2
-        return task_loss + alpha * prediction_divergence(spec, out1, out2)
+        (l1, out1), (l2, out2) = (self._loss_and_output(task, batch, read_weight) for _ in range(2))
+        return (l1 + l2) / 2 + alpha * prediction_divergence(self.cfg.task(task), out1.float(), out2.float())
 
     # ---- predictions -----------------------------------------------------------------------
 

@@ -652,8 +652,9 @@ class Trainer:
             n_examples += len(examples) * (2 if self.data.specs[t].is_pair else 1) * self.world
             batch = to_device(make_batch(self.model.cfg.task(t), examples, self.tok), self.device)
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                losses[t] = (self.model.rdrop_loss(t, batch, self.cfg.rdrop_alpha) if self.cfg.rdrop_alpha
-                             else self.model.loss(t, batch)).float()
+                read_weight = self.cfg.read_loss_weight
+                losses[t] = (self.model.rdrop_loss(t, batch, self.cfg.rdrop_alpha, read_weight) if self.cfg.rdrop_alpha
+                             else self.model.loss(t, batch, read_weight)).float()
         self._check_finite(losses)
         # the same on every rank, and on a resumed run: a function of the step number alone
         self.method.telemetry = self.state.step % self.cfg.telemetry_every == 0

@@ -142,3 +142,58 @@ def test_training_reads_both_ways_and_its_checkpoint_predicts_as_the_trained_mod
     got, want = predictions(t.model, t.tok), predictions(loaded, tok)
     for task in got:
         torch.testing.assert_close(got[task], want[task], atol=0, rtol=0)
+
+
+def test_each_reads_own_logits_are_its_share_of_the_sum_and_the_read_loss_adds_them(tiny_base):
+    """read_loss_weight: the joint read's logits depend on j alone, the separate read's on u, v alone;
+    the two shares add up to the head's logits (the bias counted once), and the loss is the sum's loss
+    plus the weight times the mean of the reads' own losses."""
+    import torch.nn.functional as F
+    model, tok = both_model(tiny_base)
+    batch = make_batch(model.cfg.task("para"), PAIRS, tok)
+    head = model.task_heads["para"]
+    with torch.no_grad():
+        out, (zj, zs) = model.output("para", batch, reads=True)
+        torch.testing.assert_close(out, model.output("para", batch), atol=0, rtol=0)
+        torch.testing.assert_close(zj + zs - head.bias, out, atol=1e-5, rtol=0)
+        j = model.embed(batch["enc"], "para:joint")
+        u, v = model.embed(batch["a"], "para"), model.embed(batch["b"], "para")
+        j2 = torch.randn_like(j)  # another joint read moves only the joint share, and vice versa
+        _, (zj2, zs2) = model.pair_output("para", u, v, j2, reads=True)
+        torch.testing.assert_close(zs2, zs, atol=1e-6, rtol=0)  # u, v embedded apart: float rounding
+        assert not torch.allclose(zj2, zj, atol=1e-3)
+        _, (zj3, zs3) = model.pair_output("para", v, u * 2, j, reads=True)
+        torch.testing.assert_close(zj3, zj, atol=1e-6, rtol=0)
+        assert not torch.allclose(zs3, zs, atol=1e-3)
+        y = batch["labels"].float()
+        bce = F.binary_cross_entropy_with_logits
+        want = bce(out, y) + 0.7 * (bce(zj, y) + bce(zs, y)) / 2
+        torch.testing.assert_close(model.loss("para", batch, read_weight=0.7), want, atol=1e-6, rtol=0)
+        torch.testing.assert_close(model.loss("para", batch), bce(out, y), atol=1e-6, rtol=0)
+        sts = make_batch(model.cfg.task("sts"), [Example("s", "a cat sits", "a cat sat", 4.2),
+                                                 Example("t", "dogs run", "it rains", 0.4)], tok)
+        out, (zj, zs) = model.output("sts", sts, reads=True)  # regression: each share through the sigmoid
+        assert (0 < zj).all() and (zj < 5).all() and (0 < zs).all() and (zs < 5).all()
+    with pytest.raises(ValueError, match="only a cross_concat head reads a pair two ways"):
+        model.output("sst", make_batch(model.cfg.task("sst"), [Example("x", "fine", None, 2)], tok), reads=True)
+
+
+def test_the_trainer_adds_the_read_loss_and_refuses_it_without_a_pair_read_both_ways(tiny_base, tmp_path,
+                                                                                     monkeypatch):
+    from test_train import tiny_cfg
+    from mtbert.train import Trainer
+    seen = []
+    plain = MultitaskBert.loss
+
+    def spy(self, task, batch, read_weight=0.0):
+        seen.append((task, read_weight))
+        return plain(self, task, batch, read_weight)
+    monkeypatch.setattr(MultitaskBert, "loss", spy)
+    cfg = tiny_cfg(tiny_base, max_steps=1, para_encoding="both", read_loss_weight=0.5)
+    assert Trainer(cfg, tmp_path / "run", progress=False, log=lambda m: None).run() == "finished"
+    assert sorted(set(seen)) == [("para", 0.5), ("sst", 0.5), ("sts", 0.5)]  # only para's head uses it
+    with pytest.raises(ValueError, match="read_loss_weight=0.5 is not allowed without a task read both ways; "
+                                         "allowed values: read_loss_weight=0, or a cross_concat head"):
+        TrainConfig(read_loss_weight=0.5)
+    with pytest.raises(ValueError, match="read_loss_weight=-1 is not allowed; allowed values: a number >= 0"):
+        TrainConfig(read_loss_weight=-1, para_encoding="both")

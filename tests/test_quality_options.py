@@ -139,9 +139,9 @@ def test_the_trainer_uses_r_drop_and_the_cosent_scale_it_is_given(tiny_base, tmp
     calls = []
     plain = MultitaskBert.rdrop_loss
 
-    def spy(self, task, batch, alpha):
+    def spy(self, task, batch, alpha, *rest):
         calls.append((task, alpha, self.cosent_scale, self.cfg.task(task).loss))
-        return plain(self, task, batch, alpha)
+        return plain(self, task, batch, alpha, *rest)
     monkeypatch.setattr(MultitaskBert, "rdrop_loss", spy)
     cfg = tiny_cfg(tiny_base, rdrop_alpha=0.5, sts_loss="cosent", cosent_scale=12.0)
     run = tmp_path / "run"
