@@ -167,12 +167,13 @@ class TrainConfig:
                                       "times the symmetric KL of the two predicted distributions (the squared "
                                       "difference of the two scores for a regression task); twice the compute "
                                       "per step (docs/quality.md)")
-    read_loss_weight: float = setting(0.0, section=MODEL, label="Each read's own loss (cross_concat)",
+    read_loss_weight: float = setting(0.0, section=MODEL, label="Each read's own loss (pair read both ways)",
                                       range=AT_LEAST_0,
                                       help="0: off; else a pair read both ways (the cross_concat head) adds this "
                                            "weight x the mean loss of each read's own logits (the joint read's "
                                            "and the separate read's, each with the head's bias) to the loss of "
-                                           "their sum, so that neither read leans on the other (docs/quality.md)")
+                                           "their sum, so that neither read leans on the other; other heads ignore it "
+                                           "(docs/quality.md)")
     # each task's loss is scaled by its weight before the gradients are formed (sum and PCGrad alike)
     sst_weight: float = setting(1.0, section=OPTIM, label="SST loss weight", range=ABOVE_0,
                                 help="the SST loss's weight in the sum (the logged loss is unweighted; leave sst "
@@ -307,10 +308,6 @@ class TrainConfig:
         if self.rdrop_alpha and self.dropout == 0:
             raise ValueError(f"setting rdrop_alpha={self.rdrop_alpha} is not allowed with dropout=0: the two passes "
                              "would be the same; allowed values: rdrop_alpha=0, or a dropout > 0")
-        if self.read_loss_weight and not any(s.head == "cross_concat" for s in self.task_specs()):
-            raise ValueError(f"setting read_loss_weight={self.read_loss_weight} is not allowed without a task read "
-                             "both ways; allowed values: read_loss_weight=0, or a cross_concat head (para_encoding, "
-                             "sts_encoding or pair_encoding both, or head: cross_concat in a task file)")
         embedding = [s.name for s in self.task_specs() if s.loss == "cosine_embedding"]
         if self.rdrop_alpha and embedding:  # that loss works on the embeddings, not on a prediction
             raise ValueError(f"setting rdrop_alpha={self.rdrop_alpha} is not allowed with the cosine_embedding loss "

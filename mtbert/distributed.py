@@ -7,6 +7,7 @@ it is done here per task because DDP's hooks only ever see the already-summed gr
 """
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -61,6 +62,12 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shutdown() -> None:
+def shutdown(clean: bool = True) -> None:
+    """Ends the process group. After a clean run every rank first waits for the others, so that none
+    tears its connections down while a peer still holds them (a rank that failed cannot be waited for);
+    the backend's threads then end here rather than in the interpreter's teardown."""
     if dist.is_initialized():
+        if clean and active():
+            dist.barrier()
         dist.destroy_process_group()
+        gc.collect()

@@ -714,7 +714,7 @@ class Trainer:
             self.set_status(state="failed", error=str(e))
             raise TrainingError(str(e)) from e
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        self.metrics = None
+        self.metrics, clean = None, False
         try:
             self.set_status(state="running", error=None, started_at=time.time())
             self._setup()
@@ -723,6 +723,7 @@ class Trainer:
             state = self._loop()
             self.set_status(state=state, eta_s=0.0, step=self.state.step, epoch=self.state.epoch)
             self.log(f"[done] {state} at step {self.state.step}; run folder {self.run_dir}")
+            clean = True
             return state
         except BaseException as e:
             msg = str(e) if isinstance(e, (TrainingError, ValueError)) else \
@@ -736,7 +737,7 @@ class Trainer:
                 self.metrics.close()
             if self.is_main:
                 runfolder.release_lock(self.run_dir)
-            dist.shutdown()
+            dist.shutdown(clean)
 
     def _on_signal(self, signum, frame):
         if self.stop_requested:  # a second Ctrl-C: the user means it

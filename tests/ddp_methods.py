@@ -59,10 +59,9 @@ def train(name: str, rank: int = 0, world: int = 1, all_reduce=None) -> dict[str
 
 
 if __name__ == "__main__":
-    import torch.distributed as dist
     from safetensors.torch import save_file
 
-    from mtbert.distributed import average_, init
+    from mtbert.distributed import average_, init, shutdown
 
     rank, world = init()
     out = Path(sys.argv[1])
@@ -70,5 +69,4 @@ if __name__ == "__main__":
         state = train(name, rank, world, all_reduce=average_)
         if rank == 0:
             save_file({k: v.contiguous() for k, v in state.items()}, str(out / f"{name}.safetensors"))
-    dist.barrier()  # both ranks done with their collectives before the group goes away
-    dist.destroy_process_group()
+    shutdown()  # as a training ends: both ranks done with their collectives before the group goes away

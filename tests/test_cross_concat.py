@@ -178,8 +178,7 @@ def test_each_reads_own_logits_are_its_share_of_the_sum_and_the_read_loss_adds_t
         model.output("sst", make_batch(model.cfg.task("sst"), [Example("x", "fine", None, 2)], tok), reads=True)
 
 
-def test_the_trainer_adds_the_read_loss_and_refuses_it_without_a_pair_read_both_ways(tiny_base, tmp_path,
-                                                                                     monkeypatch):
+def test_the_trainer_passes_the_read_loss_weight_and_other_heads_ignore_it(tiny_base, tmp_path, monkeypatch):
     from test_train import tiny_cfg
     from mtbert.train import Trainer
     seen = []
@@ -192,8 +191,17 @@ def test_the_trainer_adds_the_read_loss_and_refuses_it_without_a_pair_read_both_
     cfg = tiny_cfg(tiny_base, max_steps=1, para_encoding="both", read_loss_weight=0.5)
     assert Trainer(cfg, tmp_path / "run", progress=False, log=lambda m: None).run() == "finished"
     assert sorted(set(seen)) == [("para", 0.5), ("sst", 0.5), ("sts", 0.5)]  # only para's head uses it
-    with pytest.raises(ValueError, match="read_loss_weight=0.5 is not allowed without a task read both ways; "
-                                         "allowed values: read_loss_weight=0, or a cross_concat head"):
-        TrainConfig(read_loss_weight=0.5)
+    monkeypatch.undo()
+    encoder, tok = load_encoder(tiny_base)
+    plain_model = MultitaskBert(encoder, ModelConfig(pooling="mean")).eval()  # sst linear, para concat, sts cosine
+    with torch.no_grad():
+        for task in ("sst", "para", "sts"):
+            examples = PAIRS if task == "para" else [Example("s", "a cat sits", "a cat sat", 4.2),
+                                                     Example("t", "dogs run", "it rains", 0.4)]
+            if task == "sst":
+                examples = [Example("x", "fine", None, 2), Example("y", "awful", None, 0)]
+            batch = make_batch(plain_model.cfg.task(task), examples, tok)
+            torch.testing.assert_close(plain_model.loss(task, batch, read_weight=0.5), plain_model.loss(task, batch),
+                                       atol=0, rtol=0)
     with pytest.raises(ValueError, match="read_loss_weight=-1 is not allowed; allowed values: a number >= 0"):
         TrainConfig(read_loss_weight=-1, para_encoding="both")

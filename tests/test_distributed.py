@@ -21,6 +21,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _both_ends(text: str, n: int = 3000) -> str:
+    """A failed launch's output: its start (which rank failed first, and where) and its end."""
+    return text if len(text) <= 2 * n else f"{text[:n]}\n[...]\n{text[-n:]}"
+
+
 @pytest.mark.parametrize("method", ["pcgrad", "sum", "uw"])  # every method: the test below
 def test_two_process_run_equals_single_process(tiny_base, tmp_path, method):
     cfg = dict(base_model=str(tiny_base), epochs=1, max_steps=3, batch_size=4, lr=0.2, dropout=0.0,
@@ -38,7 +43,7 @@ def test_two_process_run_equals_single_process(tiny_base, tmp_path, method):
                 "--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
     two = subprocess.run([*torchrun, *args, "--run-dir", str(tmp_path / "b" / "two")],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.returncode == 0, _both_ends(two.stderr)
     a = load_file(str(tmp_path / "a" / "one" / "last" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "two" / "last" / "model.safetensors"))
     base = load_file(str(tiny_base / "model.safetensors"))
@@ -68,7 +73,7 @@ def test_every_method_on_two_processes_equals_one_process_on_the_global_batch(tm
                 "--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
     two = subprocess.run([*torchrun, str(REPO / "tests" / "ddp_methods.py"), str(tmp_path)],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.returncode == 0, _both_ends(two.stderr)
     from ddp_methods import Net
     start = Net().state_dict()
     for name in METHODS:
