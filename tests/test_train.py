@@ -237,7 +237,7 @@ def test_non_finite_loss_fails_the_run_with_a_clear_message(tiny_base, tmp_path)
         def _train_step(self, tasks):
             if self.step == 2:
                 loss = self.model.loss
-                self.model.loss = lambda t, b: loss(t, b) * float("nan")
+                self.model.loss = lambda t, b, *rest: loss(t, b, *rest) * float("nan")
             return super()._train_step(tasks)
 
     run = tmp_path / "runs" / "nan"
