@@ -10,6 +10,10 @@ What a head computes, by the task's `head`:
   cross_concat      z = W dropout([j; u; v; |u-v|; u*v]), j = pool([CLS] a [SEP] b [SEP])
                     the pair read both ways: a cross head's logits plus a concat_diff_prod head's
                     (with lora_per_task the joint read has adapters of its own, as a second model would)
+  cosine_cross      score = low + (high-low) (cos(P u, P v) + w dropout(j) + c)      pair regression read both ways
+                    the cosine head plus a linear read of the joint encoding; w, c start at 0, so it starts
+                    as the cosine head and the joint read learns what the cosine misses. One layer holds both:
+                    its first H rows are P, its last row (w, c)
 z is K logits (ce), one logit (bce) or, for regression, a score low + (high-low) sigmoid(z).
 The CS224N trio are the built-in definitions: sst linear/ce, para concat/bce, sts cosine/mse
 (the seed report's heads), so their numbers are the ones the three fixed heads always gave.
@@ -33,7 +37,7 @@ FEATURE_WIDTH = {"linear": 1, "cross": 1, "concat": 2, "concat_diff_prod": 4, "c
 
 
 def joint_read(task: str) -> str:
-    """The adapter set (lora_per_task) of a cross_concat task's joint read; no task name holds a ':'."""
+    """The adapter set (lora_per_task) of the joint read of a task read both ways; no task name holds a ':'."""
     return f"{task}:joint"
 
 
@@ -101,6 +105,8 @@ def head_shape(spec: TaskSpec, hidden: int) -> tuple[int, int]:
     """(in, out) of a task's linear layer."""
     if spec.head == "cosine":
         return hidden, hidden
+    if spec.head == "cosine_cross":
+        return hidden, hidden + 1
     return FEATURE_WIDTH[spec.head] * hidden, spec.num_outputs
 
 
@@ -117,16 +123,16 @@ class MultitaskBert(nn.Module):
             nn.init.normal_(head.weight, std=0.02)
             nn.init.zeros_(head.bias)
         for s in cfg.tasks:
-            if s.head == "cosine":  # start the projection at the identity: cosine of the pretrained embeddings
-                nn.init.eye_(self.task_heads[s.name].weight)
+            if s.head in ("cosine", "cosine_cross"):  # start the projection at the identity: cosine of the
+                nn.init.eye_(self.task_heads[s.name].weight)  # pretrained embeddings (cosine_cross: joint read 0)
 
     def heads(self) -> dict[str, nn.Module]:
         return dict(self.task_heads)
 
     def adapter_sets(self) -> list[str]:
         """The names of the LoRA adapter sets with lora_per_task: one per task, and one more for the joint
-        read of each cross_concat task."""
-        return self.cfg.names + [joint_read(s.name) for s in self.cfg.tasks if s.head == "cross_concat"]
+        read of each task read both ways."""
+        return self.cfg.names + [joint_read(s.name) for s in self.cfg.tasks if s.pair_encoding == "both"]
 
     @property
     def tasks(self) -> list[TaskSpec]:
@@ -162,20 +168,27 @@ class MultitaskBert(nn.Module):
             raise ValueError(f"task {task}: only a cross_concat head reads a pair two ways (its head is {spec.head})")
         if spec.head in ("linear", "cross"):
             return self._logits_out(spec, head(self.dropout(self.embed(batch["enc"], task))))
-        j = self.embed(batch["enc"], joint_read(task)) if spec.head == "cross_concat" else None
+        j = self.embed(batch["enc"], joint_read(task)) if spec.pair_encoding == "both" else None
         return self.pair_output(task, *self.embed_pair(batch, task), j, reads=reads)
 
     def pair_output(self, task: str, u: torch.Tensor, v: torch.Tensor, j: torch.Tensor | None = None,
                     reads: bool = False):
         """output() of a separately encoded pair task from its sentence embeddings u, v (B, H) (and, for
-        cross_concat, the pooled joint encoding j (B, H)): inference embeds each distinct sentence once
-        and gathers them here."""
+        a task read both ways, the pooled joint encoding j (B, H)): inference embeds each distinct
+        sentence once and gathers them here."""
         spec, head = self.cfg.task(task), self.task_heads[task]
         if spec.head == "cosine":
             lo, hi = spec.range
             cos = F.cosine_similarity(head(u), head(v), dim=-1)
             # CoSENT only orders the cosines, which then spread over [-1, 1]: clipping at 0 would merge the low ones
             return lo + (hi - lo) * ((cos + 1) / 2 if spec.loss == "cosent" else cos)
+        if spec.head == "cosine_cross":
+            lo, hi = spec.range
+            H = u.size(-1)
+            P, b = head.weight[:H], head.bias[:H]
+            cos = F.cosine_similarity(F.linear(u, P, b), F.linear(v, P, b), dim=-1)
+            joint = F.linear(self.dropout(j), head.weight[H:], head.bias[H:]).squeeze(-1)
+            return lo + (hi - lo) * (cos + joint)
         u, v = self.dropout(u), self.dropout(v)
         feats = [u, v] if spec.head == "concat" else [u, v, (u - v).abs(), u * v]
         if spec.head == "cross_concat":

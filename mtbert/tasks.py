@@ -13,6 +13,8 @@ Heads (the model's output for one task):
   cross             pair, cross-encoded jointly ([CLS] a [SEP] b [SEP]) -> dropout -> linear
   cross_concat      pair, read both ways: dropout, [j; u; v; |u-v|; u*v] -> linear, with j the pooled joint
                     encoding: the sum of a cross head's logits and a concat_diff_prod head's, in one model
+  cosine_cross      pair regression, read both ways: the cosine head's score plus a linear read of the
+                    pooled joint encoding, which starts at 0 (so the head starts as the cosine head)
 Losses: ce (K logits), bce (two classes, one logit), mse (a score in the range),
 cosine_embedding (the cosine head, labels above the range's middle are +1, the rest -1),
 cosent (the cosine head: CoSENT's ranking loss on the batch's cosines, Su 2022; the score is then the
@@ -31,12 +33,15 @@ FORMATS = ("delimited", "jsonl")
 QUOTING = ("minimal", "none")
 ENCODINGS = ("utf-8-sig", "utf-8", "latin-1")
 SPLITS = ("train", "dev", "test")
-HEADS = {"sentence": ("linear",), "pair": ("concat", "concat_diff_prod", "cosine", "cross", "cross_concat")}
+HEADS = {"sentence": ("linear",),
+         "pair": ("concat", "concat_diff_prod", "cosine", "cross", "cross_concat", "cosine_cross")}
+REGRESSION_HEADS = ("cosine", "cosine_cross")  # heads that predict a score from a cosine
 # a pair's encodings: the encoder inputs a batch of it holds (mtbert/data.py make_batch), and the head
 # that reads a joint one (every other pair head reads the two sentences apart)
 PAIR_READS = {"separate": ("a", "b"), "joint": ("enc",), "both": ("enc", "a", "b")}
 PAIR_ENCODINGS = tuple(PAIR_READS)
-JOINT_HEADS = {"joint": "cross", "both": "cross_concat"}
+# the encoding of each head that does not read the two sentences apart only
+HEAD_ENCODINGS = {"cross": "joint", "cross_concat": "both", "cosine_cross": "both"}
 LOSSES = {"classification": ("ce", "bce"), "regression": ("mse", "cosine_embedding", "cosent")}
 METRICS = {"classification": ("accuracy", "f1", "macro_f1"), "regression": ("pearson", "spearman")}
 # the key of a metric in results (sst_acc, sts_corr, ...): the names the CS224N tables always used
@@ -101,8 +106,8 @@ class TaskSpec:
     @property
     def pair_encoding(self) -> str:
         """How the inputs reach the encoder: joint for a cross-encoded pair, both for a pair read jointly and
-        one sentence at a time (cross_concat), else separate."""
-        return next((enc for enc, head in JOINT_HEADS.items() if head == self.head), "separate")
+        one sentence at a time (cross_concat, cosine_cross), else separate."""
+        return HEAD_ENCODINGS.get(self.head, "separate")
 
     @property
     def reads_jointly(self) -> bool:
@@ -228,9 +233,9 @@ def _validate(s: TaskSpec) -> None:
     _choice(s, "loss", LOSSES[s.kind])
     if s.loss == "bce" and s.classes != 2:
         _fail(s, "loss", "allowed values: ce for more than two classes (bce predicts one probability)")
-    if s.head == "cosine" and s.kind != "regression":
-        _fail(s, "head", f"allowed values: {', '.join(h for h in HEADS['pair'] if h != 'cosine')} for "
-                         "classification (cosine predicts a score)")
+    if s.head in REGRESSION_HEADS and s.kind != "regression":
+        _fail(s, "head", f"allowed values: {', '.join(h for h in HEADS['pair'] if h not in REGRESSION_HEADS)} for "
+                         f"classification ({s.head} predicts a score)")
     if s.loss in ("cosine_embedding", "cosent") and s.head != "cosine":
         _fail(s, "loss", f"allowed values: mse unless head is cosine ({s.loss} trains the cosine head)")
     if not (isinstance(s.weight, (int, float)) and not isinstance(s.weight, bool)
@@ -260,14 +265,16 @@ def builtin_tasks(pair_encoding: str = "separate", para_encoding: str | None = N
 
     The arguments are the training settings of the same names (and the model config of checkpoints
     saved before tasks were data): pair_encoding joint cross-encodes a pair and both reads it jointly and
-    separately (the cross_concat head), para_features picks
+    separately (Quora: the cross_concat head; STS: cosine_cross, the cosine head plus the joint read), para_features picks
     the separately encoded paraphrase features, sts_loss cosine_embedding is the seed's STS variant
     and cosent the CoSENT ranking loss (both for the separately encoded cosine head).
     """
     files = {t: {s: pattern.format(split=_TEST_FILE_SPLIT if s == "test" else s) for s in SPLITS}
              for t, pattern in CS224N_FILES.items()}
     para_enc, sts_enc = para_encoding or pair_encoding, sts_encoding or pair_encoding
-    para_head, sts_head = JOINT_HEADS.get(para_enc, para_features), JOINT_HEADS.get(sts_enc, "cosine")
+    # both: the task's separate head with a joint read beside it
+    para_head = {"joint": "cross", "both": "cross_concat"}.get(para_enc, para_features)
+    sts_head = {"joint": "cross", "both": "cosine_cross"}.get(sts_enc, "cosine")
     return [
         TaskSpec("sst", "SST", "sentence", "classification", classes=5, label_names=SST_LABELS,
                  files=files["sst"], text_columns=("sentence",), label_column="sentiment", id_column="id",
