@@ -132,7 +132,8 @@ class TrainConfig:
                            help="cls: the [CLS] token's vector; mean: the mean of the token vectors")
     pair_encoding: str = setting("separate", section=MODEL, label="Pair encoding", choices=PAIR_ENCODINGS,
                                  help="separate: encode each sentence alone (the seed); joint: [CLS] a [SEP] b [SEP]; "
-                                      "both: the two reads, their features into one linear head")
+                                      "both: the two reads (Quora: their features into one linear head; STS: the "
+                                      "cosine head plus a linear read of the joint encoding)")
     para_encoding: str | None = setting(None, section=MODEL, label="Quora pair encoding", choices=PAIR_ENCODINGS,
                                         help="none: as Pair encoding; else this encoding for Quora only")
     sts_encoding: str | None = setting(None, section=MODEL, label="STS pair encoding", choices=PAIR_ENCODINGS,

@@ -38,7 +38,7 @@ class Attribution:
 
     tokens/attributions: one row per sentence shown: one for a sentence, two for a pair (a
     separately encoded pair: each side's own encoding, [CLS] and [SEP] included; a jointly
-    encoded one: [CLS] a [SEP] and b [SEP]; a pair read both ways (the cross_concat head): each
+    encoded one: [CLS] a [SEP] and b [SEP]; a pair read both ways (cross_concat, cosine_cross): each
     side's own encoding, each word piece's attribution in the joint read added to it). Special tokens
     keep their embeddings in the baseline, so their attribution is 0."""
     task: str

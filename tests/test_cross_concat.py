@@ -3,6 +3,8 @@ sentence at a time, W [j; u; v; |u-v|; u*v] + b, against a hand computation; wit
 joint read's own adapter set; the evaluation path, explanations, the settings and a trained checkpoint."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -22,10 +24,12 @@ PAIRS = [Example("p1", "How do I learn Python ?", "What is the best way to learn
 
 
 def both_model(base, per_task: bool = True, std: float = 0.3) -> tuple[MultitaskBert, object]:
-    """The tiny model, Quora and STS read both ways, with adapters whose B is not zero, in eval mode."""
+    """The tiny model, Quora and STS read both ways by cross_concat heads (STS's built-in one is
+    cosine_cross: tests/test_cosine_cross.py), with adapters whose B is not zero, in eval mode."""
     encoder, tok = load_encoder(base)
     torch.manual_seed(2)
-    model = MultitaskBert(encoder, ModelConfig(pooling="mean", tasks=builtin_tasks(pair_encoding="both"))).eval()
+    tasks = [replace(s, head="cross_concat") if s.name == "sts" else s for s in builtin_tasks(pair_encoding="both")]
+    model = MultitaskBert(encoder, ModelConfig(pooling="mean", tasks=tasks)).eval()
     for p in add_lora(model, LoraConfig(rank=4, per_task=per_task)).parameters():
         torch.nn.init.normal_(p, std=std)
     return model, tok
@@ -36,7 +40,7 @@ def test_builtin_pairs_read_both_ways_get_the_cross_concat_head_and_a_five_wide_
     assert (specs["para"].head, specs["para"].loss, specs["para"].pair_encoding) == ("cross_concat", "bce", "both")
     assert (specs["sts"].head, specs["sts"].pair_encoding) == ("cosine", "separate")
     sts = {s.name: s for s in builtin_tasks(sts_encoding="both", sts_loss="cosent")}["sts"]
-    assert (sts.head, sts.loss) == ("cross_concat", "mse")  # cosent trains the cosine head only
+    assert (sts.head, sts.loss) == ("cosine_cross", "mse")  # cosent trains the cosine head only
     model, _ = both_model(tiny_base)
     H = model.encoder.config.hidden_size
     assert model.task_heads["para"].weight.shape == (1, 5 * H)
