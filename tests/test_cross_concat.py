@@ -131,21 +131,29 @@ def test_the_setting_names_both_and_a_sentence_task_refuses_the_head():
     assert spec.pair_encoding == "both" and spec.num_outputs == 3
 
 
-def test_training_reads_both_ways_and_its_checkpoint_predicts_as_the_trained_model(tiny_base, tmp_path):
+def train_reading_both_ways(base, run_dir, task: str, **encoding) -> MultitaskBert:
+    """Trains the tiny model with per-task adapters and `task` read both ways; checks that both reads
+    trained their adapters and that the best checkpoint predicts as the trained model; the checkpoint's
+    model."""
     from test_lora import predictions
     from test_train import tiny_cfg
     from mtbert.train import Trainer
-    cfg = tiny_cfg(tiny_base, epochs=2, mode="lora", lora_per_task=True, lora_rank=2, para_encoding="both",
-                   lr=5e-3)
-    t = Trainer(cfg, tmp_path / "run", progress=False)
+    cfg = tiny_cfg(base, epochs=2, mode="lora", lora_per_task=True, lora_rank=2, lr=5e-3, **encoding)
+    t = Trainer(cfg, run_dir, progress=False)
     assert t.run() == "finished"
-    loaded, tok, meta = load_checkpoint(tmp_path / "run" / "best")
-    assert loaded.cfg.task("para").head == "cross_concat" and list(loaded.lora.tasks) == loaded.adapter_sets()
-    for name in ("para", "para:joint"):  # both reads trained their adapters
+    loaded, tok, _ = load_checkpoint(run_dir / "best")
+    assert list(loaded.lora.tasks) == loaded.adapter_sets()
+    for name in (task, f"{task}:joint"):  # both reads trained their adapters
         assert all(torch.count_nonzero(a.lora_B) > 0 for ad in loaded.lora.tasks[name]["layers"] for a in ad.values())
     got, want = predictions(t.model, t.tok), predictions(loaded, tok)
-    for task in got:
-        torch.testing.assert_close(got[task], want[task], atol=0, rtol=0)
+    for name in got:
+        torch.testing.assert_close(got[name], want[name], atol=0, rtol=0)
+    return loaded
+
+
+def test_training_reads_both_ways_and_its_checkpoint_predicts_as_the_trained_model(tiny_base, tmp_path):
+    loaded = train_reading_both_ways(tiny_base, tmp_path / "run", "para", para_encoding="both")
+    assert loaded.cfg.task("para").head == "cross_concat"
 
 
 def test_each_reads_own_logits_are_its_share_of_the_sum_and_the_read_loss_adds_them(tiny_base):

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data import DataError, ReadReport, _raise_field_limit, read_task_file
-from ..tasks import BUILTIN_NAMES, HEADS, LOSSES, METRICS, REGRESSION_HEADS, TaskError, TaskSpec, builtin_tasks, check_unique
+from ..tasks import (BUILTIN_NAMES, COSINE_HEADS, HEADS, LOSSES, METRICS, TaskError, TaskSpec, builtin_tasks,
+                     check_unique)
 
 TASK_DATA = "task-data"    # uploads and split files, under the runs folder
 TASK_FILES = "task-files"  # the task files runs are started with, under the runs folder
@@ -307,7 +308,7 @@ def model_defaults(input: str, kind: str, classes: int | None) -> dict:
 
 
 def head_choices(input: str, kind: str) -> list[str]:
-    return [h for h in HEADS.get(input, ()) if kind == "regression" or h not in REGRESSION_HEADS]
+    return [h for h in HEADS.get(input, ()) if kind == "regression" or h not in COSINE_HEADS]
 
 
 def loss_choices(kind: str, classes: int | None, head: str) -> list[str]:
