@@ -84,6 +84,10 @@ class TrainConfig:
                                   help="mode lora: one set of adapters for each task (each task's inputs are encoded "
                                        "with its own; K tasks: K times the adapters) instead of one set shared by "
                                        "all; such a checkpoint cannot be exported with --merge")
+    lora_task_ranks: list = setting([], section=MODEL, label="LoRA rank by task",
+                                    help="mode lora with lora_per_task: a rank of their own for some tasks' adapters, "
+                                         "as task=rank (e.g. sts=32); alpha scales with the rank, so alpha / r stays "
+                                         "lora_alpha / lora_rank")
     freeze_word_embeddings: bool = setting(False, section=MODEL, label="Freeze word embeddings",
                                            help="keep the word-embedding table as it is (12 M of MiniLM's 22.7 M "
                                                 "weights): cheaper steps and smaller PCGrad buffers")
@@ -290,7 +294,31 @@ class TrainConfig:
                              f"needs schedule='parallel', not schedule={self.schedule!r}")
         self.lora_targets = parse_targets(self.lora_targets)  # a list of names, checked against the allowed ones
         self.tasks = [s.name for s in self.task_specs()]  # checked, in the order of definition
+        self.lora_task_ranks = [f"{t}={r}" for t, r in self.task_rank_map().items()]
         self._check_quality_options()
+
+    def task_rank_map(self) -> dict[str, int]:
+        """lora_task_ranks as task -> rank, from "sts=32,para=16" (command line, form), a list of such
+        items, or a mapping (YAML); each item checked, and only with per-task adapters."""
+        value = self.lora_task_ranks
+        items = value.items() if isinstance(value, dict) else [
+            tuple(x.split("=", 1)) if isinstance(x, str) and "=" in x else (x, None)
+            for x in (value.split(",") if isinstance(value, str) else (value or [])) if str(x).strip()]
+        out = {}
+        for task, rank in items:
+            task, rank = str(task).strip(), str(rank).strip()
+            if not task or not rank.isdigit() or int(rank) < 1 or task in out:
+                raise ValueError(f"setting lora_task_ranks={value!r} is not allowed; allowed values: task=rank items, "
+                                 "one per task, each rank an integer >= 1 (e.g. sts=32)")
+            out[task] = int(rank)
+        unknown = [t for t in out if t not in self.tasks]
+        if unknown:
+            raise ValueError(f"setting lora_task_ranks names {', '.join(unknown)}; allowed values: task=rank for the "
+                             f"tasks trained ({', '.join(self.tasks)})")
+        if out and not (self.mode == "lora" and self.lora_per_task):
+            raise ValueError(f"setting lora_task_ranks={value!r} is not allowed without per-task adapters; allowed "
+                             "values: none, or set mode=lora and lora_per_task=true")
+        return out
 
     def _check_quality_options(self) -> None:
         """The settings of docs/quality.md that only make sense together."""

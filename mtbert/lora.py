@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -54,6 +54,7 @@ class LoraConfig:
     targets: tuple = TARGETS
     dropout: float = 0.1   # on the adapter's input only
     per_task: bool = False  # one set of adapters per task instead of one shared by all
+    task_ranks: dict = field(default_factory=dict)  # per_task: task -> a rank of its own (alpha scales with it)
 
     def __post_init__(self):
         self.targets = tuple(parse_targets(self.targets))
@@ -66,20 +67,36 @@ class LoraConfig:
                             "0 <= lora_dropout < 1")
         if not isinstance(self.per_task, bool):
             raise LoraError(f"setting lora_per_task={self.per_task!r} is not allowed; allowed values: true, false")
+        self.task_ranks = dict(self.task_ranks or {})
+        for task, r in self.task_ranks.items():
+            if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+                raise LoraError(f"setting lora_task_ranks={task}={r!r} is not allowed; allowed values: task=rank "
+                                "with an integer rank >= 1")
+        if self.task_ranks and not self.per_task:
+            raise LoraError("setting lora_task_ranks is not allowed with shared adapters; allowed values: none, "
+                            "or set lora_per_task=true")
 
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
 
+    def for_set(self, adapter_set: str) -> "LoraConfig":
+        """The settings of one per-task adapter set ("para:joint" is task para's): its task's rank, if it
+        has one, with alpha scaled alike so that alpha / r, the update's scale, stays the shared one."""
+        r = self.task_ranks.get(adapter_set.split(":")[0], self.rank)
+        return replace(self, rank=r, alpha=self.alpha * r / self.rank, task_ranks={})
+
     def to_dict(self) -> dict:
         d = {**asdict(self), "targets": list(self.targets)}
         if not self.per_task:  # shared adapters: the very dict checkpoints held before per_task existed
             del d["per_task"]
+        if not self.task_ranks:  # likewise for one rank for all
+            del d["task_ranks"]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "LoraConfig":
-        known = ("rank", "alpha", "targets", "dropout", "per_task")
+        known = ("rank", "alpha", "targets", "dropout", "per_task", "task_ranks")
         unknown = sorted(set(d) - set(known))
         if unknown:
             raise LoraError(f"unknown LoRA setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
@@ -131,15 +148,19 @@ class Lora(nn.Module):
         shape = {"query": (H, H), "key": (H, H), "value": (H, H), "attention_output": (H, H),
                  "intermediate": (H, I), "output": (I, H)}  # (in, out)
 
-        def layers():
+        def layers(cfg):
             return nn.ModuleList(nn.ModuleDict({t: LoraAdapter(*shape[t], cfg) for t in cfg.targets})
                                  for _ in encoder.layers)
         if cfg.per_task:
             if not tasks:
                 raise LoraError("setting lora_per_task=true needs the model's tasks, one set of adapters each")
-            self.tasks = nn.ModuleDict({t: nn.ModuleDict({"layers": layers()}) for t in tasks})
+            unknown = sorted(set(cfg.task_ranks) - {t.split(":")[0] for t in tasks})
+            if unknown:
+                raise LoraError(f"setting lora_task_ranks names {', '.join(unknown)}, not a task of this model; "
+                                f"allowed values: task=rank for tasks {', '.join(dict.fromkeys(t.split(':')[0] for t in tasks))}")
+            self.tasks = nn.ModuleDict({t: nn.ModuleDict({"layers": layers(cfg.for_set(t))}) for t in tasks})
         else:
-            self.layers = layers()
+            self.layers = layers(cfg)
 
     @property
     def active_task(self) -> str | None:

@@ -388,7 +388,7 @@ def build_model(cfg: TrainConfig, tasks: list, device: torch.device, checkpoint:
         model = MultitaskBert(encoder, ModelConfig(pooling=cfg.pooling, dropout=cfg.dropout, tasks=tasks))
         if cfg.mode == "lora":  # after the heads: A's initialisation draws from the global generator too
             add_lora(model, LoraConfig(cfg.lora_rank, cfg.lora_alpha, tuple(cfg.lora_targets), cfg.lora_dropout,
-                                       cfg.lora_per_task))
+                                       cfg.lora_per_task, cfg.task_rank_map()))
     model.to(device).train()
     model.cosent_scale = cfg.cosent_scale
     if dist.active():  # every rank starts from rank 0's heads

@@ -211,6 +211,50 @@ def test_the_setting_is_checked_by_name_and_reaches_the_cli():
     assert LoraConfig.from_dict({"rank": 2, "alpha": 4.0, "targets": ["query"], "dropout": 0.0}).per_task is False
 
 
+def test_a_task_with_a_rank_of_its_own_computes_by_hand_keeps_the_scale_and_reloads(tiny_base, tmp_path):
+    """lora_task_ranks: STS's adapters rank 6, the others rank 2; alpha scales with the rank, so each
+    set's update is (alpha/r) B A x with the shared alpha/r; the checkpoint reloads every shape."""
+    model, tok = per_task(tiny_base, rank=2, alpha=3.0, dropout=0.0, task_ranks={"sts": 6})
+    ranks = {t: model.lora.tasks[t]["layers"][0]["query"].lora_A.size(0) for t in TASKS}
+    assert ranks == {"sst": 2, "para": 2, "sts": 6}
+    layer = model.encoder.layers[0]
+    x = torch.randn(5, layer.intermediate.in_features)
+    with torch.no_grad():
+        for task in TASKS:
+            ad = model.lora.tasks[task]["layers"][0]["intermediate"]
+            assert ad.scale == pytest.approx(1.5)
+            with task_adapters(model, task):
+                got = layer.intermediate(x)
+            want = x @ layer.intermediate.weight.T + layer.intermediate.bias + 1.5 * x @ ad.lora_A.T @ ad.lora_B.T
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=task)
+    assert model.lora.cfg.to_dict()["task_ranks"] == {"sts": 6}
+    folder = save_checkpoint(model, tok, tmp_path / "best", base=str(tiny_base), include_encoder=False)
+    loaded, ltok, _ = load_checkpoint(folder)
+    assert lora_of(loaded).tasks["sts"]["layers"][-1]["output"].lora_B.shape[1] == 6
+    assert_close(predictions(loaded, ltok), predictions(model, tok), atol=0)
+
+
+def test_the_rank_by_task_setting_is_parsed_and_checked_by_name():
+    cfg = TrainConfig.from_dict(given_settings(build_parser().parse_args(
+        ["train", "--mode", "lora", "--lora-per-task", "--lora-task-ranks", "sts=32,para=16"])))
+    assert cfg.lora_task_ranks == ["para=16", "sts=32"] or cfg.lora_task_ranks == ["sts=32", "para=16"]
+    assert cfg.task_rank_map() == {"sts": 32, "para": 16}
+    assert TrainConfig(mode="lora", lora_per_task=True, lora_task_ranks={"sts": 32}).task_rank_map() == {"sts": 32}
+    assert TrainConfig().task_rank_map() == {}
+    for bad in ("sts=0", "sts=x", "sts", "sts=4,sts=8"):
+        with pytest.raises(ValueError, match=r"setting lora_task_ranks=.* allowed values: task=rank"):
+            TrainConfig(mode="lora", lora_per_task=True, lora_task_ranks=bad)
+    with pytest.raises(ValueError, match=r"names mrpc; allowed values: task=rank for the tasks trained \(sst, para, sts\)"):
+        TrainConfig(mode="lora", lora_per_task=True, lora_task_ranks="mrpc=8")
+    with pytest.raises(ValueError, match=r"without per-task adapters; allowed values: none, or set mode=lora and "
+                                         r"lora_per_task=true"):
+        TrainConfig(mode="lora", lora_task_ranks="sts=8")
+    with pytest.raises(LoraError, match=r"lora_task_ranks is not allowed with shared adapters"):
+        LoraConfig(task_ranks={"sts": 8})
+    with pytest.raises(LoraError, match=r"lora_task_ranks=sts=0 is not allowed"):
+        LoraConfig(per_task=True, task_ranks={"sts": 0})
+
+
 @pytest.fixture(scope="module")
 def per_task_checkpoint(tiny_base, tmp_path_factory):
     model, tok = per_task(tiny_base, rank=4, alpha=8.0)
