@@ -110,10 +110,13 @@ def test_a_fresh_studio_opened_at_a_page_url_calls_the_home_page_home(browser, t
 def test_the_train_form_labels_every_setting_in_words(studio, browser):
     page = open_page(browser, f"{studio}/Train", "Train")
     spec = settings.settings_spec()
-    closed = page.locator("[data-testid='stExpander'] details:not([open]) > summary")
-    while closed.count():  # every section's widgets are drawn only once it is open
-        closed.first.click()
+    sections = page.locator("[data-testid='stForm'] [data-testid='stExpander'] details")
+    expect(sections).to_have_count(len(dict.fromkeys(s.section for s in spec)))  # the whole form is drawn
+    closed = sections.locator("xpath=self::*[not(@open)]")
+    while closed.count():  # a closed section's widgets are in the page but cannot be seen or hovered
+        closed.first.locator("summary").click()
         page.wait_for_timeout(300)
+    expect(closed).to_have_count(0)
     for s in spec:
         expect(page.get_by_label(s.label, exact=True)).to_have_count(1)
         expect(page.get_by_label(s.name, exact=True)).to_have_count(0)  # never the bare config key
