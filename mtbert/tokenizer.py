@@ -1,6 +1,7 @@
 """WordPiece tokenisation through the `tokenizers` library, with dynamic padding."""
 from __future__ import annotations
 
+import json
 from itertools import chain
 from pathlib import Path
 
@@ -76,6 +77,13 @@ class Tokenizer:
         ids[real] = torch.tensor(list(chain.from_iterable(e.ids for e in encs)), dtype=torch.long)
         types[real] = torch.tensor(list(chain.from_iterable(e.type_ids for e in encs)), dtype=torch.long)
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+    def pipeline(self) -> dict:
+        """The tokenizer as tokenizer.json holds it, less truncation and padding: those follow max_length,
+        which a checkpoint stores apart (two tokenizers with equal pipelines encode every text alike)."""
+        spec = json.loads(self._tk.to_str())
+        spec.pop("truncation", None), spec.pop("padding", None)
+        return spec
 
     def save(self, folder: str | Path) -> None:
         self._tk.save(str(Path(folder) / "tokenizer.json"))

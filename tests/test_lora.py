@@ -259,16 +259,28 @@ def test_export_merge_writes_a_plain_bert_folder_transformers_and_mtbert_read(ad
             torch.testing.assert_close(theirs[real], ours[real], atol=1e-5, rtol=1e-5)
 
 
-def test_export_without_merge_copies_the_checkpoint_and_refuses_an_existing_folder(adapter_checkpoint, tmp_path,
-                                                                                   capsys):
+def test_export_without_merge_copies_the_checkpoint_less_the_bases_tokenizer(adapter_checkpoint, tmp_path, capsys):
     src = shutil.copytree(adapter_checkpoint, tmp_path / "src")
     (src / "trainer_state.json").write_text("{}")  # resume state stays behind
     out = tmp_path / "copy"
     assert main(["export", "--checkpoint", str(src), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in adapter_checkpoint.iterdir())
-    assert all((out / p.name).read_bytes() == p.read_bytes() for p in adapter_checkpoint.iterdir())
+    # the tokenizer is the base's: the copy leaves it out and loads the base's
+    kept = sorted(p.name for p in adapter_checkpoint.iterdir() if p.name != "tokenizer.json")
+    assert sorted(p.name for p in out.iterdir()) == kept
+    assert all((out / name).read_bytes() == (adapter_checkpoint / name).read_bytes() for name in kept)
+    (model, tok, _), (original, otok, _) = load_checkpoint(out), load_checkpoint(adapter_checkpoint)
+    assert tok.pipeline() == otok.pipeline() and tok.max_length == otok.max_length
+    assert_close(predictions(model, tok), predictions(original, otok), atol=0)
     assert main(["export", "--checkpoint", str(src), "--out", str(out), "--merge"]) == 1
     assert "already exists" in capsys.readouterr().err
+    # a tokenizer of its own (here: one that keeps the case) stays with the copy
+    spec = json.loads((src / "tokenizer.json").read_text())
+    spec["normalizer"]["lowercase"] = False
+    (src / "tokenizer.json").write_text(json.dumps(spec))
+    assert main(["export", "--checkpoint", str(src), "--out", str(tmp_path / "own")]) == 0
+    assert (tmp_path / "own" / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
+    _, own, _ = load_checkpoint(tmp_path / "own")
+    assert own.tokenize("Cat") != otok.tokenize("Cat")
 
 
 # ---- the commands and the Hub, through load_checkpoint ------------------------------------------
