@@ -88,6 +88,11 @@ class TrainConfig:
                                     help="mode lora with lora_per_task: a rank of their own for some tasks' adapters, "
                                          "as task=rank (e.g. sts=32); alpha scales with the rank, so alpha / r stays "
                                          "lora_alpha / lora_rank")
+    lora_task_members: list = setting([], section=MODEL, label="Ensemble members by task",
+                                      help="mode lora with lora_per_task: K members for some tasks, as task=K (e.g. "
+                                           "sts=3): K sets of adapters and heads, each trained on the task's loss "
+                                           "alone; the task predicts their mean (an ensemble in one checkpoint, at "
+                                           "K times that task's cost)")
     freeze_word_embeddings: bool = setting(False, section=MODEL, label="Freeze word embeddings",
                                            help="keep the word-embedding table as it is (12 M of MiniLM's 22.7 M "
                                                 "weights): cheaper steps and smaller PCGrad buffers")
@@ -295,28 +300,42 @@ class TrainConfig:
         self.lora_targets = parse_targets(self.lora_targets)  # a list of names, checked against the allowed ones
         self.tasks = [s.name for s in self.task_specs()]  # checked, in the order of definition
         self.lora_task_ranks = [f"{t}={r}" for t, r in self.task_rank_map().items()]
+        self.lora_task_members = [f"{t}={k}" for t, k in self.task_member_map().items()]
         self._check_quality_options()
 
     def task_rank_map(self) -> dict[str, int]:
         """lora_task_ranks as task -> rank, from "sts=32,para=16" (command line, form), a list of such
         items, or a mapping (YAML); each item checked, and only with per-task adapters."""
-        value = self.lora_task_ranks
+        return self._per_task_counts("lora_task_ranks", "rank", "sts=32")
+
+    def task_member_map(self) -> dict[str, int]:
+        """lora_task_members as task -> K, read and checked as lora_task_ranks; a task read both ways
+        (pair_encoding both) already holds two reads and takes no members."""
+        out = self._per_task_counts("lora_task_members", "K", "sts=3")
+        both = [s.name for s in self.task_specs() if out.get(s.name, 1) > 1 and s.pair_encoding == "both"]
+        if both:
+            raise ValueError(f"setting lora_task_members names {', '.join(both)}, read both ways (pair_encoding "
+                             "both); allowed values: task=K for tasks read one way")
+        return out
+
+    def _per_task_counts(self, name: str, what: str, example: str) -> dict[str, int]:
+        value = getattr(self, name)
         items = value.items() if isinstance(value, dict) else [
             tuple(x.split("=", 1)) if isinstance(x, str) and "=" in x else (x, None)
             for x in (value.split(",") if isinstance(value, str) else (value or [])) if str(x).strip()]
         out = {}
-        for task, rank in items:
-            task, rank = str(task).strip(), str(rank).strip()
-            if not task or not rank.isdigit() or int(rank) < 1 or task in out:
-                raise ValueError(f"setting lora_task_ranks={value!r} is not allowed; allowed values: task=rank items, "
-                                 "one per task, each rank an integer >= 1 (e.g. sts=32)")
-            out[task] = int(rank)
+        for task, n in items:
+            task, n = str(task).strip(), str(n).strip()
+            if not task or not n.isdigit() or int(n) < 1 or task in out:
+                raise ValueError(f"setting {name}={value!r} is not allowed; allowed values: task={what} items, "
+                                 f"one per task, each {what} an integer >= 1 (e.g. {example})")
+            out[task] = int(n)
         unknown = [t for t in out if t not in self.tasks]
         if unknown:
-            raise ValueError(f"setting lora_task_ranks names {', '.join(unknown)}; allowed values: task=rank for the "
+            raise ValueError(f"setting {name} names {', '.join(unknown)}; allowed values: task={what} for the "
                              f"tasks trained ({', '.join(self.tasks)})")
         if out and not (self.mode == "lora" and self.lora_per_task):
-            raise ValueError(f"setting lora_task_ranks={value!r} is not allowed without per-task adapters; allowed "
+            raise ValueError(f"setting {name}={value!r} is not allowed without per-task adapters; allowed "
                              "values: none, or set mode=lora and lora_per_task=true")
         return out
 

@@ -41,17 +41,22 @@ def predict_raw(model, tokenizer, task: str, examples: list[Example], batch_size
             if spec.reads_apart:
                 texts_a, texts_b = [e.text_a for e in examples], [e.text_b for e in examples]
                 distinct, (ia, ib) = _distinct(texts_a, texts_b)
-                units = len(distinct) + (len(examples) if spec.reads_jointly else 0)
+                members = model.members(task)
+                units = len(members) * len(distinct) + (len(examples) if spec.reads_jointly else 0)
                 done = _progress_in(progress, len(examples), units)
-                # a batch of pairs is 2 x batch_size sentences, as when each pair's two sides are encoded together
-                emb = _encoded_batches(tokenizer, distinct, None, 2 * batch_size, device,
-                                       lambda enc: model.embed(enc, task), done)
                 j = None
                 if spec.reads_jointly:  # the cross_concat head's joint read: one encoding per pair
-                    after = None if done is None else (lambda n: done(len(distinct) + n))
                     j = _encoded_batches(tokenizer, texts_a, texts_b, batch_size, device,
-                                         lambda enc: model.embed(enc, joint_read(task)), after)
-                out = model.finish(task, model.pair_output(task, emb[ia.to(device)], emb[ib.to(device)], j))
+                                         lambda enc: model.embed(enc, joint_read(task)), done)
+                outs = []
+                for k, member in enumerate(members):  # each member embeds with its own adapters
+                    before = len(examples) if spec.reads_jointly else 0
+                    after = None if done is None else (lambda n, b=before + k * len(distinct): done(b + n))
+                    # a batch of pairs is 2 x batch_size sentences, as when each pair's two sides are encoded together
+                    emb = _encoded_batches(tokenizer, distinct, None, 2 * batch_size, device,
+                                           lambda enc, m=member: model.embed(enc, m), after)
+                    outs.append(model.pair_output(task, emb[ia.to(device)], emb[ib.to(device)], j, member=member))
+                out = model.finish(task, outs[0] if len(outs) == 1 else torch.stack(outs).mean(0))
             else:
                 done = _progress_in(progress, len(examples), len(examples))
                 out = _encoded_batches(tokenizer, [e.text_a for e in examples],

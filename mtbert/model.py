@@ -15,6 +15,10 @@ What a head computes, by the task's `head`:
                     as the cosine head and the joint read learns what the cosine misses. One layer holds both:
                     its first H rows are P, its last row (w, c)
 z is K logits (ce), one logit (bce) or, for regression, a score low + (high-low) sigmoid(z).
+A task with K members (ModelConfig.members, the setting lora_task_members) has K heads and, with
+lora_per_task, K adapter sets: "sts", "sts:2", ..., "sts:K". Each member is trained on the task's loss
+of its own output (so they stay independent models), and the task's output is the mean of theirs: an
+ensemble inside one checkpoint, whose members differ by their adapters' initialisation and dropout.
 The CS224N trio are the built-in definitions: sst linear/ce, para concat/bce, sts cosine/mse
 (the seed report's heads), so their numbers are the ones the three fixed heads always gave.
 """
@@ -41,6 +45,12 @@ def joint_read(task: str) -> str:
     return f"{task}:joint"
 
 
+def member_name(task: str, m: int) -> str:
+    """Member m (1-based) of a task: its head's and its adapter set's name. Member 1 is the task itself, so a
+    model with one member per task is the model without members."""
+    return task if m == 1 else f"{task}:{m}"
+
+
 @dataclass
 class ModelConfig:
     pooling: str = "cls"
@@ -49,6 +59,7 @@ class ModelConfig:
     # added to a binary task's logit at prediction time only (not in the loss): a decision threshold
     # fitted on dev when the training pairs' label mix differs from the data predicted on
     logit_offsets: dict = field(default_factory=dict)
+    members: dict = field(default_factory=dict)  # task -> K > 1 members (heads and adapter sets); others have one
 
     def __post_init__(self):
         if self.pooling not in POOLING:
@@ -63,6 +74,16 @@ class ModelConfig:
             if k not in self.names or not self.task(k).binary or not math.isfinite(v):
                 raise ValueError(f"logit_offsets[{k!r}]={v} is not allowed; allowed: a finite number for a "
                                  "binary (bce) task of the model")
+        self.members = dict(self.members or {})
+        for k, n in list(self.members.items()):
+            if k not in self.names or isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"members[{k!r}]={n!r} is not allowed; allowed: an integer >= 1 for a task of the "
+                                 f"model ({', '.join(self.names)})")
+            if n > 1 and self.task(k).pair_encoding == "both":
+                raise ValueError(f"members[{k!r}]={n} is not allowed: task {k} is read both ways (pair_encoding both), "
+                                 "which is already two reads of each pair; allowed: 1 for it")
+            if n == 1:
+                del self.members[k]
 
     @property
     def names(self) -> list[str]:
@@ -94,11 +115,17 @@ class ModelConfig:
         """A saved model config; one without `tasks` is the built-in trio, its heads set by the old fields."""
         offsets = d.get("logit_offsets") or ({"para": d["para_logit_offset"]} if d.get("para_logit_offset") else {})
         return cls(pooling=d.get("pooling", "cls"), dropout=d.get("dropout", 0.1), tasks=specs_of_model_config(d),
-                   logit_offsets=offsets)
+                   logit_offsets=offsets, members=d.get("members") or {})
 
     def to_dict(self) -> dict:
-        return {"pooling": self.pooling, "dropout": self.dropout, "tasks": [s.to_dict() for s in self.tasks],
-                "logit_offsets": dict(self.logit_offsets)}
+        d = {"pooling": self.pooling, "dropout": self.dropout, "tasks": [s.to_dict() for s in self.tasks],
+             "logit_offsets": dict(self.logit_offsets)}
+        if self.members:  # a model without members writes the very dict it did before members existed
+            d["members"] = dict(self.members)
+        return d
+
+    def member_names(self, task: str) -> list[str]:
+        return [member_name(task, m) for m in range(1, self.members.get(task, 1) + 1)]
 
 
 def head_shape(spec: TaskSpec, hidden: int) -> tuple[int, int]:
@@ -116,21 +143,29 @@ class MultitaskBert(nn.Module):
         H = encoder.config.hidden_size
         self.dropout = nn.Dropout(cfg.dropout)
         self.cosent_scale = COSENT_SCALE  # a training setting (cosent_scale), not part of the saved model
-        self.task_heads = nn.ModuleDict({s.name: nn.Linear(*head_shape(s, H)) for s in cfg.tasks})
-        for head in self.task_heads.values():
-            nn.init.normal_(head.weight, std=0.02)
-            nn.init.zeros_(head.bias)
-        for s in cfg.tasks:
-            if s.head in COSINE_HEADS:  # P at the identity: the pretrained embeddings' cosine (and a joint read of 0)
-                nn.init.eye_(self.task_heads[s.name].weight)
+        self.task_heads = nn.ModuleDict()
+        # the tasks' own heads, then their further members': a model without members draws the same weights
+        for names in ([s.name for s in cfg.tasks], [n for s in cfg.tasks for n in self.members(s.name)[1:]]):
+            specs = {n: cfg.task(n.split(":")[0]) for n in names}
+            self.task_heads.update({n: nn.Linear(*head_shape(spec, H)) for n, spec in specs.items()})
+            for n, spec in specs.items():
+                nn.init.normal_(self.task_heads[n].weight, std=0.02)
+                nn.init.zeros_(self.task_heads[n].bias)
+                if spec.head in COSINE_HEADS:  # P at the identity: the pretrained embeddings' cosine (and a joint read of 0)
+                    nn.init.eye_(self.task_heads[n].weight)
 
     def heads(self) -> dict[str, nn.Module]:
         return dict(self.task_heads)
 
+    def members(self, task: str) -> list[str]:
+        """The names of `task`'s members (heads, adapter sets): [task] unless it has several."""
+        return self.cfg.member_names(task)
+
     def adapter_sets(self) -> list[str]:
-        """The names of the LoRA adapter sets with lora_per_task: one per task, and one more for the joint
-        read of each task read both ways."""
-        return self.cfg.names + [joint_read(s.name) for s in self.cfg.tasks if s.pair_encoding == "both"]
+        """The names of the LoRA adapter sets with lora_per_task: one per task, one more for the joint
+        read of each task read both ways, and one for each further member of a task."""
+        return (self.cfg.names + [joint_read(s.name) for s in self.cfg.tasks if s.pair_encoding == "both"]
+                + [n for t in self.cfg.names for n in self.members(t)[1:]])
 
     @property
     def tasks(self) -> list[TaskSpec]:
@@ -159,22 +194,30 @@ class MultitaskBert(nn.Module):
     # ---- task outputs ----------------------------------------------------------------------
 
     def output(self, task: str, batch: dict, reads: bool = False):
-        """ce: (B, K) logits; bce: (B,) logit; regression: (B,) score (unclipped). With reads=True (a
-        cross_concat task only): (output, [the joint read's output, the separate read's output])."""
-        spec, head = self.cfg.task(task), self.task_heads[task]
+        """ce: (B, K) logits; bce: (B,) logit; regression: (B,) score (unclipped); for a task with members,
+        the mean of theirs. With reads=True (a cross_concat task only): (output, [the joint read's output,
+        the separate read's output])."""
+        outs = self.member_outputs(task, batch, reads)
+        return outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)
+
+    def member_outputs(self, task: str, batch: dict, reads: bool = False) -> list:
+        """output() of each of the task's members (one item for a task without members)."""
+        spec = self.cfg.task(task)
         if reads and spec.head != "cross_concat":
             raise ValueError(f"task {task}: only a cross_concat head reads a pair two ways (its head is {spec.head})")
         if spec.head in ("linear", "cross"):
-            return self._logits_out(spec, head(self.dropout(self.embed(batch["enc"], task))))
+            return [self._logits_out(spec, self.task_heads[n](self.dropout(self.embed(batch["enc"], n))))
+                    for n in self.members(task)]
         j = self.embed(batch["enc"], joint_read(task)) if spec.pair_encoding == "both" else None
-        return self.pair_output(task, *self.embed_pair(batch, task), j, reads=reads)
+        return [self.pair_output(task, *self.embed_pair(batch, n), j, reads=reads, member=n) for n in self.members(task)]
 
     def pair_output(self, task: str, u: torch.Tensor, v: torch.Tensor, j: torch.Tensor | None = None,
-                    reads: bool = False):
+                    reads: bool = False, member: str | None = None):
         """output() of a separately encoded pair task from its sentence embeddings u, v (B, H) (and, for
         a task read both ways, the pooled joint encoding j (B, H)): inference embeds each distinct
-        sentence once and gathers them here."""
-        spec, head = self.cfg.task(task), self.task_heads[task]
+        sentence once and gathers them here. `member`: whose head (default: the task's own), for u, v
+        embedded with that member's adapters."""
+        spec, head = self.cfg.task(task), self.task_heads[member or task]
         if spec.head in COSINE_HEADS:
             lo, hi = spec.range
             H = u.size(-1)
@@ -214,17 +257,20 @@ class MultitaskBert(nn.Module):
         losses of each read's own logits (deep supervision: each read must answer alone as well)."""
         spec, y = self.cfg.task(task), batch["labels"]
         if spec.loss == "cosine_embedding":  # the seed's STS variant: labels mapped to +-1 at mid-range
-            u, v = self.embed_pair(batch, task)
-            head = self.task_heads[task]
             target = torch.where(y.float() >= sum(spec.range) / 2, 1.0, -1.0)
-            return F.cosine_embedding_loss(head(u), head(v), target)
+            losses = [F.cosine_embedding_loss(*(self.task_heads[n](x) for x in self.embed_pair(batch, n)), target)
+                      for n in self.members(task)]
+            return sum(losses) / len(losses)
         return self._loss_and_output(task, batch, read_weight)[0]
 
     def _loss_and_output(self, task: str, batch: dict, read_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
         y = batch["labels"]
         if not (read_weight and self.cfg.task(task).head == "cross_concat"):
-            out = self.output(task, batch)
-            return self.loss_of(task, out, y), out
+            # each member answers for itself (the mean of their losses, not the loss of their mean), so
+            # the members stay independent models, as an ensemble's do
+            outs = self.member_outputs(task, batch)
+            loss = sum(self.loss_of(task, o, y) for o in outs) / len(outs)
+            return loss, outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)
         out, parts = self.output(task, batch, reads=True)
         read_loss = sum(self.loss_of(task, p, y) for p in parts) / len(parts)
         return self.loss_of(task, out, y) + read_weight * read_loss, out

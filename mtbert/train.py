@@ -385,7 +385,8 @@ def build_model(cfg: TrainConfig, tasks: list, device: torch.device, checkpoint:
         model, tok, _ = load_checkpoint(checkpoint)
     else:
         encoder, tok = load_base(cfg.base_model, cfg.max_length, dropout=cfg.dropout)
-        model = MultitaskBert(encoder, ModelConfig(pooling=cfg.pooling, dropout=cfg.dropout, tasks=tasks))
+        model = MultitaskBert(encoder, ModelConfig(pooling=cfg.pooling, dropout=cfg.dropout, tasks=tasks,
+                                                   members=cfg.task_member_map()))
         if cfg.mode == "lora":  # after the heads: A's initialisation draws from the global generator too
             add_lora(model, LoraConfig(cfg.lora_rank, cfg.lora_alpha, tuple(cfg.lora_targets), cfg.lora_dropout,
                                        cfg.lora_per_task, cfg.task_rank_map()))
