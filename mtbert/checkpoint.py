@@ -43,8 +43,12 @@ HUB_FILES = ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.jso
 # what a tokenizer folder may hold besides tokenizer.json; a merged export copies them from the base
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-# how `export --adapters-dtype` may store LoRA adapters; they load back into float32 parameters
+# how `export --adapters-dtype` and `--heads-dtype` may store LoRA adapters and heads; they load back into
+# float32 parameters
 ADAPTER_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+HEADS_FILE = "heads.safetensors"
 
 
 class CheckpointError(Exception):
@@ -102,7 +106,7 @@ def download_from_hub(repo_id: str, revision: str | None = None, token: str | No
         weights = next((w for w in WEIGHT_FILES if w in files), None)
         if weights is None and "mtbert.json" not in files:  # a heads-only or adapter checkpoint names its base
             raise CheckpointError(f"Hub repo {repo_id}: no {' or '.join(WEIGHT_FILES)} in it")
-        wanted = [f for f in (*HUB_FILES, weights, "heads.safetensors", ADAPTERS_FILE, "mtbert.json",
+        wanted = [f for f in (*HUB_FILES, weights, HEADS_FILE, ADAPTERS_FILE, "mtbert.json",
                               "metrics.json") if f in files]
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=wanted, token=token))
     except RepositoryNotFoundError as e:
@@ -205,8 +209,7 @@ def save_checkpoint(model: MultitaskBert, tokenizer: Tokenizer, folder: str | Pa
             src = resolve_base(base)
             meta["base_model_sha256"] = sha256_file(src / "model.safetensors")
         tokenizer.save(tmp)
-        heads = {f"{task}.{k}": v.contiguous() for task, h in model.heads().items() for k, v in h.state_dict().items()}
-        save_file(heads, str(tmp / "heads.safetensors"))
+        _save_heads(model, tmp / HEADS_FILE)
         _write_json(tmp / "mtbert.json", meta)
         _write_json(tmp / "metrics.json", metrics or {})
         if write_extra is not None:  # e.g. the trainer's resume state, inside the same atomic swap
@@ -218,6 +221,12 @@ def save_checkpoint(model: MultitaskBert, tokenizer: Tokenizer, folder: str | Pa
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _save_heads(model: MultitaskBert, path: Path, dtype: torch.dtype | None = None) -> None:
+    """Every head's weights as `<head>.<weight|bias>`, in their own dtype or `dtype`."""
+    save_file({f"{name}.{k}": (v if dtype is None else v.to(dtype)).detach().contiguous()
+               for name, h in model.heads().items() for k, v in h.state_dict().items()}, str(path))
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[MultitaskBert, Tokenizer, dict]:
@@ -249,7 +258,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[MultitaskBer
     model = MultitaskBert(encoder, cfg)
     if meta.get("lora") is not None:
         _load_adapters(model, folder, meta["lora"], meta_path)
-    heads_path = folder / "heads.safetensors"
+    heads_path = folder / HEADS_FILE
     try:
         sd = load_file(str(heads_path))
     except FileNotFoundError as e:
@@ -291,10 +300,11 @@ def _tokenizer_is_the_bases(tok: Tokenizer, meta: dict) -> bool:
 
 
 def export_checkpoint(src: str | Path, out: str | Path, merge: bool = False,
-                      adapters_dtype: str | None = None) -> Path:
+                      adapters_dtype: str | None = None, heads_dtype: str | None = None) -> Path:
     """Copy a checkpoint folder to `out` without the trainer's resume state (nor a tokenizer.json that is its base
     model's, less truncation and padding, which max_length sets), its LoRA adapters stored as
-    `adapters_dtype` if given (float16 halves them; they load back into float32); with merge, write it as a
+    `adapters_dtype` and its heads as `heads_dtype` if given (float16 halves them; they load back into
+    float32); with merge, write it as a
     self-contained Hugging Face BERT folder instead: LoRA adapters folded into the encoder's weights
     (W + (alpha/r) B A), the base's weights for a heads-only checkpoint, plus the heads, the task
     definitions and the base's tokenizer files. `out` must not exist yet."""
@@ -302,11 +312,15 @@ def export_checkpoint(src: str | Path, out: str | Path, merge: bool = False,
     src, out = Path(src), Path(out)
     if out.exists():
         raise CheckpointError(f"--out {out}: already exists; give a new folder")
-    if adapters_dtype is not None and adapters_dtype not in ADAPTER_DTYPES:
-        raise CheckpointError(f"--adapters-dtype {adapters_dtype}: allowed: {', '.join(ADAPTER_DTYPES)}")
+    for flag, dtype in (("--adapters-dtype", adapters_dtype), ("--heads-dtype", heads_dtype)):
+        if dtype is not None and dtype not in ADAPTER_DTYPES:
+            raise CheckpointError(f"{flag} {dtype}: allowed: {', '.join(ADAPTER_DTYPES)}")
     if adapters_dtype is not None and merge:
         raise CheckpointError("--adapters-dtype applies to an adapter checkpoint exported without --merge; a merged "
                               "folder has no adapters")
+    if heads_dtype is not None and merge:
+        raise CheckpointError("--heads-dtype applies to a checkpoint exported without --merge; a merged folder "
+                              "keeps its heads in float32 beside the encoder's weights")
     model, tok, meta = load_checkpoint(src)  # checks the checkpoint whole, either way
     lora = lora_of(model)
     if adapters_dtype is not None and lora is None:
@@ -317,7 +331,8 @@ def export_checkpoint(src: str | Path, out: str | Path, merge: bool = False,
                               "merged BERT can hold only one set of weights; export it without --merge (an adapter "
                               "checkpoint, which load_checkpoint, evaluate, predict and the Playground read)")
     if not merge:
-        skip = {STATE_JSON, STATE_TENSORS} | ({ADAPTERS_FILE} if adapters_dtype is not None else set())
+        skip = ({STATE_JSON, STATE_TENSORS} | ({ADAPTERS_FILE} if adapters_dtype is not None else set())
+                | ({HEADS_FILE} if heads_dtype is not None else set()))
         if _tokenizer_is_the_bases(tok, meta):  # load_checkpoint takes the base's then: 0.7 MB for MiniLM
             skip.add("tokenizer.json")
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_made(out.parent)))
@@ -329,6 +344,8 @@ def export_checkpoint(src: str | Path, out: str | Path, merge: bool = False,
                 dtype = ADAPTER_DTYPES[adapters_dtype]
                 save_file({k: v.detach().to(dtype).contiguous() for k, v in lora.state_dict().items()},
                           str(tmp / ADAPTERS_FILE))
+            if heads_dtype is not None:
+                _save_heads(model, tmp / HEADS_FILE, ADAPTER_DTYPES[heads_dtype])
             _replace_dir(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

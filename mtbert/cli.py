@@ -492,20 +492,26 @@ def _add_export(sub) -> None:
     p.add_argument("--adapters-dtype", choices=sorted(ADAPTER_DTYPES), default=None,
                    help="without --merge: store the LoRA adapters in this precision (float16 halves the file; "
                         "they are read back into float32)")
+    p.add_argument("--heads-dtype", choices=sorted(ADAPTER_DTYPES), default=None,
+                   help="without --merge: store the task heads in this precision (float16 halves the file; they are "
+                        "read back into float32)")
     p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args) -> int:
     from .checkpoint import CheckpointError, export_checkpoint
     try:
-        out = export_checkpoint(args.checkpoint, args.out, merge=args.merge, adapters_dtype=args.adapters_dtype)
+        out = export_checkpoint(args.checkpoint, args.out, merge=args.merge, adapters_dtype=args.adapters_dtype,
+                                heads_dtype=args.heads_dtype)
     except (CheckpointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out}" + (" (merged: a plain Hugging Face BERT folder plus the heads)" if args.merge else ""))
-    if args.adapters_dtype and (out / "metrics.json").is_file():
-        print(f"its metrics.json was measured on the float32 adapters; `python -m mtbert rescore --checkpoint {out}` "
-              f"measures the {args.adapters_dtype} copy")
+    changed = [f"{what} in {dtype}" for what, dtype in (("adapters", args.adapters_dtype), ("heads", args.heads_dtype))
+               if dtype]
+    if changed and (out / "metrics.json").is_file():
+        print("its metrics.json was measured on the float32 weights; `python -m mtbert rescore --checkpoint "
+              f"{out}` measures the copy with its {' and '.join(changed)}")
     return 0
 def _add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="run a grid of settings x seeds as a queue of trainings, with its results table",

@@ -98,6 +98,9 @@ def test_a_checkpoint_with_members_names_each_and_reloads_them(tiny_base, tmp_pa
         "sst", "sst:2", "para", "sts", "sts:2", "sts:3"}
     assert {k.split(".")[0] for k in load_file(str(folder / "heads.safetensors"))} == {
         "sst", "sst:2", "para", "sts", "sts:2", "sts:3"}
+    from mtbert.hub import model_card
+    card = str(model_card(folder, "t/members"))
+    assert "3 sets for sts, an ensemble of 3 members whose mean it predicts" in card and "2 sets for sst" in card
     loaded, ltok, _ = load_checkpoint(folder)
     assert loaded.cfg.members == MEMBERS and lora_of(loaded).cfg.per_task
     assert_close(predictions(loaded, ltok), predictions(model, tok), atol=0)
@@ -150,3 +153,30 @@ def test_training_with_members_trains_each_and_resumes_exactly(tiny_base, tmp_pa
     assert not torch.equal(loaded.task_heads["sts"].weight, loaded.task_heads["sts:2"].weight)
     assert_close(raw_predictions(t.model, t.tok), raw_predictions(loaded, tok), atol=0)
     assert_resumes_exactly(cfg, full, tmp_path / "runs" / "part", stop_at=3)
+
+
+def test_export_stores_heads_and_adapters_in_half_precision_and_they_load_back(tiny_base, tmp_path, capsys):
+    """--heads-dtype float16 halves heads.safetensors (most of it the members' cosine projections); the
+    loaded heads are the float16 roundings of the originals, the model predicts as before to float16's
+    precision, and export says which copy metrics.json measured. With --merge it is refused by name."""
+    from mtbert.cli import main
+    model, tok = with_members(tiny_base)
+    src = save_checkpoint(model, tok, tmp_path / "best", base=str(tiny_base), include_encoder=False,
+                          metrics={"dev": {"average": 0.5}})
+    out = tmp_path / "half"
+    assert main(["export", "--checkpoint", str(src), "--out", str(out), "--adapters-dtype", "float16",
+                 "--heads-dtype", "float16"]) == 0
+    assert "measures the copy with its adapters in float16 and heads in float16" in capsys.readouterr().out
+    full, half = (load_file(str(f / "heads.safetensors")) for f in (src, out))
+    assert {v.dtype for v in half.values()} == {torch.float16} and half.keys() == full.keys()
+    nbytes = lambda tensors: sum(v.numel() * v.element_size() for v in tensors.values())
+    assert 2 * nbytes(half) == nbytes(full)
+    loaded, ltok, _ = load_checkpoint(out)
+    heads = {f"{n}.{k}": v for n, h in loaded.heads().items() for k, v in h.state_dict().items()}
+    for k, v in full.items():
+        assert heads[k].dtype == torch.float32 and torch.equal(heads[k], v.half().float()), k
+    assert_close(predictions(loaded, ltok), predictions(model, tok), atol=2e-2)
+    assert main(["export", "--checkpoint", str(src), "--out", str(tmp_path / "x"), "--heads-dtype", "float16",
+                 "--merge"]) == 1
+    assert "--heads-dtype applies to a checkpoint exported without --merge" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
