@@ -10,7 +10,7 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from .data import Example, as_spec
-from .model import joint_read
+from .model import joint_read, mean_of_members
 
 from .report import SEED_COLUMNS, seed_table  # noqa: F401  (re-exported)
 
@@ -48,15 +48,14 @@ def predict_raw(model, tokenizer, task: str, examples: list[Example], batch_size
                 if spec.reads_jointly:  # the cross_concat head's joint read: one encoding per pair
                     j = _encoded_batches(tokenizer, texts_a, texts_b, batch_size, device,
                                          lambda enc: model.embed(enc, joint_read(task)), done)
-                outs = []
+                outs, before = [], len(examples) if spec.reads_jointly else 0
                 for k, member in enumerate(members):  # each member embeds with its own adapters
-                    before = len(examples) if spec.reads_jointly else 0
                     after = None if done is None else (lambda n, b=before + k * len(distinct): done(b + n))
                     # a batch of pairs is 2 x batch_size sentences, as when each pair's two sides are encoded together
                     emb = _encoded_batches(tokenizer, distinct, None, 2 * batch_size, device,
                                            lambda enc, m=member: model.embed(enc, m), after)
                     outs.append(model.pair_output(task, emb[ia.to(device)], emb[ib.to(device)], j, member=member))
-                out = model.finish(task, outs[0] if len(outs) == 1 else torch.stack(outs).mean(0))
+                out = model.finish(task, mean_of_members(outs))
             else:
                 done = _progress_in(progress, len(examples), len(examples))
                 out = _encoded_batches(tokenizer, [e.text_a for e in examples],

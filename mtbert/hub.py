@@ -88,10 +88,9 @@ def _encoder_words(folder: Path, meta: dict, has_encoder: bool) -> str:
         return "fine-tuned weights included"
     if (folder / "adapters.safetensors").is_file():
         per_task = ", one set per task" if (meta.get("lora") or {}).get("per_task") else ""
-        members = (meta.get("model") or {}).get("members") or {}
-        per_task += "".join(f"; {k} sets for {task}, an ensemble of {k} members whose mean it predicts"
-                            for task, k in members.items())
-        return f"LoRA adapters of the frozen base{per_task} (`adapters.safetensors`)"
+        members = "".join(f"; {k} sets for {task}, an ensemble of {k} members whose mean it predicts"
+                          for task, k in ((meta.get("model") or {}).get("members") or {}).items())
+        return f"LoRA adapters of the frozen base{per_task}{members} (`adapters.safetensors`)"
     return "not included (frozen base; heads only)"
 
 

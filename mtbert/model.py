@@ -51,6 +51,11 @@ def member_name(task: str, m: int) -> str:
     return task if m == 1 else f"{task}:{m}"
 
 
+def mean_of_members(outs: list[torch.Tensor]) -> torch.Tensor:
+    """A task's output from its members' outputs: the one itself, or their mean."""
+    return outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)
+
+
 @dataclass
 class ModelConfig:
     pooling: str = "cls"
@@ -124,9 +129,6 @@ class ModelConfig:
             d["members"] = dict(self.members)
         return d
 
-    def member_names(self, task: str) -> list[str]:
-        return [member_name(task, m) for m in range(1, self.members.get(task, 1) + 1)]
-
 
 def head_shape(spec: TaskSpec, hidden: int) -> tuple[int, int]:
     """(in, out) of a task's linear layer."""
@@ -145,8 +147,7 @@ class MultitaskBert(nn.Module):
         self.cosent_scale = COSENT_SCALE  # a training setting (cosent_scale), not part of the saved model
         self.task_heads = nn.ModuleDict()
         # the tasks' own heads, then their further members': a model without members draws the same weights
-        for names in ([s.name for s in cfg.tasks], [n for s in cfg.tasks for n in self.members(s.name)[1:]]):
-            specs = {n: cfg.task(n.split(":")[0]) for n in names}
+        for specs in ({s.name: s for s in cfg.tasks}, {n: s for s in cfg.tasks for n in self.members(s.name)[1:]}):
             self.task_heads.update({n: nn.Linear(*head_shape(spec, H)) for n, spec in specs.items()})
             for n, spec in specs.items():
                 nn.init.normal_(self.task_heads[n].weight, std=0.02)
@@ -159,7 +160,7 @@ class MultitaskBert(nn.Module):
 
     def members(self, task: str) -> list[str]:
         """The names of `task`'s members (heads, adapter sets): [task] unless it has several."""
-        return self.cfg.member_names(task)
+        return [member_name(task, m) for m in range(1, self.cfg.members.get(task, 1) + 1)]
 
     def adapter_sets(self) -> list[str]:
         """The names of the LoRA adapter sets with lora_per_task: one per task, one more for the joint
@@ -197,8 +198,7 @@ class MultitaskBert(nn.Module):
         """ce: (B, K) logits; bce: (B,) logit; regression: (B,) score (unclipped); for a task with members,
         the mean of theirs. With reads=True (a cross_concat task only): (output, [the joint read's output,
         the separate read's output])."""
-        outs = self.member_outputs(task, batch, reads)
-        return outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)
+        return mean_of_members(self.member_outputs(task, batch, reads))
 
     def member_outputs(self, task: str, batch: dict, reads: bool = False) -> list:
         """output() of each of the task's members (one item for a task without members)."""
@@ -270,7 +270,7 @@ class MultitaskBert(nn.Module):
             # the members stay independent models, as an ensemble's do
             outs = self.member_outputs(task, batch)
             loss = sum(self.loss_of(task, o, y) for o in outs) / len(outs)
-            return loss, outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)
+            return loss, mean_of_members(outs)
         out, parts = self.output(task, batch, reads=True)
         read_loss = sum(self.loss_of(task, p, y) for p in parts) / len(parts)
         return self.loss_of(task, out, y) + read_weight * read_loss, out
