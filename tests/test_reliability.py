@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -181,3 +182,49 @@ def test_hf_token_never_lands_in_run_files(tiny_base, tmp_path, monkeypatch, cap
     for f in run.rglob("*"):
         if f.is_file():
             assert secret.encode() not in f.read_bytes(), f
+
+
+@pytest.mark.parametrize("bf16_cpu", [False, True])
+def test_bf16_cpu_runs_the_training_steps_under_autocast_and_evaluates_in_float32(tiny_base, tmp_path, monkeypatch,
+                                                                                    bf16_cpu):
+    """bf16_cpu: each training step's loss is computed under CPU bfloat16 autocast (the encoder's matmuls
+    in bf16), the weights, their gradients and every evaluation stay float32; off, nothing is autocast."""
+    from mtbert import train as train_mod
+    from mtbert.model import MultitaskBert
+    seen = {"loss": [], "eval": []}
+    plain_loss, plain_measure = MultitaskBert.loss, train_mod.measure
+
+    def loss(self, task, batch, *rest):
+        out = plain_loss(self, task, batch, *rest)
+        seen["loss"].append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), out.dtype))
+        return out
+
+    def measure(*a, **kw):
+        seen["eval"].append(kw.get("amp"))
+        return plain_measure(*a, **kw)
+    monkeypatch.setattr(MultitaskBert, "loss", loss)
+    monkeypatch.setattr(train_mod, "measure", measure)
+    tr = Trainer(tiny_cfg(tiny_base, epochs=1, max_steps=3, bf16_cpu=bf16_cpu), tmp_path / "run", progress=False)
+    tr.run()
+    assert len(seen["loss"]) >= 3 and seen["eval"] and all(a is None for a in seen["eval"])
+    for on, dtype, out_dtype in seen["loss"]:
+        assert on is bf16_cpu
+        if bf16_cpu:  # the matmuls ran in bf16, so the loss computed from them is bf16 or cast back from it
+            assert dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in tr.model.parameters())
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in tr.model.parameters())
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(v) for r in rows if r["type"] == "step" for v in r["loss"].values())
+
+
+def test_bf16_cpu_changes_the_step_losses_only_by_bf16_rounding(tiny_base, tmp_path):
+    """The same run with and without bf16_cpu: the first step's loss (same weights, same batch) differs
+    only within bf16's rounding, and does differ, so the setting reaches the arithmetic."""
+    firsts = []
+    for on in (False, True):
+        run = tmp_path / f"run-{on}"
+        Trainer(tiny_cfg(tiny_base, epochs=1, max_steps=1, bf16_cpu=on, dropout=0.0), run, progress=False).run()
+        step = next(json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"step"' in l
+                    and json.loads(l)["type"] == "step")
+        firsts.append(step["loss_total"])
+    assert firsts[0] != firsts[1] and abs(firsts[0] - firsts[1]) < 0.03 * max(1.0, abs(firsts[0]))
