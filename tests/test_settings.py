@@ -155,10 +155,11 @@ def test_the_model_card_lists_the_settings_declared_for_it_and_no_paths():
 
 
 def test_resume_refuses_a_setting_not_declared_for_it():
-    assert RESUME_SETTINGS == ("epochs", "max_steps", "time_budget_s", "eval_every", "device")
+    assert RESUME_SETTINGS == ("epochs", "max_steps", "time_budget_s", "eval_every", "device", "bf16_cpu")
     assert resume_refusal({}) is None and resume_refusal({"epochs": 3, "time_budget_s": None}) is None
     assert resume_refusal({"lr": 1e-3, "epochs": 3, "gradient_method": "sum"}) == (
-        "--resume can only change epochs, max_steps, time_budget_s, eval_every, device; not gradient_method, lr")
+        "--resume can only change epochs, max_steps, time_budget_s, eval_every, device, bf16_cpu; not "
+        "gradient_method, lr")
 
 
 def test_train_resume_refuses_a_non_resume_flag_and_takes_a_resume_one(tmp_path):
@@ -172,7 +173,7 @@ def test_train_resume_refuses_a_non_resume_flag_and_takes_a_resume_one(tmp_path)
     env = {**os.environ, "MTBERT_RUNS_DIR": str(tmp_path / "runs")}
     r = subprocess.run(cmd + ["--epochs", "3", "--lr", "0.001"], cwd=REPO, capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "--resume can only change epochs, max_steps, time_budget_s, eval_every, " \
-                                 "device; not lr" in r.stderr, r.stderr
+                                 "device, bf16_cpu; not lr" in r.stderr, r.stderr
     assert (run / "config.json").read_text() == before
     r = subprocess.run(cmd + ["--epochs", "3", "--device", "cpu"], cwd=REPO, capture_output=True, text=True, env=env)
     assert "--resume can only change" not in r.stderr and "no saved state" in r.stderr, r.stderr
