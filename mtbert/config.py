@@ -278,8 +278,9 @@ class TrainConfig:
                           resume=True, help="auto: CUDA when there is a GPU, else the CPU")
     bf16: bool = setting(True, section=MACHINE, label="bfloat16 autocast", help="on CUDA only")
     bf16_cpu: bool = setting(False, section=MACHINE, label="bfloat16 autocast on the CPU", resume=True,
-                             help="training steps under bfloat16 autocast on the CPU too: about twice as fast on "
-                                  "CPUs with AVX-512 BF16 or AMX (docs/benchmarks.md), slower on CPUs without; "
+                             help="training steps under bfloat16 autocast on the CPU too: faster on CPUs with "
+                                  "AVX-512 BF16 or AMX (adapter steps 1.25x on a 2-core AMD EPYC, "
+                                  "docs/benchmarks.md), slower on CPUs without; "
                                   "weights, optimizer and evaluation stay in float32")
     seed: int = setting(11711, section=MACHINE, label="Random seed",
                         help="seeds the heads' initial weights, dropout, the data subsets and order, and PCGrad")

@@ -513,10 +513,7 @@ class Trainer:
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)  # before the model: its new heads draw from it
         self.device = dist.local_device(pick_device(cfg.device).type)
-        on_cuda = self.device.type == "cuda"
-        self.amp = torch.bfloat16 if (cfg.bf16 if on_cuda else cfg.bf16_cpu) else None
-        # on the CPU, eval_precision decides evaluation's arithmetic; autocast is for the training steps
-        self.eval_amp = self.amp if on_cuda else None
+        self.amp = torch.bfloat16 if (cfg.bf16 if self.device.type == "cuda" else cfg.bf16_cpu) else None
         if cfg.eval_precision == "int8" and self.device.type != "cpu":
             raise ValueError(f"eval_precision='int8' is not allowed on {self.device.type}: int8 inference runs "
                              "on the CPU only; choose fp32 or bf16")
@@ -622,7 +619,9 @@ class Trainer:
         t0 = time.time()
         s = self.state
         m = measure(self.eval_model, self.tok, self.cfg, split, data, fit_on=self.data.dev.get("para", []),
-                    full=full, calibrate=calibrate, device=self.device, amp=self.eval_amp)
+                    full=full, calibrate=calibrate, device=self.device,
+                    # on the CPU eval_precision decides evaluation's arithmetic; bf16_cpu is for the training steps
+                    amp=self.amp if self.device.type == "cuda" else None)
         self._record({"type": "eval", "split": split, "step": s.step, "epoch": s.epoch, "time": time.time(),
                       "train_time_s": s.train_time, "full": full, "examples": {t: len(v) for t, v in data.items()},
                       **m})
