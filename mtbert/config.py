@@ -41,6 +41,17 @@ class Range:
 
 
 AT_LEAST_1, AT_LEAST_0, ABOVE_0 = Range(1), Range(0), Range(0, low_open=True)
+def _positive(text: str, integer: bool):
+    """text as an integer >= 1 or a finite number > 0; None when it is not one."""
+    if integer:
+        return int(text) if text.isdigit() and int(text) >= 1 else None
+    try:
+        v = float(text)
+    except ValueError:
+        return None
+    return v if math.isfinite(v) and v > 0 else None
+
+
 PRECISIONS = ("fp32", "int8", "bf16")  # inference arithmetic of the encoder (mtbert/quantize.py)
 
 
@@ -118,6 +129,11 @@ class TrainConfig:
                                           help="the temperature schedule's τ: a task is drawn with probability "
                                                "proportional to N^(1/τ); 1 is proportional, larger is closer to "
                                                "uniform")
+    sampling_weights: list = setting([], section=METHOD, label="Sampling weight by task",
+                                     help="sampled schedules (proportional, temperature, annealed): a factor on some "
+                                          "tasks' draw weight, as task=w (e.g. sst=0.5: SST drawn half as often, "
+                                          "relative to the others, as the schedule alone would draw it); the "
+                                          "probabilities are renormalised, tasks not named keep 1")
     gradient_method: str = setting("sum", section=METHOD, label="Gradient method", choices=tuple(METHODS),
                                    help="; ".join(f"{n}: {cls.summary}" for n, cls in METHODS.items())
                                    + " (docs/methods.md)")
@@ -306,6 +322,7 @@ class TrainConfig:
         self.tasks = [s.name for s in self.task_specs()]  # checked, in the order of definition
         self.lora_task_ranks = [f"{t}={r}" for t, r in self.task_rank_map().items()]
         self.lora_task_members = [f"{t}={k}" for t, k in self.task_member_map().items()]
+        self.sampling_weights = [f"{t}={w:g}" for t, w in self.sampling_weight_map().items()]
         self._check_quality_options()
 
     def task_rank_map(self) -> dict[str, int]:
@@ -323,7 +340,18 @@ class TrainConfig:
                              "both); allowed values: task=K for tasks read one way")
         return out
 
-    def _per_task_counts(self, name: str, what: str, example: str) -> dict[str, int]:
+    def sampling_weight_map(self) -> dict[str, float]:
+        """sampling_weights as task -> factor, read as lora_task_ranks but each a number > 0, and only with
+        a sampled schedule (the others draw no task)."""
+        out = self._per_task_counts("sampling_weights", "w", "sst=0.5", number=True)
+        if out and self.schedule not in ("proportional", "temperature", "annealed"):
+            raise ValueError(f"setting sampling_weights={self.sampling_weights!r} is not allowed with "
+                             f"schedule={self.schedule!r}; allowed values: none, or set schedule to proportional, "
+                             "temperature or annealed")
+        return out
+
+    def _per_task_counts(self, name: str, what: str, example: str, number: bool = False) -> dict:
+        """A per-task setting as task -> value: integers >= 1 (counts), or with `number` any number > 0."""
         value = getattr(self, name)
         items = value.items() if isinstance(value, dict) else [
             tuple(x.split("=", 1)) if isinstance(x, str) and "=" in x else (x, None)
@@ -331,14 +359,18 @@ class TrainConfig:
         out = {}
         for task, n in items:
             task, n = str(task).strip(), str(n).strip()
-            if not task or not n.isdigit() or int(n) < 1 or task in out:
+            v = _positive(n, integer=not number)
+            if not task or v is None or task in out:
+                kind = "a number > 0" if number else "an integer >= 1"
                 raise ValueError(f"setting {name}={value!r} is not allowed; allowed values: task={what} items, "
-                                 f"one per task, each {what} an integer >= 1 (e.g. {example})")
-            out[task] = int(n)
+                                 f"one per task, each {what} {kind} (e.g. {example})")
+            out[task] = v
         unknown = [t for t in out if t not in self.tasks]
         if unknown:
             raise ValueError(f"setting {name} names {', '.join(unknown)}; allowed values: task={what} for the "
                              f"tasks trained ({', '.join(self.tasks)})")
+        if number:
+            return out
         if out and not (self.mode == "lora" and self.lora_per_task):
             raise ValueError(f"setting {name}={value!r} is not allowed without per-task adapters; allowed "
                              "values: none, or set mode=lora and lora_per_task=true")

@@ -112,7 +112,7 @@ class Plan:
     """parallel: every step one batch of every task; an epoch ends with the shortest loader.
     round-robin: a whole pass of one task, then the next (the seed's first attempt).
     Sampled (Stickland and Murray 2019): every step one batch of ONE task, drawn with probability
-        p_k ∝ N_k^α,  N_k the task's number of batches,
+        p_k ∝ w_k N_k^α,  N_k the task's number of batches, w_k its sampling weight (1 unless set),
     proportional α = 1; temperature α = 1/τ (τ > 1 flattens the mix towards uniform, so a small task
     is seen more than its size says); annealed α = 1 − 0.8 (e − 1)/(E − 1) in epoch e of E, from
     proportional to nearly uniform. An epoch of a sampled schedule is Σ N_k steps, as many as
@@ -124,6 +124,7 @@ class Plan:
     seed: int = 0
     temperature: float = 2.0
     epochs: int = 1
+    weights: dict = field(default_factory=dict)  # sampling_weights: a factor on some tasks' N_k^α
 
     @property
     def steps_per_epoch(self) -> int:
@@ -140,7 +141,7 @@ class Plan:
 
     def probabilities(self, epoch: int = 0) -> dict[str, float]:
         """Each task's probability of being drawn at a step of `epoch` (sampled schedules)."""
-        w = {t: self.n_batches[t] ** self.alpha(epoch) for t in self.tasks}
+        w = {t: self.weights.get(t, 1.0) * self.n_batches[t] ** self.alpha(epoch) for t in self.tasks}
         total = sum(w.values())
         return {t: v / total for t, v in w.items()}
 
@@ -521,7 +522,8 @@ class Trainer:
         self.model, self.tok = build_model(cfg, list(self.data.specs.values()), self.device,
                                            checkpoint=self._last_dir() if self.resume else None)
         self.plan = Plan(cfg.schedule, cfg.tasks, {t: s.n_batches for t, s in self.data.streams.items()},
-                         seed=cfg.seed, temperature=cfg.sampling_temperature, epochs=cfg.epochs)
+                         seed=cfg.seed, temperature=cfg.sampling_temperature, epochs=cfg.epochs,
+                         weights=cfg.sampling_weight_map())
         self.total_steps = min(cfg.epochs * self.plan.steps_per_epoch, cfg.max_steps or math.inf)
         self.state = TrainState()
         self.method = build_method(cfg, self.model)

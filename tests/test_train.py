@@ -120,6 +120,60 @@ def test_a_sampled_run_records_each_steps_task_and_resumes_exactly(tiny_base, tm
     assert all(b[s]["loss"] == a[s]["loss"] for s in a if s > 11)
 
 
+def test_sampling_weights_scale_a_tasks_draw_probability_then_renormalise():
+    n = {"sst": 10, "para": 80, "sts": 5}
+    w = {"sst": 0.5}
+    # p_k = w_k N_k^α / Σ w_j N_j^α, by hand: proportional (α = 1) and temperature τ = 2 (α = 1/2)
+    assert Plan("proportional", list(n), n, weights=w).probabilities() == pytest.approx(
+        {"sst": 5 / 90, "para": 80 / 90, "sts": 5 / 90})
+    root = {"sst": 0.5 * 10 ** 0.5, "para": 80 ** 0.5, "sts": 5 ** 0.5}
+    assert Plan("temperature", list(n), n, weights=w).probabilities() == pytest.approx(
+        {t: v / sum(root.values()) for t, v in root.items()})
+    plan = Plan("proportional", list(n), n, weights={"sts": 8.0})  # sts: 40 of 130
+    drawn = [plan.tasks_at(i)[0] for i in range(4000)]
+    assert abs(drawn.count("sts") / 4000 - 40 / 130) < 0.03
+
+
+def test_a_run_draws_its_tasks_with_the_sampling_weights(tiny_base, tmp_path):
+    """A tiny weight on SST: the trainer's plan carries it and the steps it records follow that plan."""
+    cfg = tiny_cfg(tiny_base, epochs=2, schedule="proportional", sampling_weights="sst=0.001", train_subset=12)
+    run = tmp_path / "runs" / "weighted"
+    trainer = Trainer(cfg, run, progress=False)
+    trainer.run()
+    assert trainer.plan.weights == {"sst": 0.001}
+    drawn = [r["tasks"] for _, r in sorted(steps(run).items())]
+    assert len(drawn) == 2 * 9
+    expected = [trainer.plan.tasks_at(i, e) for e in range(2) for i in range(9)]
+    assert drawn == expected
+    assert ["sst"] not in drawn
+    # the same run without the weight draws SST at these seeds
+    unweighted = Plan("proportional", cfg.tasks, trainer.plan.n_batches, seed=cfg.seed)
+    assert ["sst"] in [unweighted.tasks_at(i, e) for e in range(2) for i in range(9)]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("sst=0", r"setting sampling_weights='sst=0' is not allowed; allowed values: task=w items, .* a number > 0"),
+    ("sst=-1", r"allowed values: task=w items"),
+    ("sst=x", r"allowed values: task=w items"),
+    ("sst=nan", r"allowed values: task=w items"),
+    ("sst=1,sst=2", r"allowed values: task=w items, one per task"),
+    ("mrpc=2", r"setting sampling_weights names mrpc; allowed values: task=w for the tasks trained"),
+])
+def test_a_bad_sampling_weight_is_refused_by_name(value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(schedule="proportional", sampling_weights=value)
+
+
+def test_sampling_weights_are_read_from_the_command_line_or_yaml_and_need_a_sampled_schedule():
+    assert TrainConfig(schedule="temperature", sampling_weights="sst=0.5, sts=2").sampling_weight_map() == {
+        "sst": 0.5, "sts": 2.0}
+    assert TrainConfig(schedule="annealed", sampling_weights={"sst": 0.25}).sampling_weights == ["sst=0.25"]
+    assert TrainConfig(schedule="parallel").sampling_weight_map() == {}
+    with pytest.raises(ValueError, match=r"sampling_weights=.* not allowed with schedule='parallel'; allowed "
+                                         r"values: none, or set schedule to proportional"):
+        TrainConfig(schedule="parallel", sampling_weights="sst=0.5")
+
+
 def test_a_bad_sampling_temperature_is_refused_by_name():
     with pytest.raises(ValueError, match="sampling_temperature"):
         TrainConfig(sampling_temperature=0.5)
