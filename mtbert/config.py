@@ -328,12 +328,12 @@ class TrainConfig:
     def task_rank_map(self) -> dict[str, int]:
         """lora_task_ranks as task -> rank, from "sts=32,para=16" (command line, form), a list of such
         items, or a mapping (YAML); each item checked, and only with per-task adapters."""
-        return self._per_task_counts("lora_task_ranks", "rank", "sts=32")
+        return self._per_task_adapter_counts("lora_task_ranks", "rank", "sts=32")
 
     def task_member_map(self) -> dict[str, int]:
         """lora_task_members as task -> K, read and checked as lora_task_ranks; a task read both ways
         (pair_encoding both) already holds two reads and takes no members."""
-        out = self._per_task_counts("lora_task_members", "K", "sts=3")
+        out = self._per_task_adapter_counts("lora_task_members", "K", "sts=3")
         both = [s.name for s in self.task_specs() if out.get(s.name, 1) > 1 and s.pair_encoding == "both"]
         if both:
             raise ValueError(f"setting lora_task_members names {', '.join(both)}, read both ways (pair_encoding "
@@ -343,15 +343,24 @@ class TrainConfig:
     def sampling_weight_map(self) -> dict[str, float]:
         """sampling_weights as task -> factor, read as lora_task_ranks but each a number > 0, and only with
         a sampled schedule (the others draw no task)."""
-        out = self._per_task_counts("sampling_weights", "w", "sst=0.5", number=True)
+        out = self._per_task_values("sampling_weights", "w", "sst=0.5", integer=False)
         if out and self.schedule not in ("proportional", "temperature", "annealed"):
             raise ValueError(f"setting sampling_weights={self.sampling_weights!r} is not allowed with "
                              f"schedule={self.schedule!r}; allowed values: none, or set schedule to proportional, "
                              "temperature or annealed")
         return out
 
-    def _per_task_counts(self, name: str, what: str, example: str, number: bool = False) -> dict:
-        """A per-task setting as task -> value: integers >= 1 (counts), or with `number` any number > 0."""
+    def _per_task_adapter_counts(self, name: str, what: str, example: str) -> dict[str, int]:
+        """A per-task count of the adapters (integers >= 1), only with per-task adapters."""
+        out = self._per_task_values(name, what, example, integer=True)
+        if out and not (self.mode == "lora" and self.lora_per_task):
+            raise ValueError(f"setting {name}={getattr(self, name)!r} is not allowed without per-task adapters; "
+                             "allowed values: none, or set mode=lora and lora_per_task=true")
+        return out
+
+    def _per_task_values(self, name: str, what: str, example: str, integer: bool) -> dict:
+        """A per-task setting as task -> value (integers >= 1, or numbers > 0), from "a=1,b=2" (command
+        line, form), a list of such items, or a mapping (YAML); each item checked against the tasks."""
         value = getattr(self, name)
         items = value.items() if isinstance(value, dict) else [
             tuple(x.split("=", 1)) if isinstance(x, str) and "=" in x else (x, None)
@@ -359,9 +368,9 @@ class TrainConfig:
         out = {}
         for task, n in items:
             task, n = str(task).strip(), str(n).strip()
-            v = _positive(n, integer=not number)
+            v = _positive(n, integer)
             if not task or v is None or task in out:
-                kind = "a number > 0" if number else "an integer >= 1"
+                kind = "an integer >= 1" if integer else "a number > 0"
                 raise ValueError(f"setting {name}={value!r} is not allowed; allowed values: task={what} items, "
                                  f"one per task, each {what} {kind} (e.g. {example})")
             out[task] = v
@@ -369,11 +378,6 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"setting {name} names {', '.join(unknown)}; allowed values: task={what} for the "
                              f"tasks trained ({', '.join(self.tasks)})")
-        if number:
-            return out
-        if out and not (self.mode == "lora" and self.lora_per_task):
-            raise ValueError(f"setting {name}={value!r} is not allowed without per-task adapters; allowed "
-                             "values: none, or set mode=lora and lora_per_task=true")
         return out
 
     def _check_quality_options(self) -> None:
