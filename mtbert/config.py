@@ -41,6 +41,10 @@ class Range:
 
 
 AT_LEAST_1, AT_LEAST_0, ABOVE_0 = Range(1), Range(0), Range(0, low_open=True)
+PRECISIONS = ("fp32", "int8", "bf16")  # inference arithmetic of the encoder (mtbert/quantize.py)
+SAMPLED = ("proportional", "temperature", "annealed")  # the schedules that draw one task per step
+
+
 def _positive(text: str, integer: bool):
     """text as an integer >= 1 or a finite number > 0; None when it is not one."""
     if integer:
@@ -50,9 +54,6 @@ def _positive(text: str, integer: bool):
     except ValueError:
         return None
     return v if math.isfinite(v) and v > 0 else None
-
-
-PRECISIONS = ("fp32", "int8", "bf16")  # inference arithmetic of the encoder (mtbert/quantize.py)
 
 
 def setting(default, *, section: str, label: str, help: str, choices: tuple = (), range: Range | None = None,
@@ -120,7 +121,7 @@ class TrainConfig:
                                                  "checkpoints load without the task file); none: from the "
                                                  "built-in tasks and the task file")
     schedule: str = setting("parallel", section=METHOD, label="Task schedule",
-                            choices=("parallel", "round-robin", "proportional", "temperature", "annealed"),
+                            choices=("parallel", "round-robin", *SAMPLED),
                             help="parallel: one batch of every task per step; round-robin: a pass of one task, "
                                  "then the next; proportional, temperature, annealed: one task per step, drawn "
                                  "with probability proportional to its number of batches N, to N^(1/τ), or to "
@@ -344,10 +345,10 @@ class TrainConfig:
         """sampling_weights as task -> factor, read as lora_task_ranks but each a number > 0, and only with
         a sampled schedule (the others draw no task)."""
         out = self._per_task_values("sampling_weights", "w", "sst=0.5", integer=False)
-        if out and self.schedule not in ("proportional", "temperature", "annealed"):
+        if out and self.schedule not in SAMPLED:
             raise ValueError(f"setting sampling_weights={self.sampling_weights!r} is not allowed with "
-                             f"schedule={self.schedule!r}; allowed values: none, or set schedule to proportional, "
-                             "temperature or annealed")
+                             f"schedule={self.schedule!r}; allowed values: none, or set schedule to "
+                             f"{', '.join(SAMPLED[:-1])} or {SAMPLED[-1]}")
         return out
 
     def _per_task_adapter_counts(self, name: str, what: str, example: str) -> dict[str, int]:

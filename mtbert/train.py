@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from . import distributed as dist
 from . import runfolder
 from .checkpoint import CheckpointError, load_base, load_checkpoint, save_checkpoint
-from .config import TrainConfig, sst_phrase_count
+from .config import SAMPLED, TrainConfig, sst_phrase_count
 from .data import SAMPLE_DIR, Example, batch_order, load_split, make_batch
 from .evaluate import evaluate, seed_average, shift_para_probs
 from .methods import METHODS, make_method
@@ -103,8 +103,6 @@ def subset(examples: list[Example], n: int | None, seed: int) -> list[Example]:
 
 
 # ---- the plan: which task(s) each step trains --------------------------------------------------
-
-SAMPLED = ("proportional", "temperature", "annealed")  # one task per step, drawn at random
 
 
 @dataclass
