@@ -384,7 +384,7 @@ def set_logit_offset(folder: str | Path, task: str, offset: float) -> None:
         meta = json.loads(path.read_text())
         cfg = ModelConfig.from_dict(meta["model"])
         cfg.logit_offsets[cfg.task(task).name] = float(offset)
-        meta["model"] = ModelConfig(cfg.pooling, cfg.dropout, cfg.tasks, cfg.logit_offsets, cfg.members).to_dict()
+        meta["model"] = ModelConfig.from_dict(cfg.to_dict()).to_dict()  # checked again
     except FileNotFoundError as e:
         raise CheckpointError(f"{folder}: not an mtbert checkpoint (no mtbert.json)") from e
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:

@@ -164,6 +164,11 @@ class TrainConfig:
                                         help="none: as Pair encoding; else this encoding for Quora only")
     sts_encoding: str | None = setting(None, section=MODEL, label="STS pair encoding", choices=PAIR_ENCODINGS,
                                        help="none: as Pair encoding; else this encoding for STS only")
+    symmetric_pairs: list = setting([], section=MODEL, label="Order-free pair tasks",
+                                    help="pair tasks whose answer does not depend on the order of the two sentences "
+                                         "(e.g. para: a duplicate of b is b's duplicate of a): each training pair is "
+                                         "read in a random order, and the model answers with the mean of its logits "
+                                         "over both orders (a joint read encodes the pair twice) (docs/quality.md)")
     para_features: str = setting("concat", section=MODEL, label="Paraphrase head features",
                                  choices=("concat", "concat_diff_prod"),
                                  help="concat: [u; v] (the seed); concat_diff_prod: [u; v; |u-v|; u*v]")
@@ -324,6 +329,7 @@ class TrainConfig:
         self.lora_task_ranks = [f"{t}={r}" for t, r in self.task_rank_map().items()]
         self.lora_task_members = [f"{t}={k}" for t, k in self.task_member_map().items()]
         self.sampling_weights = [f"{t}={w:g}" for t, w in self.sampling_weight_map().items()]
+        self.symmetric_pairs = self.symmetric_task_list()
         self._check_quality_options()
 
     def task_rank_map(self) -> dict[str, int]:
@@ -350,6 +356,19 @@ class TrainConfig:
                              f"schedule={self.schedule!r}; allowed values: none, or set schedule to "
                              f"{', '.join(SAMPLED[:-1])} or {SAMPLED[-1]}")
         return out
+
+    def symmetric_task_list(self) -> list[str]:
+        """symmetric_pairs as a list of task names, from "para,sts" (command line, form) or a list (YAML);
+        each a pair task trained, named once."""
+        value = self.symmetric_pairs
+        names = [str(x).strip() for x in (value.split(",") if isinstance(value, str) else (value or []))]
+        names = [n for n in names if n]
+        pairs = [s.name for s in self.task_specs() if s.is_pair]
+        bad = [n for n in names if n not in pairs]
+        if bad or len(set(names)) < len(names):
+            raise ValueError(f"setting symmetric_pairs={value!r} is not allowed; allowed values: pair tasks "
+                             f"trained, each named once ({', '.join(pairs) or 'none is trained'})")
+        return names
 
     def _per_task_adapter_counts(self, name: str, what: str, example: str) -> dict[str, int]:
         """A per-task count of the adapters (integers >= 1), only with per-task adapters."""

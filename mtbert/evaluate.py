@@ -29,41 +29,54 @@ def predict_raw(model, tokenizer, task: str, examples: list[Example], batch_size
     The same numbers as model.predict one example at a time, faster: everything is tokenised at
     once, batches are sorted by token count (the least padding), and a separately encoded pair task
     embeds each distinct sentence once (a dev set repeats its questions) and applies its head to the
-    gathered embeddings."""
+    gathered embeddings. An order-free pair task (model.cfg.symmetric) is answered with the mean of
+    its outputs (logits, or scores) over (a, b) and (b, a): the sentences' embeddings serve both
+    orders, and only a joint read encodes each pair twice."""
     spec = model.cfg.task(task)
     if not examples:
         return np.zeros((0, spec.num_outputs) if spec.num_outputs > 1 else (0,), dtype=np.float32)
     device = torch.device(device)
+    texts_a, texts_b = [e.text_a for e in examples], [e.text_b for e in examples] if spec.is_pair else None
+    orders = [(texts_a, texts_b)] + ([(texts_b, texts_a)] if spec.is_pair and task in model.cfg.symmetric else [])
+    mean_of_orders = lambda outs: outs[0] if len(outs) == 1 else sum(outs) / len(outs)
     was_training = model.training
     model.eval()
     try:
         with torch.autocast(device_type=device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             if spec.reads_apart:
-                texts_a, texts_b = [e.text_a for e in examples], [e.text_b for e in examples]
                 distinct, (ia, ib) = _distinct(texts_a, texts_b)
                 members = model.members(task)
-                units = len(members) * len(distinct) + (len(examples) if spec.reads_jointly else 0)
-                done = _progress_in(progress, len(examples), units)
-                j = None
-                if spec.reads_jointly:  # the cross_concat head's joint read: one encoding per pair
-                    j = _encoded_batches(tokenizer, texts_a, texts_b, batch_size, device,
-                                         lambda enc: model.embed(enc, joint_read(task)), done)
-                outs, before = [], len(examples) if spec.reads_jointly else 0
+                joint_units = len(orders) * len(examples) if spec.reads_jointly else 0
+                done = _progress_in(progress, len(examples), len(members) * len(distinct) + joint_units)
+                js = [None] * len(orders)
+                if spec.reads_jointly:  # the cross_concat head's joint read: one encoding per pair and order
+                    js = [_encoded_batches(tokenizer, a, b, batch_size, device,
+                                           lambda enc: model.embed(enc, joint_read(task)), _after(done, k * len(examples)))
+                          for k, (a, b) in enumerate(orders)]
+                outs = []
                 for k, member in enumerate(members):  # each member embeds with its own adapters
-                    after = None if done is None else (lambda n, b=before + k * len(distinct): done(b + n))
                     # a batch of pairs is 2 x batch_size sentences, as when each pair's two sides are encoded together
                     emb = _encoded_batches(tokenizer, distinct, None, 2 * batch_size, device,
-                                           lambda enc, m=member: model.embed(enc, m), after)
-                    outs.append(model.pair_output(task, emb[ia.to(device)], emb[ib.to(device)], j, member=member))
+                                           lambda enc, m=member: model.embed(enc, m),
+                                           _after(done, joint_units + k * len(distinct)))
+                    u, v = emb[ia.to(device)], emb[ib.to(device)]
+                    outs.append(mean_of_orders([model.pair_output(task, x, y, j, member=member)
+                                                for (x, y), j in zip(((u, v), (v, u)), js)]))
                 out = model.finish(task, mean_of_members(outs))
             else:
-                done = _progress_in(progress, len(examples), len(examples))
-                out = _encoded_batches(tokenizer, [e.text_a for e in examples],
-                                       [e.text_b for e in examples] if spec.is_pair else None, batch_size, device,
-                                       lambda enc: model.predict(task, {"enc": enc}), done)
+                done = _progress_in(progress, len(examples), len(orders) * len(examples))
+                out = model.finish(task, mean_of_orders([
+                    _encoded_batches(tokenizer, a, b, batch_size, device, lambda enc: model.output(task, {"enc": enc}),
+                                     _after(done, k * len(examples)))
+                    for k, (a, b) in enumerate(orders)]))
     finally:
         model.train(was_training)
     return out.float().cpu().numpy()
+
+
+def _after(done, before: int):
+    """A batch callback counting on from `before` units already done (None without progress)."""
+    return None if done is None else (lambda n: done(before + n))
 
 
 def _distinct(*columns: list[str]) -> tuple[list[str], list[torch.Tensor]]:

@@ -65,6 +65,8 @@ class ModelConfig:
     # fitted on dev when the training pairs' label mix differs from the data predicted on
     logit_offsets: dict = field(default_factory=dict)
     members: dict = field(default_factory=dict)  # task -> K > 1 members (heads and adapter sets); others have one
+    # pair tasks answered as the mean of their logits over both orders of the pair (symmetric_pairs)
+    symmetric: list = field(default_factory=list)
 
     def __post_init__(self):
         if self.pooling not in POOLING:
@@ -89,6 +91,11 @@ class ModelConfig:
                                  "which is already two reads of each pair; allowed: 1 for it")
             if n == 1:
                 del self.members[k]
+        self.symmetric = list(self.symmetric or [])
+        for k in self.symmetric:
+            if k not in self.names or not self.task(k).is_pair:
+                raise ValueError(f"symmetric[{k!r}] is not allowed; allowed: the pair tasks of the model "
+                                 f"({', '.join(s.name for s in self.tasks if s.is_pair) or 'none'})")
 
     @property
     def names(self) -> list[str]:
@@ -120,13 +127,15 @@ class ModelConfig:
         """A saved model config; one without `tasks` is the built-in trio, its heads set by the old fields."""
         offsets = d.get("logit_offsets") or ({"para": d["para_logit_offset"]} if d.get("para_logit_offset") else {})
         return cls(pooling=d.get("pooling", "cls"), dropout=d.get("dropout", 0.1), tasks=specs_of_model_config(d),
-                   logit_offsets=offsets, members=d.get("members") or {})
+                   logit_offsets=offsets, members=d.get("members") or {}, symmetric=d.get("symmetric") or [])
 
     def to_dict(self) -> dict:
         d = {"pooling": self.pooling, "dropout": self.dropout, "tasks": [s.to_dict() for s in self.tasks],
              "logit_offsets": dict(self.logit_offsets)}
         if self.members:  # a model without members writes the very dict it did before members existed
             d["members"] = dict(self.members)
+        if self.symmetric:  # likewise
+            d["symmetric"] = list(self.symmetric)
         return d
 
 

@@ -48,14 +48,18 @@ class TrainingError(Exception):
 
 # ---- data streams ---------------------------------------------------------------------------
 
+SWAP_DRAW = 2  # keeps the swap draws' seeds apart from any other stream's
+
+
 class TaskStream:
     """Batches of one task, pass after pass. Its whole state is (pass, position): the order of each
     pass is a pure function of (seed, task, pass), so a resumed run sees exactly the same batches.
     `index` is the task's place among the defined tasks (the built-in trio: 0, 1, 2), its stream's seed."""
 
     def __init__(self, task: str, examples: list[Example], batch_size: int, seed: int, bucket: bool,
-                 index: int | None = None):
+                 index: int | None = None, swap: bool = False):
         self.task, self.examples, self.batch_size, self.seed, self.bucket = task, examples, batch_size, seed, bucket
+        self.swap = swap  # an order-free pair task (symmetric_pairs): each pair read as (b, a) with probability 1/2
         self.index = index if index is not None else (BUILTIN_NAMES.index(task) if task in BUILTIN_NAMES else 0)
         self.n_batches = max(1, math.ceil(len(examples) / batch_size))
         self.pass_idx, self.position = 0, 0
@@ -73,7 +77,11 @@ class TaskStream:
             self._order = self._batches_of_pass(self.pass_idx)
         chosen = self._order[self.position]
         self.position += 1
-        return [self.examples[i] for i in chosen]
+        batch = [self.examples[i] for i in chosen]
+        if self.swap:  # which pairs are swapped is a function of the batch's place too, so resuming repeats it
+            flip = np.random.default_rng((SWAP_DRAW, self.seed, self.index, self.pass_idx, self.position)).random(len(batch))
+            batch = [Example(e.id, e.text_b, e.text_a, e.label) if f < 0.5 else e for e, f in zip(batch, flip)]
+        return batch
 
     def state(self) -> dict:
         return {"pass": self.pass_idx, "position": self.position}
@@ -264,7 +272,8 @@ def build_data(cfg: TrainConfig, log) -> RunData:
     specs, train, dev = read_splits(cfg, log)
     train_data = {t: subset(train[t], cfg.train_subset, cfg.seed) for t in cfg.tasks}
     index = {s.name: i for i, s in enumerate(cfg.defined_tasks())}  # a stream's seed: its task's place
-    streams = {t: TaskStream(t, train_data[t], cfg.batch_size, cfg.seed, cfg.bucket, index[t]) for t in cfg.tasks}
+    streams = {t: TaskStream(t, train_data[t], cfg.batch_size, cfg.seed, cfg.bucket, index[t],
+                             swap=t in cfg.symmetric_pairs) for t in cfg.tasks}
     if cfg.sst_phrases_file:
         streams["sst"] = sst_phrase_stream(cfg, specs["sst"], train_data["sst"], index["sst"], log)
     return RunData(specs=specs, train=train_data, streams=streams, **eval_sets(cfg, train, dev))
@@ -385,7 +394,7 @@ def build_model(cfg: TrainConfig, tasks: list, device: torch.device, checkpoint:
     else:
         encoder, tok = load_base(cfg.base_model, cfg.max_length, dropout=cfg.dropout)
         model = MultitaskBert(encoder, ModelConfig(pooling=cfg.pooling, dropout=cfg.dropout, tasks=tasks,
-                                                   members=cfg.task_member_map()))
+                                                   members=cfg.task_member_map(), symmetric=cfg.symmetric_pairs))
         if cfg.mode == "lora":  # after the heads: A's initialisation draws from the global generator too
             add_lora(model, LoraConfig(cfg.lora_rank, cfg.lora_alpha, tuple(cfg.lora_targets), cfg.lora_dropout,
                                        cfg.lora_per_task, cfg.task_rank_map()))

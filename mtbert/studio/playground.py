@@ -221,14 +221,15 @@ def sentiment(model, tokenizer, text: str) -> dict:
 
 def pair_scores(model, tokenizer, a: str, b: str) -> dict:
     """Paraphrase probability and similarity 0..5 for a sentence pair."""
-    from ..data import Example, make_batch
+    from ..data import Example
+    from ..evaluate import predict_raw
 
     _require(model, "para", "sts")
     a, b = check_text(a, "first sentence"), check_text(b, "second sentence")
     ex = [Example("0", a, b, None)]
     out, notes = {}, []
     for task, key in (("para", "paraphrase"), ("sts", "similarity")):
-        out[key] = float(model.predict(task, make_batch(model.cfg.task(task), ex, tokenizer))[0])
+        out[key] = float(predict_raw(model, tokenizer, task, ex)[0])  # as evaluation answers (both orders, ...)
         note = truncation_note(tokenizer, {"first sentence": a, "second sentence": b}, joint=model.cfg.task(task).reads_jointly)
         if note and note not in notes:
             notes.append(note)
