@@ -361,7 +361,7 @@ class TrainConfig:
         """symmetric_pairs as a list of task names, from "para,sts" (command line, form) or a list (YAML);
         each a pair task trained, named once."""
         value = self.symmetric_pairs
-        names = [str(x).strip() for x in (value.split(",") if isinstance(value, str) else (value or []))]
+        names = [n.strip() for x in ([value] if isinstance(value, str) else (value or [])) for n in str(x).split(",")]
         names = [n for n in names if n]
         pairs = [s.name for s in self.task_specs() if s.is_pair]
         bad = [n for n in names if n not in pairs]

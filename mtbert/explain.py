@@ -155,6 +155,12 @@ def _added(own: np.ndarray, joint: np.ndarray, skip: int) -> np.ndarray:
 
 
 def describe_output(model, spec, target: int | None) -> str:
+    # an order-free task answers with the mean over both orders; what is explained is one of them
+    order = " for the pair in the order given" if spec.name in model.cfg.symmetric else ""
+    return _output_words(model, spec, target) + order
+
+
+def _output_words(model, spec, target: int | None) -> str:
     if spec.kind == "regression":
         lo, hi = spec.range
         return f"the {spec.title} score ({lo:g}–{hi:g}; not clipped)"
