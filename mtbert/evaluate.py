@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from scipy.stats import pearsonr, spearmanr
 
-from .data import Example, as_spec
+from .data import Example, as_spec, make_batch
 from .model import joint_read, mean_of_members
 
 from .report import SEED_COLUMNS, seed_table  # noqa: F401  (re-exported)
@@ -18,6 +18,16 @@ from .report import SEED_COLUMNS, seed_table  # noqa: F401  (re-exported)
 def _to_device(batch: dict, device) -> dict:
     return {k: (_to_device(v, device) if isinstance(v, dict) else
                 v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def predict_one_batch(model, tokenizer, task: str, examples: list[Example], device="cpu") -> torch.Tensor:
+    """model.predict on `examples` as one batch (so identical inputs get identical answers, padding
+    alike), over both orders for an order-free pair task, as predict_raw answers."""
+    spec = model.cfg.task(task)
+    orders = [examples] + ([[Example(e.id, e.text_b, e.text_a, e.label) for e in examples]]
+                           if spec.is_pair and task in model.cfg.symmetric else [])
+    outs = [model.output(task, _to_device(make_batch(spec, ex, tokenizer), device)) for ex in orders]
+    return model.finish(task, sum(outs) / len(outs))
 
 
 @torch.inference_mode()

@@ -500,8 +500,8 @@ def _predict_items(model, tokenizer, spec, items: list[ProbeItem], batch_size: i
     """Raw predictions of the originals and the counterfactuals. An item's two versions share a
     batch: an input the model cannot tell apart gets the very same answer, not one off by padding."""
     import torch
-    from .data import Example, make_batch
-    from .evaluate import _to_device
+    from .data import Example
+    from .evaluate import predict_one_batch
     half = max(1, batch_size // 2)
     orig, cf = [], []
     for s in range(0, len(items), half):
@@ -509,7 +509,7 @@ def _predict_items(model, tokenizer, spec, items: list[ProbeItem], batch_size: i
         ex = [Example(str(i), *it.original, None) for i, it in enumerate(chunk)] + \
              [Example(str(i), *it.counterfactual, None) for i, it in enumerate(chunk)]
         with torch.inference_mode():
-            out = model.predict(spec.name, _to_device(make_batch(spec, ex, tokenizer), device)).float().cpu().numpy()
+            out = predict_one_batch(model, tokenizer, spec.name, ex, device).float().cpu().numpy()
         orig.append(out[:len(chunk)])
         cf.append(out[len(chunk):])
         tick(len(chunk))

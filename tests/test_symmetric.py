@@ -84,6 +84,17 @@ def test_the_playground_answers_as_evaluation_does(tiny_base):
     assert got["paraphrase"] == pytest.approx(pair_scores(model, tok, e.text_b, e.text_a)["paraphrase"], abs=1e-6)
 
 
+def test_the_gender_probe_answers_both_orders_too(tiny_base):
+    from mtbert.probe import ProbeItem, run_probe
+    model, tok = model_with(tiny_base, "both", symmetric=("para",))
+    items = [ProbeItem("t", (e.text_a, e.text_b), (e.text_b, e.text_a)) for e in PAIRS]  # each item's two orders
+    got = run_probe(model, tok, items, tasks=["para"])
+    t = got.tasks[0]
+    torch.testing.assert_close(torch.from_numpy(t.original), torch.from_numpy(t.counterfactual), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.from_numpy(t.original).float(),
+                               torch.from_numpy(predict_raw(model, tok, "para", PAIRS)), atol=1e-5, rtol=0)
+
+
 def test_an_explanation_says_which_order_it_explains(tiny_base):
     from mtbert.explain import integrated_gradients
     model, tok = model_with(tiny_base, "both", symmetric=("para",))
