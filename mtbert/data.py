@@ -47,6 +47,10 @@ class Example:
     text_b: str | None                # None for a sentence task
     label: int | float | None         # a class index or a score; None if unlabelled
 
+    def swapped(self) -> "Example":
+        """The pair read the other way round, (b, a), with the same id and label."""
+        return Example(self.id, self.text_b, self.text_a, self.label)
+
 
 @dataclass
 class ReadReport:

@@ -24,8 +24,7 @@ def predict_one_batch(model, tokenizer, task: str, examples: list[Example], devi
     """model.predict on `examples` as one batch (so identical inputs get identical answers, padding
     alike), over both orders for an order-free pair task, as predict_raw answers."""
     spec = model.cfg.task(task)
-    orders = [examples] + ([[Example(e.id, e.text_b, e.text_a, e.label) for e in examples]]
-                           if spec.is_pair and task in model.cfg.symmetric else [])
+    orders = [examples] + ([[e.swapped() for e in examples]] if model.cfg.both_orders(task) else [])
     outs = [model.output(task, _to_device(make_batch(spec, ex, tokenizer), device)) for ex in orders]
     return model.finish(task, sum(outs) / len(outs))
 
@@ -47,7 +46,7 @@ def predict_raw(model, tokenizer, task: str, examples: list[Example], batch_size
         return np.zeros((0, spec.num_outputs) if spec.num_outputs > 1 else (0,), dtype=np.float32)
     device = torch.device(device)
     texts_a, texts_b = [e.text_a for e in examples], [e.text_b for e in examples] if spec.is_pair else None
-    orders = [(texts_a, texts_b)] + ([(texts_b, texts_a)] if spec.is_pair and task in model.cfg.symmetric else [])
+    orders = [(texts_a, texts_b)] + ([(texts_b, texts_a)] if model.cfg.both_orders(task) else [])
     mean_of_orders = lambda outs: outs[0] if len(outs) == 1 else sum(outs) / len(outs)
     was_training = model.training
     model.eval()

@@ -156,7 +156,7 @@ def _added(own: np.ndarray, joint: np.ndarray, skip: int) -> np.ndarray:
 
 def describe_output(model, spec, target: int | None) -> str:
     # an order-free task answers with the mean over both orders; what is explained is one of them
-    order = " for the pair in the order given" if spec.name in model.cfg.symmetric else ""
+    order = " for the pair in the order given" if model.cfg.both_orders(spec.name) else ""
     return _output_words(model, spec, target) + order
 
 

@@ -107,6 +107,10 @@ class ModelConfig:
                 return s
         raise TaskError(f"task={name!r} is not allowed; this model's tasks: {', '.join(self.names)}")
 
+    def both_orders(self, task: str) -> bool:
+        """Whether `task` is answered over (a, b) and (b, a) (an order-free pair task)."""
+        return task in self.symmetric and self.task(task).is_pair
+
     def encoding(self, task: str) -> str:
         """How `task` reaches the encoder: joint (cross-encoded pair) or separate."""
         return self.task(task).pair_encoding

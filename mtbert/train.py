@@ -80,7 +80,7 @@ class TaskStream:
         batch = [self.examples[i] for i in chosen]
         if self.swap:  # which pairs are swapped is a function of the batch's place too, so resuming repeats it
             flip = np.random.default_rng((SWAP_DRAW, self.seed, self.index, self.pass_idx, self.position)).random(len(batch))
-            batch = [Example(e.id, e.text_b, e.text_a, e.label) if f < 0.5 else e for e, f in zip(batch, flip)]
+            batch = [e.swapped() if f < 0.5 else e for e, f in zip(batch, flip)]
         return batch
 
     def state(self) -> dict:
