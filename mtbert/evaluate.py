@@ -35,7 +35,7 @@ def predict_raw(model, tokenizer, task: str, examples: list[Example], batch_size
     """Model outputs in input order: (N, K) class probabilities, (N,) probability of class 1 (binary),
     or (N,) score in the task's range. progress(done, total), if given, is called after each batch.
 
-    The same numbers as model.predict one example at a time, faster: everything is tokenised at
+    The same numbers as predict_one_batch one example at a time, faster: everything is tokenised at
     once, batches are sorted by token count (the least padding), and a separately encoded pair task
     embeds each distinct sentence once (a dev set repeats its questions) and applies its head to the
     gathered embeddings. An order-free pair task (model.cfg.symmetric) is answered with the mean of
